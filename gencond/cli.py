@@ -1,0 +1,93 @@
+"""The ``gencond`` command: ``train`` for every task, plus the verbs that domains register."""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from .config import ConfigError, load_config, save_config
+from .errors import UserError
+from .registry import COMMANDS, get_task, load_domains
+
+# Keys that may change between a run and its resumption without changing what is trained.
+RESUMABLE_KEYS = {"max_steps", "max_minutes", "threads", "log_every", "checkpoint_every", "validate_every", "keep_checkpoints"}
+
+
+def _changed_keys(old, new, prefix: str = "") -> list[str]:
+    keys = []
+    for k in set(old) | set(new):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += _changed_keys(a, b, f"{prefix}{k}.")
+        elif a != b:
+            keys.append(f"{prefix}{k}")
+    return sorted(keys)
+
+
+def resolve_config_path(path: str) -> Path:
+    """A config file, or a run directory (whose config.yaml is used)."""
+    p = Path(path)
+    return p / "config.yaml" if p.is_dir() else p
+
+
+def train_command(args: argparse.Namespace) -> None:
+    import torch
+
+    from .training import latest_checkpoint, train
+
+    cfg = load_config(resolve_config_path(args.config), args.overrides)
+    run_dir = Path(cfg.runs_dir) / cfg.name
+    if args.restart and run_dir.exists():
+        shutil.rmtree(run_dir)
+    saved = run_dir / "config.yaml"
+    if saved.exists() and latest_checkpoint(run_dir) is not None:
+        old = OmegaConf.to_container(OmegaConf.load(saved))
+        new = OmegaConf.to_container(cfg, resolve=True)
+        changed = [k for k in _changed_keys(old, new) if not (k.startswith("train.") and k[6:] in RESUMABLE_KEYS)
+                   and not k.startswith("sampling.")]
+        if changed:
+            raise ConfigError(
+                f"{run_dir} was trained with a different config ({', '.join(changed)}); "
+                f"pass --restart to start over, or name=<new name> for a new run"
+            )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, saved)
+    torch.manual_seed(cfg.seed)
+    job = get_task(cfg.task).build(cfg)
+    result = train(cfg, job, run_dir, progress=not args.quiet)
+    print(f"{result.stopped}: step {result.step}, {result.elapsed_s:.0f} s of training; run directory: {run_dir}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    load_domains()
+    parser = argparse.ArgumentParser(prog="gencond", description="Self-conditioned diffusion models.")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    p = verbs.add_parser("train", help="train a model from a YAML config (resumes an existing run)")
+    p.add_argument("config", help="a YAML config, or a run directory to resume")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.max_steps=200")
+    p.add_argument("--restart", action="store_true", help="delete the run directory and start over")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=train_command)
+    for name in sorted(COMMANDS):
+        cmd = COMMANDS[name]
+        sub = verbs.add_parser(name, help=cmd.help)
+        cmd.add_arguments(sub)
+        sub.set_defaults(run=cmd.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except UserError as e:
+        print(f"gencond {args.verb}: error: {e.args[0]}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

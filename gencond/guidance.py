@@ -1,0 +1,48 @@
+"""Self-guidance energies: functions of the denoised estimate x0_hat whose gradient steers sampling.
+
+An energy maps x0_hat (B, ...) to one value per sample (B,). The sampler differentiates it with
+respect to x_t through the network and corrects the noise prediction (see gencond.sampling).
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+
+class Energy(Protocol):
+    def __call__(self, x0_hat: torch.Tensor) -> torch.Tensor: ...
+
+
+class ObservationGuidance:
+    """Energy tying x0_hat to observed values: mean-square or quantile (pinball) loss, summed over
+    the entries where ``mask`` is 1. Used by TSDiff to forecast (the future is unobserved) and for
+    any inpainting-like conditioning of an unconditional model.
+
+    ``quantiles`` (one per sample, shape (B,)) selects the pinball loss max(q·e, (q−1)·e) with
+    e = observation − x0_hat; without it the energy is the squared error.
+    """
+
+    def __init__(self, observation: torch.Tensor, mask: torch.Tensor, quantiles: torch.Tensor | None = None):
+        if observation.shape != mask.shape:
+            raise ValueError(f"observation shape {tuple(observation.shape)} != mask shape {tuple(mask.shape)}")
+        self.observation = torch.nan_to_num(observation)  # NaNs are never observed
+        self.mask = mask.to(observation.dtype) * torch.isfinite(observation)
+        self.quantiles = quantiles
+
+    def __call__(self, x0_hat: torch.Tensor) -> torch.Tensor:
+        if x0_hat.shape != self.observation.shape:
+            raise ValueError(f"x0_hat shape {tuple(x0_hat.shape)} != observation shape {tuple(self.observation.shape)}")
+        err = self.observation - x0_hat
+        if self.quantiles is None:
+            loss = err.square()
+        else:
+            q = self.quantiles.reshape(-1, *([1] * (err.ndim - 1))).to(err)
+            loss = torch.maximum(q * err, (q - 1) * err)
+        return (loss * self.mask).flatten(1).sum(1)
+
+
+def evenly_spaced_quantiles(n: int) -> torch.Tensor:
+    """TSDiff's per-sample quantile levels: sample i of n uses q_i = i / (n + 1), i = 1..n."""
+    return torch.arange(1, n + 1, dtype=torch.float32) / (n + 1)
+

@@ -1,0 +1,68 @@
+"""Task and command registry: how domain packages make themselves known to the core.
+
+The core never imports a domain. Each domain lists a module under the ``gencond.domains``
+entry-point group (see pyproject.toml); importing that module calls :func:`register_task`
+and :func:`register_command`. :func:`load_domains` imports them all on first use.
+"""
+from __future__ import annotations
+
+import argparse
+import warnings
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, Callable
+
+TASKS: dict[str, "Task"] = {}
+COMMANDS: dict[str, "Command"] = {}
+_loaded = False
+
+
+@dataclass(frozen=True)
+class Task:
+    """A trainable task: its typed config schema and a builder returning a ``TrainingJob``."""
+
+    name: str
+    schema: type
+    build: Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class Command:
+    """A CLI verb: ``add_arguments(parser)`` declares its flags, ``run(args)`` executes it."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], Any]
+
+
+def register_task(name: str, schema: type, build: Callable[[Any], Any]) -> None:
+    """Register a task so that ``gencond train`` accepts configs with ``task: <name>``."""
+    TASKS[name] = Task(name, schema, build)
+
+
+def register_command(name: str, help: str, add_arguments, run) -> None:
+    """Register a domain verb for the ``gencond`` CLI (e.g. ``forecast``, ``collect``)."""
+    COMMANDS[name] = Command(name, help, add_arguments, run)
+
+
+def load_domains() -> None:
+    """Import every installed domain module listed under the ``gencond.domains`` entry points."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for ep in entry_points(group="gencond.domains"):
+        try:
+            ep.load()
+        except ImportError as e:  # a domain whose optional dependencies are missing
+            warnings.warn(f"gencond domain '{ep.name}' is unavailable: {e}", stacklevel=2)
+
+
+def get_task(name: str) -> Task:
+    """The registered task called ``name``, or a one-line error listing the known ones."""
+    load_domains()
+    if name not in TASKS:
+        known = ", ".join(sorted(TASKS)) or "none (is gencond installed with `pip install -e .`?)"
+        raise KeyError(f"unknown task '{name}'; known tasks: {known}")
+    return TASKS[name]

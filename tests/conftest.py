@@ -1,0 +1,18 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+os.environ.setdefault("GENCOND_DATA_DIR", str(SHARED_DATA))
+os.environ.setdefault("MUJOCO_GL", "egl")
+torch.set_num_threads(2)
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    path = Path(os.environ["GENCOND_DATA_DIR"])
+    if not (path / "gluonts" / "exchange_rate_nips").is_dir():
+        pytest.skip(f"exchange_rate_nips not under GENCOND_DATA_DIR={path}")
+    return path

@@ -1,0 +1,93 @@
+import pytest
+import torch
+from diffusers import DDPMScheduler
+
+from gencond.config import ConfigError, DiffusionConfig, SamplingConfig
+from gencond.diffusion import DiffusionProcess
+from gencond.guidance import ObservationGuidance, evenly_spaced_quantiles
+from gencond.sampling import guidance_weight, make_sampling_scheduler, sample
+
+from .toys import GaussianOracle, Recorder
+
+PROCESS = DiffusionProcess(DiffusionConfig(num_train_timesteps=100, beta_end=0.1))
+
+
+@pytest.mark.parametrize("scheduler,steps", [("ddpm", None), ("ddim", 20), ("dpm++", 10)])
+def test_oracle_samples_have_the_data_variance(scheduler, steps):
+    model = GaussianOracle(PROCESS, sigma=2.0)
+    x = sample(model, PROCESS, (4000, 2), SamplingConfig(scheduler=scheduler, num_steps=steps),
+               generator=torch.Generator().manual_seed(0), progress=False)
+    assert abs(x.std().item() - 2.0) < 0.15
+    assert abs(x.mean().item()) < 0.1
+
+
+@pytest.mark.parametrize("scheduler,steps", [("ddpm", None), ("ddim", 20)])
+def test_guidance_pulls_samples_to_observations(scheduler, steps):
+    model = GaussianOracle(PROCESS)
+    obs = torch.zeros(500, 3)
+    obs[:, 0] = 2.5
+    mask = torch.tensor([1.0, 0.0, 0.0]).expand(500, 3)
+    energy = ObservationGuidance(obs, mask)
+    sampling = SamplingConfig(scheduler=scheduler, num_steps=steps)
+    free = sample(model, PROCESS, (500, 3), sampling, generator=torch.Generator().manual_seed(0), progress=False)
+    guided = sample(model, PROCESS, (500, 3), sampling, guidance=energy, guidance_scale=1.0,
+                    generator=torch.Generator().manual_seed(0), progress=False)
+    assert energy(guided).mean() < 0.25 * energy(free).mean()
+    assert abs(guided[:, 1:].std().item() - 1.0) < 0.15  # unobserved entries keep their distribution
+
+
+def test_ddpm_guidance_moves_the_posterior_mean_by_sigma_squared_grad():
+    sched = make_sampling_scheduler(PROCESS, "ddpm")
+    sched.set_timesteps(100)
+    x, eps, grad = torch.randn(3, 4), torch.randn(3, 4), torch.randn(3, 4)
+    for t in (99, 50, 1):
+        a = sched.step(eps, t, x, generator=torch.Generator().manual_seed(0)).prev_sample
+        b = sched.step(eps + guidance_weight(sched, t) * grad, t, x, generator=torch.Generator().manual_seed(0)).prev_sample
+        abar, abar_prev = sched.alphas_cumprod[t], sched.alphas_cumprod[t - 1]
+        posterior_var = (1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)
+        torch.testing.assert_close(b - a, -posterior_var * grad, atol=1e-5, rtol=1e-4)
+    assert isinstance(sched, DDPMScheduler) and guidance_weight(sched, 0) == 0.0
+
+
+def test_quantile_energy_is_the_pinball_loss():
+    obs, mask = torch.zeros(3, 2), torch.ones(3, 2)
+    q = evenly_spaced_quantiles(3)
+    torch.testing.assert_close(q, torch.tensor([0.25, 0.5, 0.75]))
+    x0 = torch.full((3, 2), -1.0)  # below the observation: e = +1, loss q per entry
+    torch.testing.assert_close(ObservationGuidance(obs, mask, q)(x0), 2 * q)
+    x0 = torch.full((3, 2), 1.0)  # above: e = -1, loss 1 - q
+    torch.testing.assert_close(ObservationGuidance(obs, mask, q)(x0), 2 * (1 - q))
+
+
+def test_nan_observations_are_unobserved():
+    obs = torch.tensor([[1.0, float("nan")]])
+    energy = ObservationGuidance(obs, torch.ones(1, 2))(torch.zeros(1, 2))
+    assert torch.isfinite(energy).all() and energy.item() == 1.0
+
+
+def test_self_condition_is_carried_between_steps():
+    process = DiffusionProcess(DiffusionConfig(num_train_timesteps=10, self_condition_prob=0.5))
+    model = Recorder(4)
+    sample(model, process, (2, 4), SamplingConfig(scheduler="ddim", num_steps=5), progress=False)
+    assert model.calls[0]["self_cond"] is None
+    assert all(c["self_cond"] is not None for c in model.calls[1:])
+    assert len(model.calls) == 5
+
+
+def test_classifier_free_guidance_interpolates():
+    torch.manual_seed(0)
+    model = Recorder(4)
+    cond = torch.full((2,), 3.0)
+    outs = {}
+    for w in (None, 0.0, 1.0):
+        outs[w] = sample(model, PROCESS, (2, 4), SamplingConfig(scheduler="ddim", num_steps=3, cfg_scale=w), cond=cond,
+                         generator=torch.Generator().manual_seed(0), progress=False)
+    uncond = sample(model, PROCESS, (2, 4), SamplingConfig(scheduler="ddim", num_steps=3), cond=torch.zeros(2),
+                    generator=torch.Generator().manual_seed(0), progress=False)
+    torch.testing.assert_close(outs[1.0], outs[None], atol=1e-5, rtol=1e-5)  # w = 1 is the conditional model
+    torch.testing.assert_close(outs[0.0], uncond, atol=1e-5, rtol=1e-5)  # w = 0 the unconditional one
+
+
+def test_unknown_scheduler_lists_choices():
+    with pytest.raises(ConfigError, match="unknown scheduler 'dddim'.*ddim"):
+        make_sampling_scheduler(PROCESS, "dddim")

@@ -1,0 +1,300 @@
+"""Time-series data for TSDiff: loading (GluonTS, CSV, JSON lines, generated), training windows,
+lag features and mean scaling.
+
+A dataset is a list of entries ``{"start": pd.Period, "target": np.ndarray, "item_id": str}``
+(GluonTS's format); NaN marks a missing value. ``TimeSeriesData`` holds the training series and
+the rolling test entries (each test entry's last ``prediction_length`` values are the truth).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from gencond.errors import UserError
+
+DATA_DIR_ENV = "GENCOND_DATA_DIR"
+
+
+def default_lags(freq: str) -> list[int]:
+    """TSDiff's lags: hourly 24·[1..6,7,14,21,28]; daily and business 30·[1..12]; else none."""
+    base = pd.tseries.frequencies.to_offset(freq).name.upper()
+    if base.startswith("H"):
+        return [24, 48, 72, 96, 120, 144, 168, 336, 504, 672]
+    if base.startswith(("D", "B")):
+        return [30 * i for i in range(1, 13)]
+    return []
+
+
+@dataclass
+class TimeSeriesData:
+    """Training series and rolling test entries of one dataset."""
+
+    name: str
+    freq: str
+    prediction_length: int
+    train: list[dict]
+    test: list[dict]
+
+    def validation_entries(self, max_series: int) -> list[dict]:
+        """The last ``prediction_length`` values of (up to ``max_series``) training series, as
+        evaluation entries for periodic validation."""
+        return [e for e in self.train if len(e["target"]) > self.prediction_length][:max_series]
+
+
+# ---------------------------------------------------------------- loading
+
+
+def gluonts_search_path(name: str, root: Optional[str]) -> list[Path]:
+    """Where a GluonTS dataset is looked up, in order: data.root, $GENCOND_DATA_DIR, GluonTS's cache."""
+    from gluonts.dataset.repository.datasets import default_dataset_path
+
+    places = []
+    if root:
+        places += [Path(root), Path(root) / "gluonts"]
+    if os.environ.get(DATA_DIR_ENV):
+        places.append(Path(os.environ[DATA_DIR_ENV]) / "gluonts")
+    places.append(Path(default_dataset_path))
+    return places
+
+
+def load_gluonts(name: str, root: Optional[str] = None) -> TimeSeriesData:
+    """A GluonTS repository dataset from the first place in the search path that has it."""
+    from gluonts.dataset.repository import get_dataset
+    from gluonts.dataset.repository.datasets import dataset_recipes
+
+    if name not in dataset_recipes:
+        raise UserError(f"unknown dataset '{name}': not a GluonTS dataset name, a .csv/.jsonl file, or 'synthetic'")
+    places = gluonts_search_path(name, root)
+    for place in places:
+        if (place / name / "metadata.json").is_file():
+            ds = get_dataset(name, path=place)
+            return TimeSeriesData(
+                name,
+                ds.metadata.freq,
+                int(ds.metadata.prediction_length),
+                [_entry(e, i) for i, e in enumerate(ds.train)],
+                [_entry(e, i) for i, e in enumerate(ds.test)],
+            )
+    looked = ", ".join(str(p / name) for p in places)
+    raise UserError(
+        f"dataset '{name}' not found (looked in {looked}); on a machine with internet run "
+        f"`python -c \"from gluonts.dataset.repository import get_dataset; get_dataset('{name}')\"` "
+        f"and copy it there, or set data.root / ${DATA_DIR_ENV}"
+    )
+
+
+def _entry(e: dict, i: int) -> dict:
+    return {
+        "start": e["start"],
+        "target": np.asarray(e["target"], dtype=np.float32),
+        "item_id": str(e.get("item_id", i)),
+    }
+
+
+def split_rolling(series: Sequence[dict], prediction_length: int, num_windows: int) -> tuple[list[dict], list[dict]]:
+    """GluonTS-style split: train = each series without its last ``num_windows`` windows; test =
+    one entry per window, each ending where that window ends."""
+    need = prediction_length * num_windows
+    train, test = [], []
+    for e in series:
+        n = len(e["target"])
+        if n <= need:
+            raise UserError(
+                f"series '{e['item_id']}' has {n} values, too few for {num_windows} test windows of "
+                f"prediction length {prediction_length}; lower data.num_test_windows or prediction_length"
+            )
+        train.append({**e, "target": e["target"][: n - need]})
+        for w in range(num_windows):
+            test.append({**e, "target": e["target"][: n - need + (w + 1) * prediction_length]})
+    return train, test
+
+
+def read_series_file(path: Path, freq: Optional[str], timestamp_column: Optional[str]) -> tuple[list[dict], str]:
+    """Series from a CSV (a timestamp column, one column per series) or GluonTS JSON lines."""
+    if not path.is_file():
+        raise UserError(f"data file not found: {path}")
+    if path.suffix.lower() == ".csv":
+        frame = pd.read_csv(path)
+        col = timestamp_column or frame.columns[0]
+        if col not in frame.columns:
+            raise UserError(f"{path}: no timestamp column '{col}'; columns are {list(frame.columns)}")
+        index = pd.to_datetime(frame.pop(col))
+        freq = freq or pd.infer_freq(index)
+        if freq is None:
+            raise UserError(f"{path}: cannot infer the frequency from the timestamps; pass data.freq (e.g. H, D, B)")
+        start = index.iloc[0].to_period(freq)
+        entries = []
+        for name in frame.columns:
+            values = pd.to_numeric(frame[name], errors="coerce").to_numpy(np.float32)
+            entries.append({"start": start, "target": values, "item_id": str(name)})
+        return entries, freq
+    if path.suffix.lower() in (".jsonl", ".json"):
+        if freq is None:
+            raise UserError(f"{path}: JSON lines carry no frequency; pass data.freq (e.g. H, D, B)")
+        entries = []
+        for i, line in enumerate(path.read_text().splitlines()):
+            if line.strip():
+                e = json.loads(line)
+                target = np.array([np.nan if v is None else v for v in e["target"]], dtype=np.float32)
+                entries.append({"start": pd.Period(e["start"], freq), "target": target, "item_id": str(e.get("item_id", i))})
+        return entries, freq
+    raise UserError(f"{path}: unsupported file type; use .csv (timestamp + one column per series) or .jsonl (GluonTS)")
+
+
+def synthetic_series(num_series: int = 16, length: int = 24 * 7 * 10, seed: int = 0) -> list[dict]:
+    """Hourly series with daily and weekly seasonality, a slow level drift and AR(1) noise.
+    Generated, so the demo and tests need no download."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(length)
+    entries = []
+    for i in range(num_series):
+        level = rng.uniform(5, 50)
+        daily = rng.uniform(0.2, 0.6) * np.sin(2 * np.pi * (t / 24 + rng.uniform()))
+        weekly = rng.uniform(0.05, 0.3) * np.sin(2 * np.pi * (t / 168 + rng.uniform()))
+        noise = np.zeros(length)
+        eps = rng.normal(0, 0.08, length)
+        for k in range(1, length):
+            noise[k] = 0.7 * noise[k - 1] + eps[k]
+        drift = 0.1 * np.sin(2 * np.pi * t / length * rng.uniform(0.5, 1.5))
+        values = level * np.exp(daily + weekly + noise + drift)
+        entries.append({"start": pd.Period("2024-01-01 00:00", "h"), "target": values.astype(np.float32), "item_id": f"synthetic_{i}"})
+    return entries
+
+
+def load_dataset(
+    dataset: str,
+    *,
+    root: Optional[str] = None,
+    freq: Optional[str] = None,
+    prediction_length: Optional[int] = None,
+    num_test_windows: int = 1,
+    timestamp_column: Optional[str] = None,
+    max_series: Optional[int] = None,
+) -> TimeSeriesData:
+    """Any supported dataset by name or path; ``prediction_length`` must agree with a GluonTS
+    dataset's own (its test windows are cut for it)."""
+    if dataset == "synthetic":
+        pl = prediction_length or 24
+        train, test = split_rolling(synthetic_series(), pl, num_test_windows)
+        data = TimeSeriesData("synthetic", "h", pl, train, test)
+    elif dataset.lower().endswith((".csv", ".jsonl", ".json")):
+        if prediction_length is None:
+            raise UserError(f"{dataset}: pass data.prediction_length (how many steps to forecast)")
+        entries, freq = read_series_file(Path(dataset), freq, timestamp_column)
+        train, test = split_rolling(entries, prediction_length, num_test_windows)
+        data = TimeSeriesData(Path(dataset).stem, freq, prediction_length, train, test)
+    else:
+        data = load_gluonts(dataset, root)
+        if prediction_length is not None and prediction_length != data.prediction_length:
+            raise UserError(
+                f"data.prediction_length={prediction_length} disagrees with dataset '{dataset}' "
+                f"(its test windows are {data.prediction_length} long); remove the key or set it to {data.prediction_length}"
+            )
+    if max_series is not None:
+        keep = {e["item_id"] for e in data.train[:max_series]}
+        data.train = [e for e in data.train if e["item_id"] in keep]
+        data.test = [e for e in data.test if e["item_id"] in keep]
+    return data
+
+
+# ---------------------------------------------------------------- windows and features
+
+
+class WindowBuilder:
+    """Builds TSDiff's model inputs from raw values: mean scaling on the observed context, the
+    target as channel 0 and its lags as channels 1..K, and the observed mask of every entry."""
+
+    def __init__(self, context_length: int, prediction_length: int, lags: Sequence[int]):
+        self.context_length = context_length
+        self.prediction_length = prediction_length
+        self.lags = list(lags)
+        self.history = max(self.lags, default=0)  # values needed before the window for its lags
+
+    @property
+    def channels(self) -> int:
+        return 1 + len(self.lags)
+
+    @property
+    def length(self) -> int:
+        return self.context_length + self.prediction_length
+
+    @property
+    def raw_length(self) -> int:
+        """How many raw values one window needs: lag history + context + prediction."""
+        return self.history + self.length
+
+    def features(self, values: np.ndarray, observed: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x, mask, scale) from raw windows (B, raw_length): x and mask are (B, L, 1+K), scale (B,).
+
+        The scale is the mean |value| over the observed context (1 where nothing is observed);
+        the same scale applies to lags and the future. Unobserved entries of x are 0.
+        """
+        values = np.where(observed > 0, np.nan_to_num(values), 0.0).astype(np.float32)
+        observed = observed.astype(np.float32)
+        ctx = slice(self.history, self.history + self.context_length)
+        count = observed[:, ctx].sum(1)
+        scale = np.abs(values[:, ctx]).sum(1) / np.maximum(count, 1)
+        scale = np.where((count > 0) & (scale > 1e-10), scale, 1.0).astype(np.float32)
+        scaled = values / scale[:, None]
+        idx = self.history + np.arange(self.length)
+        cols = [idx] + [idx - lag for lag in self.lags]
+        x = np.stack([scaled[:, c] for c in cols], axis=-1)
+        mask = np.stack([observed[:, c] for c in cols], axis=-1)
+        return torch.from_numpy(x), torch.from_numpy(mask), torch.from_numpy(scale)
+
+    def past_window(self, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The raw window of a series whose future is to be forecast: its last history+context values
+        (left-padded as unobserved when the series is shorter), the future unobserved."""
+        need = self.history + self.context_length
+        past = target[-need:]
+        pad = need - len(past)
+        values = np.concatenate([np.zeros(pad, np.float32), past, np.zeros(self.prediction_length, np.float32)])
+        observed = np.concatenate([np.zeros(pad), np.isfinite(past), np.zeros(self.prediction_length)])
+        return values, observed
+
+
+class TrainingWindows:
+    """Random training windows: a pure function of the generator it is given."""
+
+    def __init__(self, series: Sequence[dict], builder: WindowBuilder):
+        self.builder = builder
+        pad = builder.raw_length - builder.prediction_length  # allow windows starting before the series
+        pl = builder.prediction_length
+        self.values, self.observed, self.first_end = [], [], []
+        counts = []
+        for e in series:
+            t = e["target"]
+            n = len(t)
+            if n < pl + 1:
+                continue
+            # a window's context holds min(context_length, n - pl) real values; shorter series are
+            # left-padded with unobserved zeros, so they still train
+            min_past = min(builder.context_length, n - pl)
+            self.values.append(np.concatenate([np.zeros(pad, np.float32), np.nan_to_num(t)]))
+            self.observed.append(np.concatenate([np.zeros(pad, np.float32), np.isfinite(t).astype(np.float32)]))
+            self.first_end.append(pad + pl + min_past)
+            counts.append(n - pl - min_past + 1)
+        if not counts:
+            raise UserError(f"no training series has more than prediction_length={pl} values")
+        self.offsets = np.concatenate([[0], np.cumsum(counts)])
+        self.first_end = np.array(self.first_end)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x, mask, scale) of ``batch_size`` windows drawn uniformly over all positions."""
+        picks = torch.randint(0, len(self), (batch_size,), generator=generator).numpy()
+        series = np.searchsorted(self.offsets, picks, side="right") - 1
+        ends = self.first_end[series] + (picks - self.offsets[series])
+        raw = self.builder.raw_length
+        vals = np.stack([self.values[s][e - raw : e] for s, e in zip(series, ends)])
+        obs = np.stack([self.observed[s][e - raw : e] for s, e in zip(series, ends)])
+        return self.builder.features(vals, obs)

@@ -1,0 +1,152 @@
+"""The ``tsdiff`` task: its config schema, training job and the pieces forecasting reloads."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+from omegaconf import DictConfig
+
+from gencond.config import DiffusionConfig, RunConfig, TrainConfig
+from gencond.diffusion import DiffusionProcess
+from gencond.errors import UserError
+from gencond.training import TrainingJob
+
+from .data import TimeSeriesData, TrainingWindows, WindowBuilder, default_lags, load_dataset
+from .forecast import TSDiffForecaster, forecast_and_evaluate
+
+
+@dataclass
+class TSDiffModelConfig:
+    hidden_channels: int = 64
+    num_blocks: int = 3
+    state_size: int = 128
+    step_embedding_dim: int = 128
+    init_skip: bool = False
+    dropout: float = 0.0
+
+
+@dataclass
+class TSDataConfig:
+    dataset: str = "???"  # a GluonTS dataset name, 'synthetic', or a .csv / .jsonl file
+    root: Optional[str] = None  # where GluonTS datasets live (else $GENCOND_DATA_DIR/gluonts, then GluonTS's cache)
+    freq: Optional[str] = None  # required for .jsonl, inferred for .csv, the dataset's own otherwise
+    prediction_length: Optional[int] = None  # required for files; must match a GluonTS dataset's
+    context_length: int = 360
+    lags: Optional[List[int]] = None  # None = TSDiff's defaults for the frequency
+    use_lags: bool = True
+    num_test_windows: int = 1  # rolling test windows cut from the end of .csv / .jsonl / synthetic series
+    timestamp_column: Optional[str] = None  # CSV; default: the first column
+    max_series: Optional[int] = None  # use only the first N series (quick experiments, tests)
+
+
+@dataclass
+class ForecastConfig:
+    guidance: str = "quantile"  # quantile (TSDiff-Q) | mse (TSDiff-MS)
+    scale: float = 8.0  # guidance scale s
+    num_samples: int = 100
+    batch_size: int = 1600  # series × samples sampled together
+    validation_samples: int = 16
+    validation_series: int = 64
+
+
+def _tsdiff_diffusion() -> DiffusionConfig:
+    return DiffusionConfig(num_train_timesteps=100, beta_schedule="linear", beta_start=1e-4, beta_end=0.1)
+
+
+def _tsdiff_train() -> TrainConfig:
+    return TrainConfig(max_steps=128_000, batch_size=64, lr=1e-3, grad_clip=0.5, validate_every=6400, checkpoint_every=1000)
+
+
+@dataclass
+class TSDiffConfig(RunConfig):
+    task: str = "tsdiff"
+    train: TrainConfig = field(default_factory=_tsdiff_train)
+    diffusion: DiffusionConfig = field(default_factory=_tsdiff_diffusion)
+    model: TSDiffModelConfig = field(default_factory=TSDiffModelConfig)
+    data: TSDataConfig = field(default_factory=TSDataConfig)
+    forecast: ForecastConfig = field(default_factory=ForecastConfig)
+
+
+def load_data(cfg: DictConfig) -> TimeSeriesData:
+    d = cfg.data
+    return load_dataset(
+        d.dataset, root=d.root, freq=d.freq, prediction_length=d.prediction_length,
+        num_test_windows=d.num_test_windows, timestamp_column=d.timestamp_column, max_series=d.max_series,
+    )
+
+
+def window_builder(cfg: DictConfig, data: TimeSeriesData) -> WindowBuilder:
+    if cfg.data.context_length < 1:
+        raise UserError(f"data.context_length must be ≥ 1, got {cfg.data.context_length}")
+    lags = [] if not cfg.data.use_lags else (list(cfg.data.lags) if cfg.data.lags is not None else default_lags(data.freq))
+    if any(lag < 1 for lag in lags):
+        raise UserError(f"data.lags must be positive, got {lags}")
+    return WindowBuilder(cfg.data.context_length, data.prediction_length, lags)
+
+
+def build_model(cfg: DictConfig, channels: int) -> torch.nn.Module:
+    from .model import TSDiffDenoiser
+
+    m = cfg.model
+    return TSDiffDenoiser(
+        in_channels=channels, hidden_channels=m.hidden_channels, num_blocks=m.num_blocks, state_size=m.state_size,
+        step_embedding_dim=m.step_embedding_dim, init_skip=m.init_skip,
+        self_condition=cfg.diffusion.self_condition_prob > 0, dropout=m.dropout,
+    )
+
+
+def make_forecaster(cfg: DictConfig, model, builder: WindowBuilder, **overrides) -> TSDiffForecaster:
+    f = cfg.forecast
+    options = dict(guidance=f.guidance, scale=f.scale, num_samples=f.num_samples, batch_size=f.batch_size, seed=cfg.seed)
+    options.update(overrides)
+    device = next(model.parameters()).device
+    return TSDiffForecaster(model, DiffusionProcess(cfg.diffusion), builder, cfg.sampling, device=device, **options)
+
+
+def build(cfg: DictConfig) -> TrainingJob:
+    """The training job of a TSDiff config: random windows, denoising loss, CRPS validation."""
+    data = load_data(cfg)
+    builder = window_builder(cfg, data)
+    windows = TrainingWindows(data.train, builder)
+    model = build_model(cfg, builder.channels)
+    process = DiffusionProcess(cfg.diffusion)
+    batch_size = cfg.train.batch_size
+
+    def batch_fn(step: int, generator: torch.Generator):
+        return windows.sample(batch_size, generator)
+
+    def loss_fn(model, batch, generator):
+        x, mask, _ = batch
+        device = next(model.parameters()).device
+        return process.training_loss(model, x.to(device), mask=mask.to(device), generator=generator)
+
+    val_entries = data.validation_entries(cfg.forecast.validation_series)
+
+    def validate(model) -> dict[str, float]:
+        forecaster = make_forecaster(cfg, model, builder, num_samples=cfg.forecast.validation_samples, progress=False)
+        _, metrics = forecast_and_evaluate(forecaster, val_entries, data.freq, data.prediction_length)
+        return {"val_crps": metrics["CRPS"], "val_nd": metrics["ND"]}
+
+    return TrainingJob(model, batch_fn, loss_fn, validate, monitor="val_crps")
+
+
+def load_trained(run_dir: Path, weights: str = "best"):
+    """(cfg, model) of a trained run; ``weights`` is 'best' (validated) or 'last', falling back to
+    the last weights when the run kept no best checkpoint."""
+    from gencond.config import load_config
+
+    from .model import TSDiffDenoiser
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{run_dir} is not a run directory (no config.yaml); pass the directory `gencond train` wrote")
+    cfg = load_config(run_dir / "config.yaml")
+    choices = {"best": ["best", "model"], "last": ["model"]}
+    if weights not in choices:
+        raise UserError(f"unknown weights '{weights}'; use 'best' or 'last'")
+    for sub in choices[weights]:
+        if (run_dir / sub / "config.json").is_file():
+            return cfg, TSDiffDenoiser.from_pretrained(run_dir / sub)
+    raise UserError(f"{run_dir} has no trained weights yet (no model/ or best/); run `gencond train {run_dir}` to finish training")
