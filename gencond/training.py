@@ -106,15 +106,18 @@ def ema_weights(model: torch.nn.Module, ema: Optional[EMAModel]):
 
 
 class _StopFlag:
-    """First Ctrl-C asks the loop to checkpoint and stop at the next step; a second one aborts."""
+    """First Ctrl-C (or SIGTERM) asks the loop to checkpoint and stop after the step in flight;
+    a second one aborts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self._previous = {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def _handle(self, *_):
@@ -123,8 +126,8 @@ class _StopFlag:
         self.requested = True
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def train(cfg: DictConfig, job: TrainingJob, run_dir: str | Path, progress: bool = True) -> TrainResult:

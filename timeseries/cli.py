@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .data import series_id
+
 
 def add_forecast_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="a run directory written by `gencond train`")
@@ -76,8 +78,8 @@ def _full_history(data) -> list[dict]:
     """Each series once, with all its known values (its longest train or test entry)."""
     longest: dict[str, dict] = {}
     for e in data.train + data.test:
-        if len(e["target"]) > len(longest.get(e["item_id"], {"target": ()})["target"]):
-            longest[e["item_id"]] = e
+        if len(e["target"]) > len(longest.get(series_id(e), {"target": ()})["target"]):
+            longest[series_id(e)] = e
     return list(longest.values())
 
 

@@ -91,10 +91,14 @@ def load_gluonts(name: str, root: Optional[str] = None) -> TimeSeriesData:
 
 
 def _entry(e: dict, i: int) -> dict:
+    """Our entry format; ``series`` names the underlying series (GluonTS test sets give each
+    rolling window its own item_id, but keep the series' static category)."""
+    cat = e.get("feat_static_cat")
     return {
         "start": e["start"],
         "target": np.asarray(e["target"], dtype=np.float32),
         "item_id": str(e.get("item_id", i)),
+        "series": str(int(cat[0])) if cat is not None and len(cat) else str(e.get("item_id", i)),
     }
 
 
@@ -198,10 +202,15 @@ def load_dataset(
                 f"(its test windows are {data.prediction_length} long); remove the key or set it to {data.prediction_length}"
             )
     if max_series is not None:
-        keep = {e["item_id"] for e in data.train[:max_series]}
-        data.train = [e for e in data.train if e["item_id"] in keep]
-        data.test = [e for e in data.test if e["item_id"] in keep]
+        keep = {series_id(e) for e in data.train[:max_series]}
+        data.train = [e for e in data.train if series_id(e) in keep]
+        data.test = [e for e in data.test if series_id(e) in keep]
     return data
+
+
+def series_id(entry: dict) -> str:
+    """Which series an entry belongs to (several test windows share one)."""
+    return entry.get("series", entry["item_id"])
 
 
 # ---------------------------------------------------------------- windows and features

@@ -1,0 +1,66 @@
+"""Train a tiny TSDiff on a slice of exchange_rate_nips through the CLI, resume it, forecast it."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gencond.cli import main
+
+CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "timeseries" / "exchange_rate_nips.yaml")
+TINY = ["data.max_series=2", "data.context_length=60", "data.lags=[30]", "model.hidden_channels=16",
+        "model.num_blocks=1", "model.state_size=16", "model.step_embedding_dim=32", "train.batch_size=16",
+        "train.log_every=5", "train.checkpoint_every=10", "train.validate_every=10", "forecast.validation_samples=4",
+        "forecast.num_samples=8", "sampling.scheduler=ddim", "sampling.num_steps=10"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    if not (Path(__import__("os").environ["GENCOND_DATA_DIR"]) / "gluonts" / "exchange_rate_nips").is_dir():
+        pytest.skip("exchange_rate_nips is not under GENCOND_DATA_DIR")
+    runs = tmp_path_factory.mktemp("runs")
+    assert main(["train", CONFIG, f"runs_dir={runs}", "name=tiny", "train.max_steps=10", "--quiet", *TINY]) == 0
+    assert main(["train", CONFIG, f"runs_dir={runs}", "name=tiny", "train.max_steps=20", "--quiet", *TINY]) == 0
+    return runs / "tiny"
+
+
+def test_training_resumed_without_losing_steps(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [5, 10, 15, 20]
+    assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
+    assert [r["step"] for r in rows if "val_crps" in r] == [10, 20]
+    assert (run_dir / "best" / "config.json").exists() and (run_dir / "model" / "config.json").exists()
+
+
+def test_changed_config_refuses_to_resume(run_dir, capsys):
+    assert main(["train", str(run_dir), "model.hidden_channels=32", "--quiet"]) == 2
+    assert "trained with a different config (model.hidden_channels)" in capsys.readouterr().err
+
+
+def test_forecast_writes_metrics_csv_and_fan_chart(run_dir, tmp_path, capsys):
+    out = tmp_path / "fc"
+    assert main(["forecast", str(run_dir), "--out", str(out), "--quiet", "--scheduler", "ddim", "--steps", "5"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["series"] == 10  # 2 series × 5 rolling windows
+    assert all(np.isfinite(metrics[k]) and metrics[k] > 0 for k in ("CRPS", "ND", "NRMSE"))
+    table = pd.read_csv(out / "forecasts.csv")
+    assert len(table) == 10 * 30 and (table["q0.1"] <= table["q0.9"]).all()
+    assert (out / "fan_chart.png").read_bytes()[:4] == b"\x89PNG"
+    assert '"CRPS"' in capsys.readouterr().out
+
+
+def test_forecast_future_of_own_csv(run_dir, tmp_path):
+    idx = pd.bdate_range("2001-01-01", periods=200)
+    pd.DataFrame({"date": idx, "x": 1 + 0.01 * np.arange(200.0)}).to_csv(tmp_path / "mine.csv", index=False)
+    out = tmp_path / "future"
+    assert main(["forecast", str(run_dir), "--data", str(tmp_path / "mine.csv"), "--future", "--out", str(out),
+                 "--quiet", "--samples", "4", "--steps", "5", "--scheduler", "ddim"]) == 0
+    table = pd.read_csv(out / "forecasts.csv")
+    assert len(table) == 30 and table["timestamp"].iloc[0] == str(pd.Period(idx[-1], "B") + 1)
+    assert json.loads((out / "metrics.json").read_text())["series"] == 1
+
+
+def test_forecast_of_missing_run_is_a_clear_error(tmp_path, capsys):
+    assert main(["forecast", str(tmp_path)]) == 2
+    assert "is not a run directory" in capsys.readouterr().err
