@@ -99,7 +99,8 @@ def sample(
     self_cond = None
     carry_self_cond = process.cfg.self_condition_prob > 0
     was_training = model.training
-    model.eval()
+    frozen = [p for p in model.parameters() if p.requires_grad]  # guidance needs input gradients only
+    model.eval().requires_grad_(False)
     try:
         for t in tqdm(sched.timesteps, desc="sampling", disable=not progress, leave=False):
             tt = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
@@ -120,4 +121,6 @@ def sample(
             x = sched.step(eps, t, x, **step_kwargs).prev_sample.detach()
     finally:
         model.train(was_training)
+        for p in frozen:
+            p.requires_grad_(True)
     return x
