@@ -254,8 +254,8 @@ class WindowBuilder:
         scaled = values / scale[:, None]
         idx = self.history + np.arange(self.length)
         cols = [idx] + [idx - lag for lag in self.lags]
-        x = np.stack([scaled[:, c] for c in cols], axis=-1)
-        mask = np.stack([observed[:, c] for c in cols], axis=-1)
+        x = np.ascontiguousarray(np.stack([scaled[:, c] for c in cols], axis=-1))
+        mask = np.ascontiguousarray(np.stack([observed[:, c] for c in cols], axis=-1))
         return torch.from_numpy(x), torch.from_numpy(mask), torch.from_numpy(scale)
 
     def past_window(self, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
