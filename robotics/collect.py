@@ -1,0 +1,147 @@
+"""Expert demonstration datasets on disk: write (resumable, deterministic per seed) and read back.
+
+Layout of a dataset directory (format ``gencond-robotics-demos/1``)::
+
+    <root>/index.json                       format, resolution, and one entry per episode
+    <root>/<task>/<camera>/seed_<k>.npz     one episode (see :data:`EPISODE_KEYS`)
+
+An episode file holds ``frames`` (T+1, H, W, 3) uint8, ``actions`` (T, 4) float32, ``states``
+(T+1, 39) float32, ``success`` bool, ``success_step`` int, ``task``/``camera``/``text`` strings,
+``seed`` int, ``intrinsics`` (3, 3), ``world_to_camera`` (4, 4, OpenCV convention),
+``first_depth`` (H, W) metres, ``first_segmentation`` (H, W) geom ids and ``object_geom_ids``.
+Files are written to a temporary name and renamed, so an interrupted run never leaves half a file;
+rerunning skips episodes whose file exists.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from gencond.errors import UserError
+
+from robotics.envs import check_camera, check_task
+from robotics.experts import Demonstration
+
+FORMAT = "gencond-robotics-demos/1"
+EPISODE_KEYS = ("frames", "actions", "states", "success", "success_step", "task", "camera", "text",
+                "seed", "intrinsics", "world_to_camera", "first_depth", "first_segmentation",
+                "object_geom_ids")
+
+
+def episode_path(root: str | Path, task: str, camera: str, seed: int) -> Path:
+    return Path(root) / task / camera / f"seed_{seed}.npz"
+
+
+def save_demonstration(demo: Demonstration, path: str | Path) -> Path:
+    """Write one episode atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(
+        tmp, frames=demo.frames, actions=demo.actions, states=demo.states, success=demo.success,
+        success_step=demo.success_step, task=demo.task, camera=demo.camera, text=demo.text,
+        seed=demo.seed, intrinsics=demo.intrinsics, world_to_camera=demo.world_to_camera,
+        first_depth=demo.first_depth.astype(np.float32),
+        first_segmentation=demo.first_segmentation.astype(np.int32),
+        object_geom_ids=demo.object_geom_ids.astype(np.int32))
+    os.replace(tmp, path)
+    return path
+
+
+def load_demonstration(path: str | Path) -> Demonstration:
+    """Read an episode file written by :func:`save_demonstration`."""
+    with np.load(path, allow_pickle=False) as z:
+        missing = [k for k in EPISODE_KEYS if k not in z.files]
+        if missing:
+            raise ValueError(f"{path} is not a {FORMAT} episode: missing {', '.join(missing)}")
+        return Demonstration(
+            task=str(z["task"]), camera=str(z["camera"]), seed=int(z["seed"]), frames=z["frames"],
+            actions=z["actions"], states=z["states"], success=bool(z["success"]),
+            success_step=int(z["success_step"]), intrinsics=z["intrinsics"],
+            world_to_camera=z["world_to_camera"], first_depth=z["first_depth"],
+            first_segmentation=z["first_segmentation"], object_geom_ids=z["object_geom_ids"])
+
+
+def _index_entry(root: Path, path: Path, demo_or_file) -> dict:
+    if isinstance(demo_or_file, Demonstration):
+        d = demo_or_file
+        return {"file": str(path.relative_to(root)), "task": d.task, "camera": d.camera,
+                "seed": d.seed, "steps": len(d), "success": d.success}
+    with np.load(path, allow_pickle=False) as z:
+        return {"file": str(path.relative_to(root)), "task": str(z["task"]), "camera": str(z["camera"]),
+                "seed": int(z["seed"]), "steps": int(len(z["actions"])), "success": bool(z["success"])}
+
+
+def write_index(root: str | Path, resolution: tuple[int, int]) -> dict:
+    """Rebuild ``index.json`` from the episode files present under ``root``."""
+    root = Path(root)
+    entries = [_index_entry(root, p, p) for p in sorted(root.glob("*/*/seed_*.npz"))
+               if not p.name.endswith(".tmp.npz")]
+    index = {"format": FORMAT, "resolution": list(resolution), "episodes": entries}
+    tmp = root / "index.json.tmp"
+    tmp.write_text(json.dumps(index, indent=1))
+    os.replace(tmp, root / "index.json")
+    return index
+
+
+def read_index(root: str | Path) -> dict:
+    """The dataset's index; a clear error if ``root`` is not a dataset."""
+    path = Path(root) / "index.json"
+    if not path.exists():
+        raise UserError(f"no dataset at {root} (missing index.json); create one with "
+                                f"`gencond collect --out {root}`")
+    index = json.loads(path.read_text())
+    if index.get("format") != FORMAT:
+        raise UserError(f"{path} has format {index.get('format')!r}, expected {FORMAT!r}")
+    return index
+
+
+def collect(root: str | Path, tasks, cameras, seeds, resolution: int = 128,
+            progress: bool = True) -> dict:
+    """Run the experts for tasks x cameras x seeds into ``root``; finished episodes are skipped."""
+    from tqdm import tqdm
+
+    from robotics.envs import TaskEnv
+    from robotics.experts import run_expert
+
+    root = Path(root)
+    tasks = [check_task(t) for t in tasks]
+    cameras = [check_camera(c) for c in cameras]
+    todo = [(t, c, s) for t in tasks for c in cameras for s in seeds
+            if not episode_path(root, t, c, s).exists()]
+    total = len(tasks) * len(cameras) * len(seeds)
+    bar = tqdm(total=total, initial=total - len(todo), desc="collect", unit="ep", disable=not progress)
+    env, failures = None, 0
+    for task, camera, seed in todo:
+        if env is None or (env.task, env.camera) != (task, camera):
+            if env is not None:
+                env.close()
+            env = TaskEnv(task, camera, resolution)
+        demo = run_expert(env, seed)
+        save_demonstration(demo, episode_path(root, task, camera, seed))
+        failures += not demo.success
+        bar.set_postfix(task=task, camera=camera, failed=failures)
+        bar.update()
+    bar.close()
+    if env is not None:
+        env.close()
+    return write_index(root, (resolution, resolution))
+
+
+def load_dataset(root: str | Path, tasks=None, cameras=None, successful_only: bool = True):
+    """Episodes of a dataset, optionally filtered by task / camera / success."""
+    root = Path(root)
+    index = read_index(root)
+    demos = []
+    for entry in index["episodes"]:
+        if tasks is not None and entry["task"] not in tasks:
+            continue
+        if cameras is not None and entry["camera"] not in cameras:
+            continue
+        if successful_only and not entry["success"]:
+            continue
+        demos.append(load_demonstration(root / entry["file"]))
+    return demos

@@ -1,0 +1,129 @@
+"""Registers the robotics verbs (``collect``, ``evaluate-planner``) and the ``robotics-idm`` task.
+
+Kept light: heavy modules (mujoco, metaworld, torch) are imported inside the ``run`` functions.
+"""
+from __future__ import annotations
+
+import argparse
+
+from gencond.errors import UserError
+from gencond.registry import register_command, register_task
+
+from robotics.idm_config import IdmConfig
+
+PLANNERS = ("oracle", "repeat-first")
+EXTRACTORS = ("avdc", "idm")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'5' -> 0..4, '0-4' -> 0..4, '1,3,7' -> [1, 3, 7]."""
+    try:
+        if "-" in text:
+            lo, hi = text.split("-")
+            return list(range(int(lo), int(hi) + 1))
+        if "," in text:
+            return [int(s) for s in text.split(",")]
+        return list(range(int(text)))
+    except ValueError:
+        raise UserError(f"bad --seeds '{text}'; use a count (5), a range (0-4) or a list (1,3,7)") from None
+
+
+def parse_list(text: str | None, default):
+    if text in (None, "", "all"):
+        return list(default)
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _common_arguments(p: argparse.ArgumentParser, default_out: str, default_seeds: str) -> None:
+    p.add_argument("--tasks", default=None, help="comma-separated task names (default: the 11 benchmark tasks)")
+    p.add_argument("--cameras", default=None, help="comma-separated cameras (default: corner,corner2,corner3)")
+    p.add_argument("--seeds", default=default_seeds,
+                   help=f"a count (5), a range (0-4) or a list (1,3,7); default {default_seeds}")
+    p.add_argument("--resolution", type=int, default=128, help="square image size (default 128)")
+    p.add_argument("--out", default=default_out, help=f"output directory (default {default_out})")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_collect_arguments(p: argparse.ArgumentParser) -> None:
+    _common_arguments(p, "runs/robotics/demos", "0-4")
+
+
+def collect_command(args: argparse.Namespace) -> dict:
+    from robotics.collect import collect
+    from robotics.envs import BENCHMARK_TASKS, CAMERAS
+
+    index = collect(args.out, parse_list(args.tasks, BENCHMARK_TASKS), parse_list(args.cameras, CAMERAS),
+                    parse_seeds(args.seeds), args.resolution, progress=not args.quiet)
+    ok = sum(e["success"] for e in index["episodes"])
+    print(f"{len(index['episodes'])} episodes ({ok} successful) in {args.out}")
+    return index
+
+
+def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    # evaluation seeds default to ones no collected demonstration (seeds 0-4) used
+    _common_arguments(p, "runs/robotics/eval", "100-104")
+    p.add_argument("--planner", default="oracle", help=f"one of: {', '.join(PLANNERS)}")
+    p.add_argument("--extractor", default="avdc", help=f"one of: {', '.join(EXTRACTORS)}")
+    p.add_argument("--idm", default=None, help="run directory of a trained inverse-dynamics model (--extractor idm)")
+    p.add_argument("--plan-frames", type=int, default=8, help="frames per plan, first included (default 8)")
+    p.add_argument("--max-replans", type=int, default=5)
+    p.add_argument("--videos", type=int, default=1, help="episodes per task and camera saved as videos")
+    p.add_argument("--video-format", default="gif", help="gif or mp4")
+
+
+def make_planner(name: str, plan_frames: int, resolution: int):
+    from robotics.planners import OraclePlanner, RepeatFirstFramePlanner
+
+    if name == "oracle":
+        return OraclePlanner(plan_frames, resolution)
+    if name == "repeat-first":
+        return RepeatFirstFramePlanner(plan_frames)
+    raise UserError(f"unknown planner '{name}'; valid planners: {', '.join(PLANNERS)}")
+
+
+def make_follower_factory(name: str, idm_path: str | None):
+    if name == "avdc":
+        from robotics.avdc import AvdcFollower
+
+        return AvdcFollower
+    if name == "idm":
+        if not idm_path:
+            raise UserError("--extractor idm needs --idm RUN_DIR (a model trained with "
+                            "`gencond train configs/robotics/idm.yaml`)")
+        import torch
+
+        from robotics.idm import IdmFollower, load_idm
+
+        # a small CNN gains nothing from threads, and on a shared CPU extra OpenMP threads thrash
+        torch.set_num_threads(1)
+        model = load_idm(idm_path)
+        return lambda: IdmFollower(model)
+    raise UserError(f"unknown extractor '{name}'; valid extractors: {', '.join(EXTRACTORS)}")
+
+
+def evaluate_command(args: argparse.Namespace) -> dict:
+    from robotics.envs import BENCHMARK_TASKS, CAMERAS
+    from robotics.evaluate import evaluate
+
+    planner = make_planner(args.planner, args.plan_frames, args.resolution)
+    factory = make_follower_factory(args.extractor, args.idm)
+    table = evaluate(planner, factory, parse_list(args.tasks, BENCHMARK_TASKS), parse_list(args.cameras, CAMERAS),
+                     parse_seeds(args.seeds), args.out, resolution=args.resolution,
+                     max_replans=args.max_replans, videos=args.videos, video_format=args.video_format,
+                     title=f"{args.planner} planner + {args.extractor} extractor", progress=not args.quiet)
+    print(f"overall success {table['overall']}% over {table['episodes']} episodes "
+          f"({table['episodes_per_minute']} episodes/min); tables in {args.out}/results.md")
+    return table
+
+
+def _build_idm(cfg):
+    from robotics.idm import build
+
+    return build(cfg)
+
+
+register_command("collect", "run MetaWorld's scripted experts and write a demonstration dataset",
+                 add_collect_arguments, collect_command)
+register_command("evaluate-planner", "execute video plans in MetaWorld and report success (AVDC protocol)",
+                 add_evaluate_arguments, evaluate_command)
+register_task("robotics-idm", IdmConfig, _build_idm)
