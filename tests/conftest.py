@@ -7,7 +7,7 @@ import torch
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 os.environ.setdefault("GENCOND_DATA_DIR", str(SHARED_DATA))
 os.environ.setdefault("MUJOCO_GL", "egl")
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("GENCOND_TEST_THREADS", "2")))
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ def add_forecast_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--future", action="store_true", help="forecast beyond the end of each series (no evaluation)")
     p.add_argument("--max-series", type=int, help="forecast only the first N test entries")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: the run's train.threads)")
     p.add_argument("--out", help="output folder (default: RUN_DIR/forecasts/<settings>)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -38,6 +39,8 @@ def forecast_command(args: argparse.Namespace) -> dict:
     from .task import load_data, load_trained, make_forecaster, window_builder
 
     cfg, model = load_trained(Path(args.run_dir), args.weights)
+    if args.threads or cfg.train.threads:
+        torch.set_num_threads(args.threads or cfg.train.threads)
     if args.scheduler or args.steps:
         cfg.sampling = OmegaConf.merge(cfg.sampling, {k: v for k, v in {"scheduler": args.scheduler, "num_steps": args.steps}.items() if v})
     if args.data:

@@ -38,7 +38,7 @@ class TSDiffForecaster:
         guidance: str = "quantile",
         scale: float = 8.0,
         num_samples: int = 100,
-        batch_size: int = 1600,
+        batch_size: int = 200,
         seed: int = 0,
         device: torch.device | str = "cpu",
         progress: bool = True,
