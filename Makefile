@@ -16,8 +16,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -e '.[test]'
 	touch $@
 
-demo: setup
-	$(VENV)/bin/gencond train configs/timeseries/demo.yaml
+demo: setup  # extra config overrides: make demo ARGS="train.max_steps=400"
+	$(VENV)/bin/gencond train configs/timeseries/demo.yaml $(ARGS)
 	$(VENV)/bin/gencond forecast runs/demo
 
 test: setup

@@ -51,9 +51,10 @@ def train_to(budget: float, args, run_dir: Path) -> dict:
     return snap
 
 
-def evaluate(snap: Path, spec: str, samples: int, max_series: int | None) -> dict:
+def evaluate(snap: Path, spec: str, samples: int, max_series: int | None, batch_size: int) -> dict:
     scheduler, steps = spec.split(":")
     cfg, model = load_trained(snap, "best")
+    cfg.forecast.batch_size = batch_size
     cfg.sampling.scheduler, cfg.sampling.num_steps = scheduler, int(steps)
     data = load_data(cfg)
     entries = data.test[:max_series] if max_series else data.test
@@ -72,6 +73,7 @@ def main() -> None:
     p.add_argument("--final-eval", nargs="*", default=["ddpm:100"], help="sampler:steps for the last budget")
     p.add_argument("--samples", type=int, default=100)
     p.add_argument("--max-series", type=int, help="evaluate only the first N test windows")
+    p.add_argument("--batch-size", type=int, default=200, help="windows sampled together")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs-dir", default=str(ROOT / "runs"))
     p.add_argument("--name", default="bench_exchange")
@@ -92,7 +94,7 @@ def main() -> None:
         for spec in args.eval + (args.final_eval if i == len(snaps) - 1 else []):
             if any(r["budget_min"] == info["budget_min"] and r["sampler"] == spec for r in rows):
                 continue
-            row = {**info, **evaluate(snap, spec, args.samples, args.max_series), "threads": args.threads}
+            row = {**info, **evaluate(snap, spec, args.samples, args.max_series, args.batch_size), "threads": args.threads}
             row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             rows.append(row)
             print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
