@@ -6,6 +6,7 @@ i/(N+1), so the N samples spread like the predictive distribution.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
@@ -22,6 +23,7 @@ from gencond.sampling import sample
 from .data import WindowBuilder
 
 GUIDANCE_KINDS = ("quantile", "mse")
+MAX_CONTEXT_MISFIT = 1.0  # samples further than this from the observed context mean guidance failed
 EVAL_QUANTILES = tuple(np.round(np.arange(1, 10) / 10, 1))
 
 
@@ -56,7 +58,7 @@ class TSDiffForecaster:
         windows = [self.builder.past_window(np.asarray(p, dtype=np.float32)) for p in pasts]
         per_batch = max(1, self.batch_size // self.num_samples)
         generator = torch.Generator().manual_seed(self.seed)
-        out = []
+        out, misfits = [], []
         chunks = range(0, len(windows), per_batch)
         for start in tqdm(chunks, desc="forecast", disable=not self.progress or len(chunks) == 1):
             group = windows[start : start + per_batch]
@@ -72,8 +74,16 @@ class TSDiffForecaster:
                 guidance=energy, guidance_scale=self.scale, generator=generator,
                 device=self.device, progress=self.progress and len(chunks) == 1,
             )
+            misfits.append(context_misfit(draws, x, mask, self.builder.context_length))
             future = draws[:, self.builder.context_length :, 0].float().cpu().reshape(len(group), n, -1)
             out.append((future * scale[:, None, None]).numpy())
+        misfit = float(torch.cat(misfits).median())
+        if not np.isfinite(misfit) or misfit > MAX_CONTEXT_MISFIT:
+            warnings.warn(
+                f"guided samples miss the observed context by {misfit:.3g} (RMS, in units of the series' mean): "
+                f"the forecasts are unreliable; lower the guidance scale (now {self.scale:g}), use more sampling "
+                f"steps, or train longer", stacklevel=2,
+            )
         return np.concatenate(out)
 
     def predict(self, entries: Iterable[dict], freq: str):
@@ -86,6 +96,13 @@ class TSDiffForecaster:
             SampleForecast(s, start_date=pd.Period(e["start"], freq) + len(e["target"]), item_id=e.get("item_id"))
             for e, s in zip(entries, samples)
         ]
+
+
+def context_misfit(draws: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, context_length: int) -> torch.Tensor:
+    """Per-sample RMS distance between the samples and the observed context (scaled units)."""
+    m = mask[:, :context_length, 0].cpu()
+    err = (draws[:, :context_length, 0].cpu() - x[:, :context_length, 0].cpu()).square() * m
+    return (err.sum(1) / m.sum(1).clamp_min(1)).sqrt()
 
 
 def evaluate(entries: Sequence[dict], forecasts: Sequence, freq: str) -> dict[str, float]:
@@ -133,7 +150,7 @@ def fan_chart(entries: Sequence[dict], forecasts: Sequence, path, freq: str, *, 
         fidx = pd.period_range(f.start_date, periods=n, freq=freq).to_timestamp()
         for lo, hi, alpha in ((0.05, 0.95, 0.2), (0.25, 0.75, 0.4)):
             ax.fill_between(fidx, f.quantile(lo), f.quantile(hi), color="tab:blue", alpha=alpha, lw=0,
-                            label=f"{int(100 * (hi - lo))} % interval")
+                            label=f"{round(100 * (hi - lo))} % interval")
         ax.plot(fidx, f.quantile(0.5), color="tab:blue", lw=1.5, label="median")
         ax.set_title(str(e.get("item_id", "")), fontsize=9)
         ax.tick_params(labelsize=7)

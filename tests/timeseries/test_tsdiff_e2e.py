@@ -64,3 +64,9 @@ def test_forecast_future_of_own_csv(run_dir, tmp_path):
 def test_forecast_of_missing_run_is_a_clear_error(tmp_path, capsys):
     assert main(["forecast", str(tmp_path)]) == 2
     assert "is not a run directory" in capsys.readouterr().err
+
+
+def test_diverging_guidance_warns(run_dir, tmp_path):
+    with pytest.warns(UserWarning, match="guided samples miss the observed context.*lower the guidance scale"):
+        main(["forecast", str(run_dir), "--out", str(tmp_path), "--quiet", "--guidance", "mse", "--scale", "1e6",
+              "--scheduler", "ddim", "--steps", "3", "--samples", "2", "--max-series", "1"])
