@@ -81,6 +81,10 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/tsdiff_exchange.json"))
     p.add_argument("overrides", nargs="*", help="config overrides, key=value")
     args = p.parse_args()
+    for spec in args.eval + args.final_eval:
+        name, _, steps = spec.partition(":")
+        if not steps.isdigit():
+            p.error(f"'{spec}' is not a sampler:steps spec like ddim:25 (put key=value overrides before the options)")
     torch.set_num_threads(args.threads)
     run_dir, out = Path(args.runs_dir) / args.name, Path(args.out)
     if args.restart:
