@@ -101,7 +101,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
 
 def _schema_keys(node: DictConfig, prefix: str = "") -> list[str]:
     keys = []
-    for k, v in node.items_ex(resolve=False) if hasattr(node, "items_ex") else node.items():
+    for k, v in node.items_ex(resolve=False):
         full = f"{prefix}{k}"
         keys.append(full)
         if isinstance(v, DictConfig):
