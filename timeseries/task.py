@@ -47,7 +47,7 @@ class ForecastConfig:
     scale: float = 8.0  # guidance scale s
     num_samples: int = 100
     # windows (series × samples) sampled together; on CPU, batches whose activations pass glibc's
-    # 32 MB mmap threshold are page-faulted in at every step and run ~3x slower: raise it on a GPU
+    # 32 MB mmap threshold are page-faulted in at every step, which dominates the time: raise it on a GPU
     batch_size: int = 200
     validation_samples: int = 16
     validation_series: int = 64
