@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from .config import ConfigError, load_config, save_config
 from .errors import UserError
-from .registry import COMMANDS, get_task, load_domains
+from .registry import COMMANDS, SHARED_VERBS, get_task, get_task_verb, load_domains
 
 # Keys that may change between a run and its resumption without changing what is trained.
 RESUMABLE_KEYS = {"max_steps", "max_minutes", "threads", "log_every", "checkpoint_every", "validate_every", "keep_checkpoints"}
@@ -61,6 +61,23 @@ def train_command(args: argparse.Namespace) -> None:
     print(f"{result.stopped}: step {result.step}, {result.elapsed_s:.0f} s of training; run directory: {run_dir}")
 
 
+def shared_verb_command(args: argparse.Namespace):
+    """``gencond sample|eval RUN_DIR ...``: dispatch to the run's task, which parses the rest."""
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{run_dir} is not a run directory (no config.yaml); pass the directory `gencond train` wrote")
+    task = OmegaConf.load(run_dir / "config.yaml").get("task")
+    try:
+        cmd = get_task_verb(task, args.verb)
+    except KeyError as e:
+        raise UserError(e.args[0]) from None
+    parser = argparse.ArgumentParser(prog=f"gencond {args.verb} RUN_DIR", description=cmd.help)
+    cmd.add_arguments(parser)
+    task_args = parser.parse_args(args.rest)
+    task_args.run_dir = str(run_dir)
+    return cmd.run(task_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     load_domains()
     parser = argparse.ArgumentParser(prog="gencond", description="Self-conditioned diffusion models.")
@@ -71,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restart", action="store_true", help="delete the run directory and start over")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=train_command)
+    for verb, help in SHARED_VERBS.items():
+        p = verbs.add_parser(verb, help=help)
+        p.add_argument("run_dir", help="a run directory written by `gencond train`")
+        p.add_argument("rest", nargs=argparse.REMAINDER, help="the task's own options (see RUN_DIR --help)")
+        p.set_defaults(run=shared_verb_command)
     for name in sorted(COMMANDS):
         cmd = COMMANDS[name]
         sub = verbs.add_parser(name, help=cmd.help)

@@ -14,6 +14,9 @@ from typing import Any, Callable
 
 TASKS: dict[str, "Task"] = {}
 COMMANDS: dict[str, "Command"] = {}
+TASK_VERBS: dict[tuple[str, str], "Command"] = {}  # (task, verb) -> how that task runs a shared verb
+SHARED_VERBS = {"sample": "draw samples from a trained run (RUN_DIR --help: the task's options)",
+                "eval": "evaluate a trained run (RUN_DIR --help: the task's options)"}
 _loaded = False
 
 
@@ -44,6 +47,24 @@ def register_task(name: str, schema: type, build: Callable[[Any], Any]) -> None:
 def register_command(name: str, help: str, add_arguments, run) -> None:
     """Register a domain verb for the ``gencond`` CLI (e.g. ``forecast``, ``collect``)."""
     COMMANDS[name] = Command(name, help, add_arguments, run)
+
+
+def register_task_verb(task: str, verb: str, help: str, add_arguments, run) -> None:
+    """How ``task`` implements a shared verb (``sample``, ``eval``): ``gencond VERB RUN_DIR ...``
+    reads the run's task and hands the remaining arguments to this parser and ``run(args)``,
+    where ``args.run_dir`` is the run directory."""
+    if verb not in SHARED_VERBS:
+        raise ValueError(f"unknown shared verb '{verb}'; shared verbs: {', '.join(SHARED_VERBS)}")
+    TASK_VERBS[(task, verb)] = Command(verb, help, add_arguments, run)
+
+
+def get_task_verb(task: str, verb: str) -> "Command":
+    """The task's implementation of a shared verb, or a one-line error naming the tasks that have one."""
+    load_domains()
+    if (task, verb) not in TASK_VERBS:
+        having = ", ".join(sorted(t for t, v in TASK_VERBS if v == verb)) or "none"
+        raise KeyError(f"task '{task}' has no '{verb}' command; tasks with one: {having}")
+    return TASK_VERBS[(task, verb)]
 
 
 def load_domains() -> None:
