@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .data import series_id
+from gencond.errors import UserError
+
+from .data import MISSING_SCENARIOS, series_id
 
 
 def add_forecast_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,38 +25,59 @@ def add_forecast_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="forecast this .csv/.jsonl instead of the run's dataset")
     p.add_argument("--freq", help="frequency of --data (e.g. H, D, B)")
     p.add_argument("--future", action="store_true", help="forecast beyond the end of each series (no evaluation)")
-    p.add_argument("--max-series", type=int, help="forecast only the first N test entries")
+    p.add_argument("--missing", choices=MISSING_SCENARIOS, help="hide context points first: at random (RM), "
+                   "a block at the beginning (BM-B) or end (BM-E) of the context (default: the config's forecast.missing)")
+    p.add_argument("--missing-points", type=int, help="how many context points to hide (default: the config's data.missing_points)")
+    _common_arguments(p, "forecast only the first N test entries", "RUN_DIR/forecasts/<settings>")
+
+
+def _common_arguments(p: argparse.ArgumentParser, max_series_help: str, out_default: str) -> None:
+    p.add_argument("--max-series", type=int, help=max_series_help)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: the run's train.threads)")
-    p.add_argument("--out", help="output folder (default: RUN_DIR/forecasts/<settings>)")
+    p.add_argument("--out", help=f"output folder (default: {out_default})")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def forecast_command(args: argparse.Namespace) -> dict:
+def _load_run(args: argparse.Namespace):
+    """(cfg, model on its device) of the run, with the sampler overrides and threads applied."""
     import torch
     from omegaconf import OmegaConf
 
-    from .data import load_dataset
-    from .forecast import evaluate, fan_chart, forecast_and_evaluate
-    from .task import load_data, load_trained, make_forecaster, window_builder
+    from .task import load_trained
 
-    cfg, model = load_trained(Path(args.run_dir), args.weights)
+    cfg, model = load_trained(Path(args.run_dir), getattr(args, "weights", "best"))
     if args.threads or cfg.train.threads:
         torch.set_num_threads(args.threads or cfg.train.threads)
-    if args.scheduler or args.steps:
-        cfg.sampling = OmegaConf.merge(cfg.sampling, {k: v for k, v in {"scheduler": args.scheduler, "num_steps": args.steps}.items() if v})
+    chosen = {"scheduler": getattr(args, "scheduler", None), "num_steps": getattr(args, "steps", None)}
+    cfg.sampling = OmegaConf.merge(cfg.sampling, {k: v for k, v in chosen.items() if v})
+    return cfg, model.to("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def forecast_command(args: argparse.Namespace) -> dict:
+    from .data import load_dataset
+    from .forecast import fan_chart, forecast_and_evaluate
+    from .task import check_missing, load_data, make_forecaster, window_builder
+
+    cfg, model = _load_run(args)
+    cfg.forecast.missing = args.missing or cfg.forecast.missing
+    cfg.data.missing_points = args.missing_points or cfg.data.missing_points
+    check_missing(cfg)
+    if args.future and cfg.forecast.missing:
+        raise UserError("--missing hides points of test contexts; it cannot be combined with --future")
     if args.data:
         data = load_dataset(args.data, freq=args.freq, prediction_length=load_data(cfg).prediction_length,
                             num_test_windows=cfg.data.num_test_windows, timestamp_column=cfg.data.timestamp_column)
     else:
         data = load_data(cfg)
-    model.to("cuda" if torch.cuda.is_available() else "cpu")
     builder = window_builder(cfg, data)
     overrides = {k: v for k, v in {"guidance": args.guidance, "scale": args.scale, "num_samples": args.samples}.items() if v is not None}
     forecaster = make_forecaster(cfg, model, builder, seed=args.seed, progress=not args.quiet, **overrides)
     entries = _full_history(data) if args.future else data.test
     entries = entries[: args.max_series] if args.max_series else entries
-    tag = f"{forecaster.guidance}_s{forecaster.scale:g}_{cfg.sampling.scheduler}{cfg.sampling.num_steps or cfg.diffusion.num_train_timesteps}_n{forecaster.num_samples}"
+    how = "cond" if forecaster.conditional else f"{forecaster.guidance}_s{forecaster.scale:g}"
+    tag = f"{how}_{cfg.sampling.scheduler}{cfg.sampling.num_steps or cfg.diffusion.num_train_timesteps}_n{forecaster.num_samples}"
+    tag += f"_{cfg.forecast.missing}{cfg.data.missing_points}" if cfg.forecast.missing else ""
     out = Path(args.out) if args.out else Path(args.run_dir) / "forecasts" / (tag + ("_future" if args.future else ""))
     out.mkdir(parents=True, exist_ok=True)
 
@@ -63,12 +86,15 @@ def forecast_command(args: argparse.Namespace) -> dict:
         forecasts = forecaster.predict(entries, data.freq)
         metrics = {}
     else:
-        forecasts, metrics = forecast_and_evaluate(forecaster, entries, data.freq, data.prediction_length)
+        forecasts, metrics = forecast_and_evaluate(forecaster, entries, data.freq, data.prediction_length,
+                                                   missing=cfg.forecast.missing, missing_points=cfg.data.missing_points,
+                                                   seed=args.seed)
     seconds = time.perf_counter() - start
-    metrics.update(series=len(entries), seconds=seconds, seconds_per_series=seconds / max(1, len(entries)), settings=tag)
+    metrics.update(method=forecaster.method, missing=cfg.forecast.missing, series=len(entries), seconds=seconds,
+                   seconds_per_series=seconds / max(1, len(entries)), settings=tag)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     _write_quantiles(forecasts, out / "forecasts.csv", data.freq)
-    title = f"{data.name}: TSDiff-{'Q' if forecaster.guidance == 'quantile' else 'MS'}" + (
+    title = f"{data.name}: {forecaster.method}" + (f" ({cfg.forecast.missing} missing)" if cfg.forecast.missing else "") + (
         f", CRPS {metrics['CRPS']:.4f}" if "CRPS" in metrics else "")
     fan_chart(entries, forecasts, out / "fan_chart.png", data.freq, title=title)
     shown = {k: round(v, 5) if isinstance(v, float) else v for k, v in metrics.items()}
@@ -94,3 +120,155 @@ def _write_quantiles(forecasts, path: Path, freq: str) -> None:
         cols.update({f"q{q:.1f}": f.quantile(q) for q in np.round(np.arange(1, 10) / 10, 1)})
         rows.append(pd.DataFrame(cols))
     pd.concat(rows).to_csv(path, index=False)
+
+
+# ---------------------------------------------------------------- refine
+
+
+def add_refine_arguments(p: argparse.ArgumentParser) -> None:
+    from .refine import REFINERS
+
+    p.add_argument("run_dir", help="a run directory of an unconditional TSDiff")
+    p.add_argument("--base", default="seasonal_naive",
+                   help="base forecaster: seasonal_naive, linear (Ridge), or module:attr naming a GluonTS predictor, "
+                        "estimator class or factory (default: seasonal_naive)")
+    p.add_argument("--base-options", help="JSON keyword arguments for a module:attr base, e.g. '{\"trainer_kwargs\": {\"max_epochs\": 5}}'")
+    p.add_argument("--refiners", default="all", help=f"comma-separated from {', '.join(REFINERS)} (default: all)")
+    p.add_argument("--step-size", type=float, help="eta (default: the config's refine.step_size)")
+    p.add_argument("--iterations", type=int, help="refinement iterations (default: the config's, 20)")
+    p.add_argument("--tau", type=int, help="diffusion step of the denoising energy (default: closest to the mean loss)")
+    p.add_argument("--samples", type=int, help="samples per series (default: the config's refine.num_samples)")
+    p.add_argument("--weights", default="best", choices=["best", "last"], help="validated best or last weights")
+    _common_arguments(p, "refine only the first N test entries", "RUN_DIR/refine/<base>")
+
+
+def refine_command(args: argparse.Namespace) -> dict:
+    from .baselines import make_base
+    from .forecast import evaluate, fan_chart
+    from .refine import REFINERS, Refiner, choose_tau
+    from .task import load_data, window_builder
+
+    cfg, model = _load_run(args)
+    r = cfg.refine
+    names = list(REFINERS) if args.refiners == "all" else [n.strip() for n in args.refiners.split(",")]
+    unknown = [n for n in names if n not in REFINERS]
+    if unknown:
+        raise UserError(f"unknown refiner(s) {', '.join(unknown)}; use {', '.join(REFINERS)} or all")
+    data = load_data(cfg)
+    builder = window_builder(cfg, data)
+    entries = data.test[: args.max_series] if args.max_series else data.test
+    pl = data.prediction_length
+    pasts = [{**e, "target": e["target"][:-pl]} for e in entries]
+    samples = args.samples or r.num_samples
+    base = make_base(args.base, data, cfg.data.context_length, options=args.base_options, num_samples=samples, seed=args.seed)
+    base_forecasts = base.predict(pasts, data.freq)
+    tau = choose_tau(model, _process(cfg), builder, data.train, seed=args.seed, tau=args.tau if args.tau is not None else r.tau)
+    label = args.base.replace(":", "_").replace(".", "_")
+    out = Path(args.out) if args.out else Path(args.run_dir) / "refine" / label
+    out.mkdir(parents=True, exist_ok=True)
+    results = {"base": args.base, "series": len(entries), "tau": tau, "step_size": args.step_size or r.step_size,
+               "iterations": args.iterations if args.iterations is not None else r.iterations,
+               "CRPS": {"base": evaluate(entries, base_forecasts, data.freq)["CRPS"]}, "seconds": {}}
+    print(f"{args.base}: CRPS {results['CRPS']['base']:.4f}; tau = {tau}")
+    best = None
+    for name in names:
+        method, prior = name.split("-")
+        refiner = Refiner(model, _process(cfg), builder, tau=tau, method=method, prior=prior,
+                          step_size=results["step_size"], iterations=results["iterations"], prior_weight=r.prior_weight,
+                          noise_scale=r.noise_scale, num_samples=samples, batch_size=cfg.forecast.batch_size,
+                          seed=args.seed, device=next(model.parameters()).device, progress=not args.quiet)
+        start = time.perf_counter()
+        refined = refiner.predict(pasts, base_forecasts, data.freq)
+        results["seconds"][name] = time.perf_counter() - start
+        results["CRPS"][name] = evaluate(entries, refined, data.freq)["CRPS"]
+        print(f"  {name}: CRPS {results['CRPS'][name]:.4f} ({results['seconds'][name]:.0f} s)")
+        if best is None or results["CRPS"][name] < results["CRPS"][best[0]]:
+            best = (name, refined)
+    (out / "metrics.json").write_text(json.dumps(results, indent=2))
+    fan_chart(entries, base_forecasts, out / "base.png", data.freq, title=f"{data.name}: {args.base}, CRPS {results['CRPS']['base']:.4f}")
+    fan_chart(entries, best[1], out / "refined.png", data.freq,
+              title=f"{data.name}: {args.base} refined by {best[0]}, CRPS {results['CRPS'][best[0]]:.4f}")
+    print(f"wrote {out}/metrics.json, base.png, refined.png")
+    return results
+
+
+def _process(cfg):
+    from gencond.diffusion import DiffusionProcess
+
+    return DiffusionProcess(cfg.diffusion)
+
+
+# ---------------------------------------------------------------- sample and eval (synthesis)
+
+
+def add_sample_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--num", type=int, default=1000, help="how many windows (default 1000)")
+    p.add_argument("--scheduler", help="ddpm, ddim, dpm++, ... (default: the config's sampling.scheduler)")
+    p.add_argument("--steps", type=int, help="sampling steps (default: every training step)")
+    p.add_argument("--weights", default="best", choices=["best", "last"], help="validated best or last weights")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: the run's train.threads)")
+    p.add_argument("--out", help="output folder (default: RUN_DIR/samples)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _synthesize(cfg, model, args, num: int):
+    from .synthesis import synthesize
+    from .task import load_data, window_builder
+
+    data = load_data(cfg)
+    builder = window_builder(cfg, data)
+    windows = synthesize(model, _process(cfg), builder, cfg.sampling, num, batch_size=cfg.forecast.batch_size,
+                         seed=args.seed, device=next(model.parameters()).device, progress=not args.quiet)
+    return data, builder, windows
+
+
+def sample_command(args: argparse.Namespace) -> Path:
+    from .baselines import real_windows
+    from .synthesis import plot_windows
+
+    cfg, model = _load_run(args)
+    data, builder, windows = _synthesize(cfg, model, args, args.num)
+    out = Path(args.out) if args.out else Path(args.run_dir) / "samples"
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "windows.npy", windows)
+    real = real_windows(data.train, type(builder)(builder.context_length, builder.prediction_length, []), 64, args.seed)
+    plot_windows(real, windows, out / "windows.png", builder.context_length, title=f"{data.name}: real vs. TSDiff samples (scaled)")
+    print(f"wrote {len(windows)} windows of length {windows.shape[1]} (scaled units) to {out}/windows.npy, and windows.png")
+    return out / "windows.npy"
+
+
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    add_sample_arguments(p)
+    p.set_defaults(num=10_000)
+    p.add_argument("--lps", action="store_true", help="Linear Predictive Score of synthetic windows (and of real ones)")
+    p.add_argument("--windows", help="score these windows (.npy from `gencond sample`) instead of drawing --num new ones")
+
+
+def eval_command(args: argparse.Namespace) -> dict:
+    from .baselines import real_windows
+    from .synthesis import load_windows, lps_report, plot_windows
+    from .task import load_data, window_builder
+
+    if not args.lps:
+        raise UserError("nothing to evaluate: pass --lps (forecast accuracy: `gencond forecast RUN_DIR`)")
+    cfg, model = _load_run(args)
+    if args.windows:
+        data = load_data(cfg)
+        builder = window_builder(cfg, data)
+        windows = load_windows(args.windows, builder.length)
+    elif args.num < cfg.data.context_length:  # fail before sampling, not after
+        raise UserError(f"{args.num} windows are fewer than the {cfg.data.context_length} features (context values) "
+                        f"of the linear model; pass --num ≥ {cfg.data.context_length}")
+    else:
+        data, builder, windows = _synthesize(cfg, model, args, args.num)
+    report = lps_report(windows, data, builder.context_length, seed=args.seed)
+    out = Path(args.out) if args.out else Path(args.run_dir) / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "lps.json").write_text(json.dumps(report, indent=2))
+    real = real_windows(data.train, type(builder)(builder.context_length, builder.prediction_length, []), 64, args.seed)
+    plot_windows(real, windows, out / "real_vs_synthetic.png", builder.context_length,
+                 title=f"{data.name}: LPS synthetic {report['LPS_synthetic']:.4f} vs. real {report['LPS_real']:.4f}")
+    print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in report.items()}))
+    print(f"wrote {out}/lps.json, real_vs_synthetic.png")
+    return report

@@ -213,6 +213,33 @@ def series_id(entry: dict) -> str:
     return entry.get("series", entry["item_id"])
 
 
+# ---------------------------------------------------------------- missing-value scenarios
+
+MISSING_SCENARIOS = ("RM", "BM-B", "BM-E")  # random, a block at the beginning / end of the context
+
+
+def missing_positions(scenario: str, count: int, context_length: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted context positions (0 = oldest) hidden by a TSDiff missing-value scenario: ``count``
+    at random (RM), the first ``count`` (BM-B) or the last ``count`` (BM-E)."""
+    if scenario not in MISSING_SCENARIOS:
+        raise UserError(f"unknown missing-value scenario '{scenario}'; use one of {', '.join(MISSING_SCENARIOS)}")
+    if not 0 < count < context_length:
+        raise UserError(f"the number of missing points must be in 1..{context_length - 1} (the context length - 1), got {count}")
+    if scenario == "RM":
+        return np.sort(rng.choice(context_length, size=count, replace=False))
+    return np.arange(count) if scenario == "BM-B" else np.arange(context_length - count, context_length)
+
+
+def hide_context(past: np.ndarray, scenario: str, count: int, context_length: int, rng: np.random.Generator) -> np.ndarray:
+    """A copy of a past series whose last ``context_length`` values lose ``count`` to NaN as
+    ``scenario`` says (the context is the end of the past; a shorter past loses what it has there)."""
+    past = np.array(past, dtype=np.float32)
+    first = len(past) - context_length
+    idx = first + missing_positions(scenario, count, context_length, rng)
+    past[idx[idx >= 0]] = np.nan
+    return past
+
+
 # ---------------------------------------------------------------- windows and features
 
 
@@ -239,24 +266,29 @@ class WindowBuilder:
         """How many raw values one window needs: lag history + context + prediction."""
         return self.history + self.length
 
-    def features(self, values: np.ndarray, observed: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def features(self, values: np.ndarray, observed: np.ndarray, scale: Optional[np.ndarray] = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x, mask, scale) from raw windows (B, raw_length): x and mask are (B, L, 1+K), scale (B,).
 
-        The scale is the mean |value| over the observed context (1 where nothing is observed);
-        the same scale applies to lags and the future. Unobserved entries of x are 0.
+        The scale (unless given) is the mean |value| over the observed context (1 where nothing is
+        observed); the same scale applies to lags and the future. Unobserved entries of x are 0.
         """
         values = np.where(observed > 0, np.nan_to_num(values), 0.0).astype(np.float32)
         observed = observed.astype(np.float32)
-        ctx = slice(self.history, self.history + self.context_length)
-        count = observed[:, ctx].sum(1)
-        scale = np.abs(values[:, ctx]).sum(1) / np.maximum(count, 1)
-        scale = np.where((count > 0) & (scale > 1e-10), scale, 1.0).astype(np.float32)
-        scaled = values / scale[:, None]
-        idx = self.history + np.arange(self.length)
-        cols = [idx] + [idx - lag for lag in self.lags]
-        x = np.ascontiguousarray(np.stack([scaled[:, c] for c in cols], axis=-1))
-        mask = np.ascontiguousarray(np.stack([observed[:, c] for c in cols], axis=-1))
+        if scale is None:
+            ctx = slice(self.history, self.history + self.context_length)
+            count = observed[:, ctx].sum(1)
+            scale = np.abs(values[:, ctx]).sum(1) / np.maximum(count, 1)
+            scale = np.where((count > 0) & (scale > 1e-10), scale, 1.0)
+        scale = np.asarray(scale, dtype=np.float32)
+        x = self.channels_of(values / scale[:, None])
+        mask = self.channels_of(observed)
         return torch.from_numpy(x), torch.from_numpy(mask), torch.from_numpy(scale)
+
+    def channels_of(self, raw: np.ndarray) -> np.ndarray:
+        """Raw windows (B, raw_length) -> (B, L, 1+K): the window and its lagged copies."""
+        idx = self.history + np.arange(self.length)
+        return np.ascontiguousarray(np.stack([raw[:, idx]] + [raw[:, idx - lag] for lag in self.lags], axis=-1))
 
     def past_window(self, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The raw window of a series whose future is to be forecast: its last history+context values
@@ -300,10 +332,14 @@ class TrainingWindows:
 
     def sample(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x, mask, scale) of ``batch_size`` windows drawn uniformly over all positions."""
+        return self.builder.features(*self.sample_raw(batch_size, generator))
+
+    def sample_raw(self, batch_size: int, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Raw (values, observed) arrays (B, raw_length) of ``batch_size`` random windows."""
         picks = torch.randint(0, len(self), (batch_size,), generator=generator).numpy()
         series = np.searchsorted(self.offsets, picks, side="right") - 1
         ends = self.first_end[series] + (picks - self.offsets[series])
         raw = self.builder.raw_length
         vals = np.stack([self.values[s][e - raw : e] for s, e in zip(series, ends)])
         obs = np.stack([self.observed[s][e - raw : e] for s, e in zip(series, ends)])
-        return self.builder.features(vals, obs)
+        return vals, obs

@@ -2,7 +2,8 @@
 
 The unconditional model samples whole windows (context + future); an observation energy on
 x0_hat ties the context to what was observed. TSDiff-Q gives sample i of N the quantile
-i/(N+1), so the N samples spread like the predictive distribution.
+i/(N+1), so the N samples spread like the predictive distribution. A conditional denoiser
+(TSDiff-Cond, the paper's baseline) instead reads the known values as its condition, unguided.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from gencond.errors import UserError
 from gencond.guidance import ObservationGuidance, evenly_spaced_quantiles
 from gencond.sampling import sample
 
-from .data import WindowBuilder
+from .data import WindowBuilder, hide_context
 
 GUIDANCE_KINDS = ("quantile", "mse")
 MAX_CONTEXT_MISFIT = 1.0  # samples further than this from the observed context mean guidance failed
@@ -52,6 +53,12 @@ class TSDiffForecaster:
         self.model, self.process, self.builder, self.sampling = model, process, builder, sampling
         self.guidance, self.scale, self.num_samples = guidance, scale, num_samples
         self.batch_size, self.seed, self.device, self.progress = batch_size, seed, device, progress
+        self.conditional = getattr(model, "cond_channels", 0) > 0
+
+    @property
+    def method(self) -> str:
+        """TSDiff-Q, TSDiff-MS or TSDiff-Cond."""
+        return "TSDiff-Cond" if self.conditional else "TSDiff-" + ("Q" if self.guidance == "quantile" else "MS")
 
     def sample_futures(self, pasts: Sequence[np.ndarray]) -> np.ndarray:
         """Forecast samples (S, num_samples, prediction_length) for S past series (raw values, NaN = missing)."""
@@ -67,12 +74,14 @@ class TSDiffForecaster:
             x, mask, scale = self.builder.features(vals, obs)
             n = self.num_samples
             x, mask = x.repeat_interleave(n, 0).to(self.device), mask.repeat_interleave(n, 0).to(self.device)
-            quantiles = evenly_spaced_quantiles(n).repeat(len(group)) if self.guidance == "quantile" else None
-            energy = ObservationGuidance(x, mask, quantiles)
+            if self.conditional:
+                options = dict(cond=known_condition(x, mask))
+            else:
+                quantiles = evenly_spaced_quantiles(n).repeat(len(group)) if self.guidance == "quantile" else None
+                options = dict(guidance=ObservationGuidance(x, mask, quantiles), guidance_scale=self.scale)
             draws = sample(
-                self.model, self.process, tuple(x.shape), self.sampling,
-                guidance=energy, guidance_scale=self.scale, generator=generator,
-                device=self.device, progress=self.progress and len(chunks) == 1,
+                self.model, self.process, tuple(x.shape), self.sampling, generator=generator,
+                device=self.device, progress=self.progress and len(chunks) == 1, **options,
             )
             misfits.append(context_misfit(draws, x, mask, self.builder.context_length))
             future = draws[:, self.builder.context_length :, 0].float().cpu().reshape(len(group), n, -1)
@@ -96,6 +105,11 @@ class TSDiffForecaster:
             SampleForecast(s, start_date=pd.Period(e["start"], freq) + len(e["target"]), item_id=e.get("item_id"))
             for e, s in zip(entries, samples)
         ]
+
+
+def known_condition(x: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """TSDiff-Cond's condition: the known values (zero elsewhere) and their mask, (B, L, 2C)."""
+    return torch.cat([x * known, known], dim=-1)
 
 
 def context_misfit(draws: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, context_length: int) -> torch.Tensor:
@@ -122,9 +136,15 @@ def evaluate(entries: Sequence[dict], forecasts: Sequence, freq: str) -> dict[st
     return {"CRPS": float(agg["mean_wQuantileLoss"]), "ND": float(agg["ND"]), "NRMSE": float(agg["NRMSE"]), "MSE": float(agg["MSE"])}
 
 
-def forecast_and_evaluate(forecaster: TSDiffForecaster, entries: Sequence[dict], freq: str, prediction_length: int):
-    """Forecast the last ``prediction_length`` values of each entry from the values before them."""
+def forecast_and_evaluate(forecaster: TSDiffForecaster, entries: Sequence[dict], freq: str, prediction_length: int,
+                          *, missing: Optional[str] = None, missing_points: int = 0, seed: int = 0):
+    """Forecast the last ``prediction_length`` values of each entry from the values before them;
+    ``missing`` (RM, BM-B, BM-E) first hides ``missing_points`` of each context (seeded)."""
+    rng = np.random.default_rng(seed)
     pasts = [{**e, "target": e["target"][:-prediction_length]} for e in entries]
+    if missing:
+        ctx = forecaster.builder.context_length
+        pasts = [{**p, "target": hide_context(p["target"], missing, missing_points, ctx, rng)} for p in pasts]
     forecasts = forecaster.predict(pasts, freq)
     return forecasts, evaluate(entries, forecasts, freq)
 

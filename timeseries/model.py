@@ -81,7 +81,8 @@ class TSDiffDenoiser(ModelMixin, ConfigMixin):
     """epsilon_theta(x_t, t) for TSDiff: (B, L, C) scaled series (channel 0 target, the rest lags) -> (B, L, C).
 
     ``t`` holds the diffusion steps, shape (B,) or a scalar, integer or float. ``cond`` must be None
-    (TSDiff is unconditional). With ``self_condition`` the input projection also reads ``self_cond``
+    (TSDiff is unconditional) unless ``cond_channels`` > 0: then the model is TSDiff-Cond and ``cond``
+    (B, L, cond_channels) — the known values and their mask — is read by the input projection. With ``self_condition`` the input projection also reads ``self_cond``
     (the previous x0 estimate; zeros when None). ``init_skip`` adds x_t to the output. ``bidirectional``
     (default True, the paper's model) exists for the causal ablation. The default config with
     in_channels=11 has 175,371 parameters (paper: about 0.19 M with the official S4 layer).
@@ -99,6 +100,7 @@ class TSDiffDenoiser(ModelMixin, ConfigMixin):
         self_condition: bool = False,
         dropout: float = 0.0,
         bidirectional: bool = True,
+        cond_channels: int = 0,
     ):
         super().__init__()
         if in_channels < 1 or num_blocks < 1:
@@ -106,8 +108,9 @@ class TSDiffDenoiser(ModelMixin, ConfigMixin):
         self.in_channels = in_channels
         self.self_condition = self_condition
         self.init_skip = init_skip
+        self.cond_channels = cond_channels
 
-        projected = 2 * in_channels if self_condition else in_channels
+        projected = (2 * in_channels if self_condition else in_channels) + cond_channels
         self.input_projection = nn.Linear(projected, hidden_channels)
         self.step_sinusoid = Timesteps(step_embedding_dim, flip_sin_to_cos=False, downscale_freq_shift=1)
         self.step_mlp = nn.Sequential(
@@ -129,13 +132,16 @@ class TSDiffDenoiser(ModelMixin, ConfigMixin):
         )
 
     def _check_inputs(self, x_t, t, cond, self_cond) -> torch.Tensor:
-        if cond is not None:
-            raise ValueError("TSDiffDenoiser is unconditional: cond must be None (condition through guidance)")
         if x_t.ndim != 3 or x_t.shape[-1] != self.in_channels:
             raise ValueError(
                 f"x_t must have shape (batch, length, {self.in_channels}) [in_channels={self.in_channels}], "
                 f"got {tuple(x_t.shape)}"
             )
+        if self.cond_channels == 0 and cond is not None:
+            raise ValueError("this TSDiffDenoiser is unconditional: cond must be None (condition through guidance)")
+        if self.cond_channels and (cond is None or cond.shape != (*x_t.shape[:2], self.cond_channels)):
+            got = None if cond is None else tuple(cond.shape)
+            raise ValueError(f"this TSDiff-Cond denoiser needs cond of shape {(*x_t.shape[:2], self.cond_channels)}, got {got}")
         if self_cond is not None:
             if not self.self_condition:
                 raise ValueError("self_cond was given but the model was built with self_condition=False")
@@ -161,6 +167,8 @@ class TSDiffDenoiser(ModelMixin, ConfigMixin):
         h = x_t
         if self.self_condition:
             h = torch.cat([x_t, self_cond if self_cond is not None else torch.zeros_like(x_t)], dim=-1)
+        if self.cond_channels:
+            h = torch.cat([h, cond.to(h.dtype)], dim=-1)
         h = F.relu(self.input_projection(h))
         step = self.step_mlp(self.step_sinusoid(t).to(h.dtype))
 

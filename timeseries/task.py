@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 
@@ -13,8 +14,8 @@ from gencond.diffusion import DiffusionProcess
 from gencond.errors import UserError
 from gencond.training import TrainingJob
 
-from .data import TimeSeriesData, TrainingWindows, WindowBuilder, default_lags, load_dataset
-from .forecast import TSDiffForecaster, forecast_and_evaluate
+from .data import MISSING_SCENARIOS, TimeSeriesData, TrainingWindows, WindowBuilder, default_lags, load_dataset, missing_positions
+from .forecast import TSDiffForecaster, forecast_and_evaluate, known_condition
 
 
 @dataclass
@@ -25,6 +26,11 @@ class TSDiffModelConfig:
     step_embedding_dim: int = 128
     init_skip: bool = False
     dropout: float = 0.0
+    conditional: bool = False  # TSDiff-Cond: the denoiser also reads the known context and its mask
+    # TSDiff-Cond training: chance that a window's context loses data.missing_points points as in a
+    # random missing-value scenario (so one model serves RM, BM-B and BM-E)
+    cond_missing_prob: float = 0.5
+    cond_missing: List[str] = field(default_factory=lambda: ["RM", "BM-B", "BM-E"])
 
 
 @dataclass
@@ -39,6 +45,7 @@ class TSDataConfig:
     num_test_windows: int = 1  # rolling test windows cut from the end of .csv / .jsonl / synthetic series
     timestamp_column: Optional[str] = None  # CSV; default: the first column
     max_series: Optional[int] = None  # use only the first N series (quick experiments, tests)
+    missing_points: int = 168  # context points a missing-value scenario hides (paper: 168; Exchange 180)
 
 
 @dataclass
@@ -51,6 +58,19 @@ class ForecastConfig:
     batch_size: int = 200
     validation_samples: int = 16
     validation_series: int = 64
+    missing: Optional[str] = None  # RM | BM-B | BM-E: hide data.missing_points context points before forecasting
+
+
+@dataclass
+class RefineConfig:
+    """Refinement of base forecasts (TSDiff §4.2): the paper's settings."""
+
+    step_size: float = 0.1  # eta (the paper: 0.01 for Exchange)
+    iterations: int = 20
+    prior_weight: float = 1.0  # lambda
+    noise_scale: float = 0.1  # LMC's noise factor
+    tau: Optional[int] = None  # None = the step whose denoising loss is closest to the mean
+    num_samples: int = 100
 
 
 def _tsdiff_diffusion() -> DiffusionConfig:
@@ -69,6 +89,7 @@ class TSDiffConfig(RunConfig):
     model: TSDiffModelConfig = field(default_factory=TSDiffModelConfig)
     data: TSDataConfig = field(default_factory=TSDataConfig)
     forecast: ForecastConfig = field(default_factory=ForecastConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
 
 
 def load_data(cfg: DictConfig) -> TimeSeriesData:
@@ -96,6 +117,7 @@ def build_model(cfg: DictConfig, channels: int) -> torch.nn.Module:
         in_channels=channels, hidden_channels=m.hidden_channels, num_blocks=m.num_blocks, state_size=m.state_size,
         step_embedding_dim=m.step_embedding_dim, init_skip=m.init_skip,
         self_condition=cfg.diffusion.self_condition_prob > 0, dropout=m.dropout,
+        cond_channels=2 * channels if m.conditional else 0,
     )
 
 
@@ -116,13 +138,20 @@ def build(cfg: DictConfig) -> TrainingJob:
     process = DiffusionProcess(cfg.diffusion)
     batch_size = cfg.train.batch_size
 
-    def batch_fn(step: int, generator: torch.Generator):
-        return windows.sample(batch_size, generator)
+    if cfg.model.conditional:
+        check_missing(cfg)
+
+        def batch_fn(step: int, generator: torch.Generator):
+            return conditional_batch(cfg, builder, *windows.sample_raw(batch_size, generator), generator)
+    else:
+        def batch_fn(step: int, generator: torch.Generator):
+            x, mask, _ = windows.sample(batch_size, generator)
+            return x, None, mask
 
     def loss_fn(model, batch, generator):
-        x, mask, _ = batch
         device = next(model.parameters()).device
-        return process.training_loss(model, x.to(device), mask=mask.to(device), generator=generator)
+        x, cond, mask = (None if b is None else b.to(device) for b in batch)
+        return process.training_loss(model, x, cond=cond, mask=mask, generator=generator)
 
     val_entries = data.validation_entries(cfg.forecast.validation_series)
 
@@ -132,6 +161,36 @@ def build(cfg: DictConfig) -> TrainingJob:
         return {"val_crps": metrics["CRPS"], "val_nd": metrics["ND"]}
 
     return TrainingJob(model, batch_fn, loss_fn, validate, monitor="val_crps")
+
+
+def check_missing(cfg: DictConfig) -> None:
+    """One-line errors for missing-value settings before any work starts."""
+    for name in list(cfg.model.cond_missing) + ([cfg.forecast.missing] if cfg.forecast.missing else []):
+        if name not in MISSING_SCENARIOS:
+            raise UserError(f"unknown missing-value scenario '{name}'; use one of {', '.join(MISSING_SCENARIOS)}")
+    m = cfg.model
+    hides = cfg.forecast.missing or (m.conditional and m.cond_missing_prob > 0 and len(m.cond_missing) > 0)
+    if hides and not 0 < cfg.data.missing_points < cfg.data.context_length:
+        raise UserError(f"data.missing_points must be in 1..{cfg.data.context_length - 1}, got {cfg.data.missing_points}")
+    if not 0 <= cfg.model.cond_missing_prob <= 1:
+        raise UserError(f"model.cond_missing_prob must be in [0, 1], got {cfg.model.cond_missing_prob}")
+
+
+def conditional_batch(cfg: DictConfig, builder: WindowBuilder, values: np.ndarray, observed: np.ndarray,
+                      generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x, cond, loss mask) for TSDiff-Cond: the known part is the observed context, which with
+    probability ``model.cond_missing_prob`` also loses points as in a random missing-value scenario;
+    the loss counts the observed values that are not known."""
+    known = observed.copy()
+    known[:, builder.history + builder.context_length:] = 0
+    rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
+    scenarios = list(cfg.model.cond_missing)
+    for row in np.flatnonzero(rng.random(len(known)) < cfg.model.cond_missing_prob) if scenarios else []:
+        hidden = missing_positions(scenarios[rng.integers(len(scenarios))], cfg.data.missing_points, builder.context_length, rng)
+        known[row, builder.history + hidden] = 0
+    x_known, known_mask, scale = builder.features(values, known)
+    x, mask, _ = builder.features(values, observed, scale=scale.numpy())
+    return x, known_condition(x_known, known_mask), mask * (1 - known_mask)
 
 
 def load_trained(run_dir: Path, weights: str = "best"):

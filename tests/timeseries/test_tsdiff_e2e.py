@@ -70,3 +70,42 @@ def test_diverging_guidance_warns(run_dir, tmp_path):
     with pytest.warns(UserWarning, match="guided samples miss the observed context.*lower the guidance scale"):
         main(["forecast", str(run_dir), "--out", str(tmp_path), "--quiet", "--guidance", "mse", "--scale", "1e6",
               "--scheduler", "ddim", "--steps", "3", "--samples", "2", "--max-series", "1"])
+
+
+def test_refine_reports_crps_before_and_after(run_dir, tmp_path, capsys):
+    out = tmp_path / "refine"
+    assert main(["refine", str(run_dir), "--base", "linear", "--refiners", "lmc-quantile,ml-mse", "--samples", "4",
+                 "--max-series", "4", "--out", str(out), "--quiet"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["CRPS"]) == {"base", "lmc-quantile", "ml-mse"} and metrics["series"] == 4
+    assert all(np.isfinite(v) and v > 0 for v in metrics["CRPS"].values())
+    assert 0 <= metrics["tau"] < 100 and metrics["step_size"] == 0.01  # Exchange's eta from the config
+    assert (out / "refined.png").exists() and "lmc-quantile: CRPS" in capsys.readouterr().out
+    assert main(["refine", str(run_dir), "--base", "nowhere:Predictor", "--out", str(out)]) == 2
+    assert "cannot load base forecaster 'nowhere:Predictor'" in capsys.readouterr().err
+
+
+def test_sample_and_lps(run_dir, tmp_path, capsys):
+    assert main(["sample", str(run_dir), "--num", "64", "--steps", "5", "--scheduler", "ddim", "--out", str(tmp_path), "--quiet"]) == 0
+    windows = np.load(tmp_path / "windows.npy")
+    assert windows.shape == (64, 90) and np.isfinite(windows).all()
+    assert main(["eval", str(run_dir), "--lps", "--windows", str(tmp_path / "windows.npy"), "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "lps.json").read_text())
+    assert report["windows"] == 64 and report["LPS_real"] > 0 and report["ratio"] == pytest.approx(report["LPS_synthetic"] / report["LPS_real"])
+    assert (tmp_path / "real_vs_synthetic.png").exists()
+    assert main(["eval", str(run_dir), "--lps", "--num", "10"]) == 2
+    assert "10 windows are fewer than the 60 features" in capsys.readouterr().err
+
+
+def test_missing_values_and_tsdiff_cond(run_dir, tmp_path):
+    runs = run_dir.parent
+    assert main(["train", CONFIG, f"runs_dir={runs}", "name=cond", "train.max_steps=10", "model.conditional=true",
+                 "data.missing_points=30", "--quiet", *TINY]) == 0
+    results = {}
+    for run in (run_dir, runs / "cond"):
+        out = tmp_path / run.name
+        assert main(["forecast", str(run), "--missing", "BM-E", "--missing-points", "30", "--out", str(out), "--quiet",
+                     "--max-series", "2", "--samples", "4"]) == 0
+        results[run.name] = json.loads((out / "metrics.json").read_text())
+    assert results["tiny"]["method"] == "TSDiff-Q" and results["cond"]["method"] == "TSDiff-Cond"
+    assert all(r["missing"] == "BM-E" and np.isfinite(r["CRPS"]) for r in results.values())
