@@ -80,7 +80,7 @@ class Refiner:
         return denoising + self.prior_weight * prior(y)
 
     def refine_windows(self, y: torch.Tensor, free: torch.Tensor, prior: ObservationGuidance,
-                       generator: torch.Generator) -> torch.Tensor:
+                       generator: torch.Generator, bar: Optional[tqdm] = None) -> torch.Tensor:
         """Run the chain on scaled windows ``y`` (B, L, C); only entries where ``free`` is 1 move."""
         was_training = self.model.training
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -102,6 +102,8 @@ class Refiner:
                         f"{self.name} refinement diverged at iteration {k + 1} (values reached {peak:.3g} in scaled units) "
                         f"with step size {self.step_size:g}; lower the step size (e.g. --step-size {self.step_size / 10:g})"
                     )
+                if bar is not None:
+                    bar.update(1)
         finally:
             self.model.train(was_training)
             for p in params:
@@ -125,7 +127,8 @@ class Refiner:
         per_batch = max(1, self.batch_size // n)
         chunks = range(0, len(pasts), per_batch)
         out = []
-        for start in tqdm(chunks, desc=f"refine {self.name}", disable=not self.progress):
+        bar = tqdm(total=len(chunks) * self.iterations, desc=f"refine {self.name}", unit="it", disable=not self.progress)
+        for start in chunks:
             idx = range(start, min(start + per_batch, len(pasts)))
             raw = [b.past_window(np.asarray(pasts[i], dtype=np.float32)) for i in idx]
             x, mask, scale = b.features(np.stack([v for v, _ in raw]), np.stack([o for _, o in raw]))
@@ -137,9 +140,10 @@ class Refiner:
             future[:, b.context_length:, 0] = 1
             quantiles = q.repeat(len(idx)) if self.prior == "quantile" else None
             prior = ObservationGuidance(y.clone().to(self.device), future.to(self.device), quantiles)
-            y = self.refine_windows(y.to(self.device), (1 - mask).to(self.device), prior, generator)
+            y = self.refine_windows(y.to(self.device), (1 - mask).to(self.device), prior, generator, bar)
             refined = y[:, b.context_length:, 0].float().cpu().reshape(len(idx), n, pl)
             out.append((refined * scale[:, None, None]).numpy())
+        bar.close()
         return np.concatenate(out)
 
     def predict(self, entries: Sequence[dict], base_forecasts: Sequence, freq: str):
@@ -154,7 +158,7 @@ class Refiner:
 
 
 def choose_tau(model, process: DiffusionProcess, builder: WindowBuilder, series: Sequence[dict],
-               num_windows: int = 128, seed: int = 0, tau: Optional[int] = None) -> int:
+               num_windows: int = 64, seed: int = 0, tau: Optional[int] = None) -> int:
     """``tau`` if given, else TSDiff's choice on ``num_windows`` random training windows."""
     if tau is not None:
         return tau

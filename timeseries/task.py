@@ -179,8 +179,9 @@ def check_missing(cfg: DictConfig) -> None:
 def conditional_batch(cfg: DictConfig, builder: WindowBuilder, values: np.ndarray, observed: np.ndarray,
                       generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x, cond, loss mask) for TSDiff-Cond: the known part is the observed context, which with
-    probability ``model.cond_missing_prob`` also loses points as in a random missing-value scenario;
-    the loss counts the observed values that are not known."""
+    probability ``model.cond_missing_prob`` also loses points as in a random missing-value scenario.
+    The loss counts every observed value: the model denoises the whole window, known part included,
+    so that its sampled context stays on the data manifold the future is predicted from."""
     known = observed.copy()
     known[:, builder.history + builder.context_length:] = 0
     rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
@@ -190,7 +191,7 @@ def conditional_batch(cfg: DictConfig, builder: WindowBuilder, values: np.ndarra
         known[row, builder.history + hidden] = 0
     x_known, known_mask, scale = builder.features(values, known)
     x, mask, _ = builder.features(values, observed, scale=scale.numpy())
-    return x, known_condition(x_known, known_mask), mask * (1 - known_mask)
+    return x, known_condition(x_known, known_mask), mask
 
 
 def load_trained(run_dir: Path, weights: str = "best"):

@@ -85,6 +85,16 @@ def test_refine_reports_crps_before_and_after(run_dir, tmp_path, capsys):
     assert "cannot load base forecaster 'nowhere:Predictor'" in capsys.readouterr().err
 
 
+def test_refine_any_gluonts_predictor(run_dir, tmp_path):
+    """A GluonTS predictor class named module:attr, built with --base-options (prediction_length filled in)."""
+    out = tmp_path / "npts"
+    assert main(["refine", str(run_dir), "--base", "gluonts.model.npts:NPTSPredictor", "--base-options",
+                 '{"context_length": 60}', "--refiners", "ml-quantile", "--samples", "4", "--max-series", "2",
+                 "--tau", "10", "--out", str(out), "--quiet"]) == 0
+    crps = json.loads((out / "metrics.json").read_text())["CRPS"]
+    assert set(crps) == {"base", "ml-quantile"} and all(np.isfinite(v) for v in crps.values())
+
+
 def test_sample_and_lps(run_dir, tmp_path, capsys):
     assert main(["sample", str(run_dir), "--num", "64", "--steps", "5", "--scheduler", "ddim", "--out", str(tmp_path), "--quiet"]) == 0
     windows = np.load(tmp_path / "windows.npy")
