@@ -123,6 +123,16 @@ class CameraRenderer:
         flags = self._renderer.scene.flags
         flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
         flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
+        # the scene is updated with a camera built once (Renderer.update_scene builds one per call) and
+        # RGB is read into a buffer reused across frames; the two flips (OpenGL rows bottom-up, then the
+        # upside-down camera) collapse into one copy
+        self._model = model
+        self._camera = mujoco.MjvCamera()
+        self._camera.type = mujoco.mjtCamera.mjCAMERA_FIXED
+        self._camera.fixedcamid = self.camera_id
+        self._rgb_buffer = np.empty((self.height, self.width, 3), dtype=np.uint8)
+        self._fast = all(hasattr(self._renderer, name) for name in
+                         ("_scene_option", "_rect", "_mjr_context", "_gl_context", "_scene"))
         fovy = float(model.cam_fovy[self.camera_id])
         focal = 0.5 * self.height / np.tan(np.deg2rad(fovy) / 2)
         self.intrinsics = np.array([[focal, 0, self.width / 2], [0, focal, self.height / 2], [0, 0, 1.0]])
@@ -142,10 +152,13 @@ class CameraRenderer:
     def render(self, data, depth: bool = False, segmentation: bool = False) -> CameraFrame:
         """Render RGB (always) and optionally depth and segmentation of the current state."""
         renderer = self._renderer
-        renderer.update_scene(data, camera=self.camera_id)
         extrinsics, rotate = self.world_to_camera(data)
         fix = (lambda a: np.ascontiguousarray(a[::-1, ::-1])) if rotate else (lambda a: a)
-        rgb = fix(renderer.render())
+        if self._fast:
+            rgb = self._render_rgb(data, rotate)
+        else:
+            renderer.update_scene(data, camera=self.camera_id)
+            rgb = fix(renderer.render())
         depth_image = seg = None
         if depth:
             renderer.enable_depth_rendering()
@@ -158,6 +171,18 @@ class CameraRenderer:
             geom = np.where(raw[..., 1] == int(self._mujoco.mjtObj.mjOBJ_GEOM), raw[..., 0], -1)
             seg = fix(geom.astype(np.int32))
         return CameraFrame(rgb, self.intrinsics.copy(), extrinsics, depth_image, seg)
+
+    def _render_rgb(self, data, rotate: bool) -> np.ndarray:
+        """RGB of ``data`` (upright), also leaving the scene updated for depth / segmentation passes."""
+        mujoco, r = self._mujoco, self._renderer
+        mujoco.mjv_updateScene(self._model, data, r._scene_option, None, self._camera,
+                               mujoco.mjtCatBit.mjCAT_ALL.value, r._scene)
+        if r._gl_context:
+            r._gl_context.make_current()
+        mujoco.mjr_render(r._rect, r._scene, r._mjr_context)
+        mujoco.mjr_readPixels(self._rgb_buffer, None, r._rect, r._mjr_context)
+        # OpenGL rows run bottom-up; a camera mounted upside down also needs a 180-degree turn
+        return self._rgb_buffer[:, ::-1].copy() if rotate else self._rgb_buffer[::-1].copy()
 
     def close(self) -> None:
         if self._renderer is not None:
@@ -193,6 +218,7 @@ class TaskEnv:
         self.raw = env_cls(seed=0)
         self.renderer = CameraRenderer(self.raw.model, camera, height, width)
         self.object_geom_ids = self._object_geoms()
+        self.object_body_geom_ids = self._object_geoms(whole_body=True)
         self.gripper_geom_ids = self._subtree_geoms(("hand",))
         self.seed: int | None = None
         self.state: np.ndarray | None = None
@@ -217,8 +243,9 @@ class TaskEnv:
     def hand_position(self) -> np.ndarray:
         return np.array(self.raw.tcp_center, dtype=np.float64)
 
-    def _object_geoms(self) -> list[int]:
-        """Geom ids of the task object (see :data:`TASK_OBJECT`)."""
+    def _object_geoms(self, whole_body: bool = False) -> list[int]:
+        """Geom ids of the task object (see :data:`TASK_OBJECT`); ``whole_body``: every geom of its body
+        subtree, ignoring the part filter (the rigid body a handle belongs to)."""
         import mujoco
 
         model = self.model
@@ -236,6 +263,8 @@ class TaskEnv:
             if model.body_parentid[b] in bodies:
                 bodies.add(b)
         geoms = [g for g in range(model.ngeom) if model.geom_bodyid[g] in bodies]
+        if whole_body:
+            return geoms
         if "names" in only:
             geoms = [g for g in geoms if model.geom(g).name in only["names"]]
         if "types" in only:
@@ -283,6 +312,10 @@ class TaskEnv:
     def object_mask(self, frame: CameraFrame) -> np.ndarray:
         """Pixels of ``frame`` showing the task object."""
         return frame.mask(self.object_geom_ids)
+
+    def object_body_mask(self, frame: CameraFrame) -> np.ndarray:
+        """Pixels of ``frame`` showing the body the task object belongs to (e.g. the whole door)."""
+        return frame.mask(self.object_body_geom_ids)
 
     def gripper_mask(self, frame: CameraFrame) -> np.ndarray:
         """Pixels of ``frame`` showing the gripper (hand, claws, pads)."""

@@ -84,3 +84,65 @@ def test_track_points_follows_constant_flow():
     flows[..., 0], flows[..., 1] = 1.5, -0.5
     tracks = track_points(np.array([[10.5, 10.5], [20.5, 5.5]]), flows)
     np.testing.assert_allclose(tracks[-1], [[15.0, 9.0], [25.0, 4.0]], atol=1e-5)
+
+
+def _scene_with_ball(centre_uv, size=128):
+    """A grey textured background with an orange 5x5 'ball' at ``centre_uv`` (u, v)."""
+    rng = np.random.default_rng(3)
+    img = np.full((size, size, 3), 120, np.uint8) + rng.integers(0, 20, (size, size, 3), dtype=np.uint8)
+    u, v = int(centre_uv[0]), int(centre_uv[1])
+    img[v - 2:v + 3, u - 2:u + 3] = (230, 120, 20)
+    return img
+
+
+def test_color_model_and_blob_location():
+    from robotics.avdc import locate_by_color, object_color_model
+
+    first = _scene_with_ball((40, 40))
+    mask = np.zeros(first.shape[:2], bool)
+    mask[38:43, 38:43] = True
+    model = object_color_model(first, mask, window=12)
+    assert model.shape == (16 ** 3,)
+    later = _scene_with_ball((50, 44))
+    centre, box = locate_by_color(later, model, predicted=np.array([46.0, 42.0]), radius=12)
+    np.testing.assert_allclose(centre, [50.5, 44.5], atol=0.01)
+    np.testing.assert_array_equal(box, [48, 42, 53, 47])
+    assert locate_by_color(later, model, predicted=np.array([100.0, 100.0]), radius=12) is None
+
+
+def test_tracks_re_anchored_on_the_object_when_flow_loses_it():
+    from robotics.avdc import object_color_model, track_points_by_color
+
+    positions = [(40, 40), (48, 42), (56, 44)]
+    plan = np.stack([_scene_with_ball(p) for p in positions])
+    mask = np.zeros(plan.shape[1:3], bool)
+    mask[38:43, 38:43] = True
+    model = object_color_model(plan[0], mask, window=12)
+    flows = np.zeros((2, 128, 128, 2), np.float32)  # a flow that lost the ball: nothing moves
+    points = np.array([[39.5, 39.5], [41.5, 41.5], [40.5, 40.5]])
+    tracks = track_points_by_color(points, flows, plan, model)
+    assert tracks.shape == (3, 3, 2)
+    np.testing.assert_allclose(tracks[-1].mean(axis=0), [56.5, 44.5], atol=0.01)
+    # a flow that stays on the object is left alone (no blob-centroid bias on large, occluded objects)
+    good = np.zeros_like(flows)
+    good[..., 0], good[..., 1] = 8.0, 2.0
+    tracks = track_points_by_color(points, good, plan, model)
+    np.testing.assert_allclose(tracks[-1], points + [16.0, 4.0], atol=1e-4)
+
+
+def test_planar_fit_recovers_a_hinge_rotation_seen_from_one_camera():
+    """A door-like panel turning about a vertical axis: the planar fit (yaw + shift) recovers it."""
+    ext = look_at(np.array([0.9, -0.6, 0.7]), np.array([0.0, 0.2, 0.1]))
+    rows, cols = np.mgrid[50:80, 40:90]
+    pixels = np.stack([cols.ravel() + 0.5, rows.ravel() + 0.5], 1).astype(float)
+    depth = np.linalg.norm(ext[:3, 3]) + 0.002 * (cols.ravel() - 64)
+    points = backproject(pixels, depth, K, ext)
+    hinge = points[np.argmin(points[:, 0])]
+    truth = [motion(-25 * k / 5, np.zeros(3), hinge) for k in range(6)]
+    tracks = np.stack([project_points(points @ m[:3, :3].T + m[:3, 3], K, ext) for m in truth])
+    fitted = fit_rigid_motions(points, tracks, K, ext, planar=True)
+    far = points[np.argmax(points[:, 0])]
+    for m_true, m_fit in zip(truth, fitted):
+        np.testing.assert_allclose(m_fit[2, :3], [0, 0, 1], atol=1e-9)  # no tilt: rotation about z only
+        moved_true = m_true[:3, :3] @ far + m_true[:3, 3]
+        assert np.linalg.norm(moved_true - (m_fit[:3, :3] @ far + m_fit[:3, 3])) < 0.01

@@ -89,3 +89,30 @@ def test_same_seed_same_scene_different_seed_different_scene():
     env.close()
     np.testing.assert_array_equal(a, b)
     assert np.abs(a[4:7] - c[4:7]).max() > 1e-3
+
+
+def test_fast_rgb_path_matches_the_public_renderer_pixel_for_pixel():
+    """The reused-camera, single-copy RGB path gives exactly what mujoco.Renderer gives (all cameras,
+    including the upside-down ones), and leaves depth and segmentation unchanged."""
+    for camera in ("corner", "corner3"):
+        env = make_env("assembly", camera, 64, seed=1)
+        renderer = env.renderer
+        assert renderer._fast
+        env.step([0.3, 0.2, 0.1, 0.5])
+        fast = renderer.render(env.data, depth=True, segmentation=True)
+        renderer._fast = False
+        slow = renderer.render(env.data, depth=True, segmentation=True)
+        np.testing.assert_array_equal(fast.rgb, slow.rgb)
+        np.testing.assert_array_equal(fast.depth, slow.depth)
+        np.testing.assert_array_equal(fast.segmentation, slow.segmentation)
+        assert fast.rgb.flags["C_CONTIGUOUS"] and fast.rgb.shape == (64, 64, 3)
+        env.close()
+
+
+def test_object_body_holds_the_handle_and_more():
+    env = make_env("door-open", "corner", 64, seed=0)
+    view = env.render(depth=True, segmentation=True)
+    assert set(env.object_geom_ids) < set(env.object_body_geom_ids)
+    handle, door = env.object_mask(view), env.object_body_mask(view)
+    assert handle.any() and not (handle & ~door).any() and door.sum() > 3 * handle.sum()
+    env.close()
