@@ -1,0 +1,79 @@
+"""A tiny end-to-end run on sklearn digits through the CLI: train, sample, eval."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from gencond.cli import main
+from gencond.config import load_config
+
+CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "vision" / "digits_tiny.yaml")
+
+
+def test_train_sample_eval_on_digits(tmp_path, fd_cache, capsys):
+    assert main(["train", CONFIG, f"runs_dir={tmp_path}", "ddae.self_conditioning=true", "--quiet"]) == 0
+    run = tmp_path / "digits_tiny"
+    assert (run / "model" / "config.json").is_file() and (run / "best" / "config.json").is_file()
+    assert json.loads((run / "model" / "config.json").read_text())["self_conditioning"] is True
+
+    assert main(["sample", str(run), "--num", "9", "--quiet", "--out", str(tmp_path / "grid.png")]) == 0
+    with Image.open(tmp_path / "grid.png") as grid:
+        assert grid.size == (3 * 9 + 1, 3 * 9 + 1)  # 3 x 3 tiles of 8 px with 1 px padding
+
+    assert main(["eval", str(run), "--quiet", "--probe-blocks", "0,2", "--probe-timesteps", "5,50",
+                 "--fd-samples", "48", "--out", str(tmp_path / "eval.json")]) == 0
+    result = json.loads((tmp_path / "eval.json").read_text())
+    grid = result["linear_probe"]["grid"]
+    assert sorted((r["block"], r["t"]) for r in grid) == [(0, 5), (0, 50), (2, 5), (2, 50)]
+    assert result["linear_probe"]["best_accuracy"] > 0.2  # chance is 0.1; 40 training steps
+    fd = result["frechet"]
+    assert fd["metric"] == "FD-DIGITS-classifier" and fd["samples"] == 48 and fd["value"] > 0
+    assert fd["feature_classifier_test_accuracy"] > 0.3
+    assert "FD-DIGITS-classifier" in capsys.readouterr().out
+
+
+def test_class_conditional_with_cfg(tmp_path, capsys):
+    assert main(["train", CONFIG, f"runs_dir={tmp_path}", "name=cond", "model.class_conditional=true",
+                 "diffusion.cond_drop_prob=0.2", "train.max_steps=10", "train.validate_every=0", "--quiet"]) == 0
+    out = tmp_path / "three.png"
+    assert main(["sample", str(tmp_path / "cond"), "--num", "4", "--label", "3", "--cfg-scale", "2", "--quiet",
+                 "--out", str(out)]) == 0
+    assert out.is_file()
+    assert main(["sample", str(tmp_path / "cond"), "--label", "12", "--quiet"]) == 2
+    assert "--label 12 is not a class of this run (0..9" in capsys.readouterr().err
+
+
+def test_contrastive_self_distillation_loss_and_teacher(tmp_path):
+    from vision.task import build
+
+    cfg = load_config(CONFIG, ["ddae.contrastive=true", "ddae.self_conditioning=true", "ddae.contrastive_max_t=1000",
+                               "model.arch=dit", "model.depth=4"])
+    job = build(cfg)
+    model = job.model
+    assert model.teacher is not None
+    before = [p.clone() for p in model.teacher.parameters()]
+    gen = torch.Generator().manual_seed(0)
+    loss, metrics = job.loss_fn(model, job.batch_fn(0, gen), gen)
+    assert torch.isfinite(loss) and metrics["contrastive"] > 0
+    loss.backward()
+    assert model.predictor[0].weight.grad.abs().sum() > 0  # the contrastive loss trains the student's heads
+    assert all(p.grad is None for p in model.teacher.parameters())  # the teacher only follows by EMA
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.grad is not None:
+                p.add_(torch.randn_like(p) * 0.01)
+    job.loss_fn(model, job.batch_fn(1, gen), gen)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.teacher.parameters()))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.arch=vit", "unknown architecture 'vit'; model.arch must be one of ['dit', 'uvit']"),
+    ("data.image_size=28", "dataset 'digits' images are 8x8 with 1 channel(s), but the config expects 28x28"),
+    ("model.patch_size=3", "image size 8 is not a multiple of model.patch_size 3"),
+])
+def test_bad_config_is_a_one_line_cli_error(tmp_path, capsys, override, message):
+    assert main(["train", CONFIG, f"runs_dir={tmp_path}", override, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gencond train: error: ") and message in err and "\n" not in err

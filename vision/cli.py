@@ -1,0 +1,171 @@
+"""``gencond sample RUN_DIR`` (PNG grids) and ``gencond eval RUN_DIR`` (linear probe + Fréchet distance)
+for ``ddae`` runs."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+from gencond.errors import UserError
+
+
+def _int_list(text: str | None, what: str):
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"bad {what} '{text}'; give comma-separated integers, e.g. 3,5") from None
+
+
+def _common_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", default="last", choices=["last", "best"], help="final (EMA) weights or validated best")
+    p.add_argument("--scheduler", help="ddpm, ddim, dpm++, ... (default: the config's sampling.scheduler)")
+    p.add_argument("--steps", type=int, help="sampling steps (default: the config's sampling.num_steps)")
+    p.add_argument("--cfg-scale", type=float, help="classifier-free guidance weight (class-conditional runs)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: the run's train.threads)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _load(args):
+    import torch
+    from omegaconf import OmegaConf
+
+    from .task import load_trained
+
+    cfg, model = load_trained(args.run_dir, args.weights)
+    if args.threads or cfg.train.threads:
+        torch.set_num_threads(args.threads or cfg.train.threads)
+    changes = {"scheduler": args.scheduler, "num_steps": args.steps, "cfg_scale": args.cfg_scale}
+    cfg.sampling = OmegaConf.merge(cfg.sampling, {k: v for k, v in changes.items() if v is not None})
+    if cfg.sampling.cfg_scale is not None and not model.config.num_classes:
+        raise UserError("--cfg-scale needs a class-conditional run (model.class_conditional=true)")
+    model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+    return cfg, model
+
+
+def add_sample_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--num", type=int, default=64, help="images to draw (default 64)")
+    p.add_argument("--label", type=int, help="class-conditional runs: draw only this class (default: classes in turn)")
+    p.add_argument("--out", help="PNG path (default RUN_DIR/samples/<settings>.png)")
+    _common_arguments(p)
+
+
+def sample_command(args: argparse.Namespace) -> Path:
+    import torch
+    from torchvision.utils import save_image
+
+    from .generate import generate_images
+
+    cfg, model = _load(args)
+    labels = None
+    if args.label is not None:
+        if not 0 <= args.label < model.config.num_classes:
+            raise UserError(f"--label {args.label} is not a class of this run (0..{model.config.num_classes - 1}; "
+                            f"unconditional runs take no label)")
+        labels = torch.full((args.num,), args.label)
+    images, rate = generate_images(model, cfg, args.num, batch_size=cfg.eval.sample_batch_size, seed=args.seed,
+                                   labels=labels, progress=not args.quiet)
+    s = cfg.sampling
+    tag = f"{s.scheduler}{s.num_steps or cfg.diffusion.num_train_timesteps}_seed{args.seed}" + (
+        f"_cfg{s.cfg_scale:g}" if s.cfg_scale is not None else "") + (f"_label{args.label}" if labels is not None else "")
+    out = Path(args.out) if args.out else Path(args.run_dir) / "samples" / f"{tag}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_image((images + 1) / 2, out, nrow=max(1, int(math.ceil(math.sqrt(args.num)))), padding=1)
+    print(f"wrote {args.num} samples to {out} ({rate:.1f} images/s)")
+    return out
+
+
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--probe-blocks", help="comma-separated blocks to probe (default: the config's eval.probe_blocks)")
+    p.add_argument("--probe-timesteps", help="comma-separated timesteps (default: the config's eval.probe_timesteps)")
+    p.add_argument("--probe-epochs", type=int, help="linear-probe epochs (default: the config's)")
+    p.add_argument("--fd-samples", type=int, help="generated images for the Fréchet distance (default: the config's)")
+    p.add_argument("--skip-probe", action="store_true")
+    p.add_argument("--skip-fd", action="store_true")
+    p.add_argument("--out", help="JSON path (default RUN_DIR/eval/<settings>.json)")
+    _common_arguments(p)
+
+
+def default_probe_blocks(model) -> list[int]:
+    """Every other block from the encoder's last block on (DDAE's best layers sit mid-decoder)."""
+    return list(range(model.num_encoder_blocks - 1, model.num_blocks, 2))
+
+
+def evaluate_run(cfg, model, *, probe_blocks=None, probe_timesteps=None, probe_epochs=None, fd_samples=None,
+                 skip_probe=False, skip_fd=False, seed=0, progress=True) -> dict:
+    """Linear-probe grid and Fréchet distance of a loaded run, on its dataset's test split."""
+    from gencond.diffusion import DiffusionProcess
+
+    from .data import load_images
+    from .frechet import classifier_features, frechet_distance, inception_available, inception_features, trained_classifier
+    from .generate import generate_images
+    from .probe import probe_grid
+
+    splits = load_images(cfg.data)
+    if len(splits.test_images) == 0:
+        raise UserError(f"dataset '{cfg.data.dataset}' has no test images to evaluate on")
+    e = cfg.eval
+    result: dict = {"run": cfg.name, "dataset": splits.name, "train_images": len(splits.train_images),
+                    "test_images": len(splits.test_images)}
+    if not skip_probe:
+        blocks = probe_blocks or (list(e.probe_blocks) if e.probe_blocks else default_probe_blocks(model))
+        timesteps = probe_timesteps or list(e.probe_timesteps)
+        ptr = (splits.train_images[: e.probe_max_train], splits.train_labels[: e.probe_max_train])
+        pte = (splits.test_images[: e.probe_max_test], splits.test_labels[: e.probe_max_test])
+        start = time.perf_counter()
+        rows = probe_grid(model, DiffusionProcess(cfg.diffusion), ptr, pte, splits.num_classes, blocks, timesteps,
+                          epochs=probe_epochs or e.probe_epochs, batch_size=e.probe_batch_size, lr=e.probe_lr,
+                          progress=progress)
+        best = max(rows, key=lambda r: r["accuracy"])
+        result["linear_probe"] = {"best_accuracy": best["accuracy"], "best_block": best["block"], "best_t": best["t"],
+                                  "grid": rows, "seconds": time.perf_counter() - start}
+    if not skip_fd:
+        n = fd_samples or e.fd_samples
+        fake, rate = generate_images(model, cfg, n, batch_size=e.fd_batch_size, seed=seed, progress=progress)
+        real = splits.test_images
+        s = cfg.sampling
+        fd = {"samples": n, "real_images": len(real), "sampler": f"{s.scheduler}-{s.num_steps or cfg.diffusion.num_train_timesteps}",
+              "cfg_scale": s.cfg_scale, "sampling_images_per_s": rate}
+        if inception_available() and real.shape[1] in (1, 3):
+            fd.update(metric="FID-Inception", value=frechet_distance(inception_features(fake), inception_features(real)))
+        elif splits.num_classes > 1:
+            clf, acc = trained_classifier(splits.name, (splits.train_images, splits.train_labels),
+                                          (splits.test_images, splits.test_labels), splits.num_classes,
+                                          steps=e.fd_classifier_steps)
+            fd.update(metric=f"FD-{splits.name.upper() if splits.name in ('mnist', 'digits') else splits.name}-classifier",
+                      value=frechet_distance(classifier_features(clf, fake), classifier_features(clf, real)),
+                      feature_classifier_test_accuracy=acc)
+        else:
+            fd.update(metric=None, value=None, note="no Inception weights and a single class: no feature network to train")
+        result["frechet"] = fd
+    return result
+
+
+def eval_command(args: argparse.Namespace) -> dict:
+    cfg, model = _load(args)
+    result = evaluate_run(cfg, model, probe_blocks=_int_list(args.probe_blocks, "--probe-blocks"),
+                          probe_timesteps=_int_list(args.probe_timesteps, "--probe-timesteps"),
+                          probe_epochs=args.probe_epochs, fd_samples=args.fd_samples, skip_probe=args.skip_probe,
+                          skip_fd=args.skip_fd, seed=args.seed, progress=not args.quiet)
+    s = cfg.sampling
+    tag = f"{args.weights}_{s.scheduler}{s.num_steps or cfg.diffusion.num_train_timesteps}" + (
+        f"_cfg{s.cfg_scale:g}" if s.cfg_scale is not None else "")
+    out = Path(args.out) if args.out else Path(args.run_dir) / "eval" / f"{tag}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    summary = {}
+    if "linear_probe" in result:
+        lp = result["linear_probe"]
+        summary["linear_probe_accuracy"] = round(lp["best_accuracy"], 4)
+        summary["probe_at"] = f"block {lp['best_block']}, t={lp['best_t']}"
+    if "frechet" in result and result["frechet"]["value"] is not None:
+        fd = result["frechet"]
+        summary[fd["metric"]] = round(fd["value"], 3)
+        summary["sampling_images_per_s"] = round(fd["sampling_images_per_s"], 1)
+    print(json.dumps(summary))
+    print(f"wrote {out}")
+    return result

@@ -1,0 +1,92 @@
+"""Config schema of the ``ddae`` task (image diffusion, DDAE / DDAE++); light: no torch import."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from gencond.config import DiffusionConfig, RunConfig, SamplingConfig, TrainConfig
+
+ARCHITECTURES = ("uvit", "dit")
+
+
+@dataclass
+class ImageDataConfig:
+    dataset: str = "???"  # digits | mnist | a torchvision dataset (cifar10, fashionmnist, ...) | a folder of images
+    root: Optional[str] = None  # where the dataset lives (else $GENCOND_DATA_DIR/<dataset>)
+    image_size: int = 28  # images must be image_size x image_size ...
+    channels: int = 1  # ... with this many channels, unless resize is on
+    resize: bool = False  # image folders: resize / convert images that do not match instead of refusing them
+    download: bool = False  # torchvision datasets: allow downloading into root
+    test_fraction: float = 0.1  # image folders: share of images held out as the test split
+    max_train: Optional[int] = None  # use only the first N training images
+    max_test: Optional[int] = None
+    hflip: bool = False  # random horizontal flips of training images (not for digits)
+
+
+@dataclass
+class ImageModelConfig:
+    arch: str = "uvit"  # uvit (Bao et al., long skips) | dit (Peebles & Xie, adaLN-Zero)
+    patch_size: int = 4
+    width: int = 192
+    depth: int = 7  # transformer blocks; U-ViT: (depth-1)/2 in-blocks, a middle block, (depth-1)/2 out-blocks
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    class_conditional: bool = False  # labels as condition; with diffusion.cond_drop_prob > 0, CFG at sampling
+
+
+@dataclass
+class DDAEConfig:
+    """The DDAE++ switches."""
+
+    self_conditioning: bool = False  # feature self-conditioning: pooled encoder features -> decoder blocks
+    source_block: Optional[int] = None  # block whose output is pooled (default: the last encoder-side block)
+    contrastive: bool = False  # contrastive self-distillation (MoCo-v3 loss, EMA teacher, augmentation)
+    contrastive_weight: float = 0.1
+    temperature: float = 0.2
+    teacher_momentum: float = 0.99
+    projection_dim: int = 128
+    contrastive_max_t: int = 500  # pairs count only when both views are noised below this timestep
+    augment_prob: float = 0.5  # chance of each augmentation (translate, rotate, scale, brightness, flip)
+    augment_xflip: bool = False  # horizontal flip among the augmentations (off for digits)
+
+
+@dataclass
+class ImageEvalConfig:
+    """``gencond eval``: DDAE linear probe over a grid, and a Fréchet distance."""
+
+    probe_blocks: Optional[List[int]] = None  # default: every other block from the middle on
+    probe_timesteps: List[int] = field(default_factory=lambda: [10, 50, 100, 200])
+    probe_epochs: int = 15
+    probe_batch_size: int = 128
+    probe_lr: float = 1e-3
+    probe_max_train: Optional[int] = None
+    probe_max_test: Optional[int] = None
+    fd_samples: int = 2000
+    fd_batch_size: int = 250
+    fd_classifier_steps: int = 1500  # training steps of the in-project feature classifier (cached)
+    sample_batch_size: int = 64
+
+
+def _image_diffusion() -> DiffusionConfig:
+    return DiffusionConfig(num_train_timesteps=1000, beta_schedule="linear", prediction_type="epsilon")
+
+
+def _image_sampling() -> SamplingConfig:
+    return SamplingConfig(scheduler="ddim", num_steps=50)
+
+
+def _image_train() -> TrainConfig:
+    return TrainConfig(max_steps=20_000, batch_size=128, lr=2e-4, weight_decay=0.03, warmup_steps=500,
+                       grad_clip=1.0, ema_decay=0.999, checkpoint_every=1000, log_every=100, validate_every=1000)
+
+
+@dataclass
+class ImageDiffusionConfig(RunConfig):
+    task: str = "ddae"
+    train: TrainConfig = field(default_factory=_image_train)
+    diffusion: DiffusionConfig = field(default_factory=_image_diffusion)
+    sampling: SamplingConfig = field(default_factory=_image_sampling)
+    data: ImageDataConfig = field(default_factory=ImageDataConfig)
+    model: ImageModelConfig = field(default_factory=ImageModelConfig)
+    ddae: DDAEConfig = field(default_factory=DDAEConfig)
+    eval: ImageEvalConfig = field(default_factory=ImageEvalConfig)

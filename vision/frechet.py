@@ -1,0 +1,130 @@
+"""Fréchet distance between generated and real images.
+
+With ``pytorch-fid`` installed and its Inception weights already in torch's hub cache, this is the
+standard FID. Otherwise (as on machines without network) the features come from a small CNN
+classifier trained in the project on the run's own training split — reported as
+"FD-<dataset>-classifier", never as FID. The classifier is cached under $GENCOND_CACHE_DIR
+(default ~/.cache/gencond) and its test accuracy is reported with the distance.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import linalg
+from torch import nn
+
+FID_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^1/2) of two feature sets (N, D)."""
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    with warnings.catch_warnings():  # near-singular covariances (e.g. dead ReLU features) are handled below
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(s1.dot(s2))
+    if not np.isfinite(covmean).all():
+        eps = np.eye(len(s1)) * 1e-6
+        covmean = linalg.sqrtm((s1 + eps).dot(s2 + eps))
+    covmean = covmean.real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+class FeatureClassifier(nn.Module):
+    """A small CNN classifier; its 128-d penultimate activations are the Fréchet features."""
+
+    def __init__(self, channels: int, num_classes: int, width: int = 32):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2, ceil_mode=True),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True),
+            nn.Conv2d(2 * width, 4 * width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Linear(4 * width, 128), nn.ReLU(),
+        )
+        self.head = nn.Linear(128, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("GENCOND_CACHE_DIR", Path.home() / ".cache" / "gencond"))
+
+
+def _fingerprint(images: torch.Tensor, labels: torch.Tensor, steps: int) -> str:
+    h = hashlib.sha1()
+    h.update(images[:: max(1, len(images) // 256)].numpy().tobytes())
+    h.update(labels.numpy().tobytes())
+    h.update(f"{tuple(images.shape)}-{steps}".encode())
+    return h.hexdigest()[:12]
+
+
+def trained_classifier(name: str, train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
+                       num_classes: int, steps: int = 1500, batch_size: int = 128, seed: int = 0) -> tuple[FeatureClassifier, float]:
+    """(classifier, test accuracy), trained on ``train`` once and cached by a fingerprint of the data."""
+    images, labels = train
+    path = cache_dir() / "fd_classifiers" / f"{name}-{_fingerprint(images, labels, steps)}.pt"
+    model = FeatureClassifier(images.shape[1], num_classes)
+    if path.is_file():
+        saved = torch.load(path, map_location="cpu")
+        model.load_state_dict(saved["state_dict"])
+        return model.eval(), saved["test_accuracy"]
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(images), (batch_size,), generator=gen)
+        shift = torch.randint(-2, 3, (2,), generator=gen).tolist()  # small translations against overfitting
+        x = torch.roll(images[idx], shifts=shift, dims=(2, 3))
+        loss = F.cross_entropy(model(x), labels[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    model.eval()
+    with torch.no_grad():
+        pred = torch.cat([model(test[0][i:i + 500]).argmax(1) for i in range(0, len(test[0]), 500)])
+    acc = (pred == test[1]).float().mean().item() if len(test[0]) else float("nan")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": model.state_dict(), "test_accuracy": acc}, path)
+    return model, acc
+
+
+def inception_available() -> bool:
+    """True when pytorch-fid is installed and its FID Inception weights are already downloaded."""
+    try:
+        import pytorch_fid  # noqa: F401
+    except ImportError:
+        return False
+    return (Path(torch.hub.get_dir()) / "checkpoints" / FID_WEIGHTS).is_file()
+
+
+@torch.no_grad()
+def inception_features(images: torch.Tensor, batch_size: int = 100) -> np.ndarray:
+    """2048-d pool features of the standard FID Inception network, images in [-1, 1]."""
+    from pytorch_fid.inception import InceptionV3
+
+    net = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()
+    feats = []
+    for i in range(0, len(images), batch_size):
+        x = (images[i:i + batch_size] + 1) / 2
+        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+        feats.append(net(x)[0].flatten(1))
+    return torch.cat(feats).numpy()
+
+
+@torch.no_grad()
+def classifier_features(model: FeatureClassifier, images: torch.Tensor, batch_size: int = 500) -> np.ndarray:
+    return torch.cat([model.features(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]).numpy()

@@ -1,0 +1,21 @@
+"""Registers the ``ddae`` task (image diffusion, DDAE / DDAE++) and its ``sample`` / ``eval`` verbs.
+
+Kept light: torch and the models are imported when a command runs.
+"""
+from gencond.registry import register_task, register_task_verb
+
+from .cli import add_eval_arguments, add_sample_arguments, eval_command, sample_command
+from .config import ImageDiffusionConfig
+
+
+def _build(cfg):
+    from .task import build
+
+    return build(cfg)
+
+
+register_task("ddae", ImageDiffusionConfig, _build)
+register_task_verb("ddae", "sample", "draw images from a trained ddae run into a PNG grid",
+                   add_sample_arguments, sample_command)
+register_task_verb("ddae", "eval", "linear-probe accuracy (DDAE grid over blocks and t) and Fréchet distance",
+                   add_eval_arguments, eval_command)
