@@ -209,8 +209,8 @@ def _process(cfg):
 # ---------------------------------------------------------------- sample and eval (synthesis)
 
 
-def add_sample_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--num", type=int, default=1000, help="how many windows (default 1000)")
+def add_sample_arguments(p: argparse.ArgumentParser, num: int = 1000) -> None:
+    p.add_argument("--num", type=int, default=num, help=f"how many windows (default {num:,})")
     p.add_argument("--scheduler", help="ddpm, ddim, dpm++, ... (default: the config's sampling.scheduler)")
     p.add_argument("--steps", type=int, help="sampling steps (default: every training step)")
     p.add_argument("--weights", default="best", choices=["best", "last"], help="validated best or last weights")
@@ -248,8 +248,7 @@ def sample_command(args: argparse.Namespace) -> Path:
 
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
-    add_sample_arguments(p)
-    p.set_defaults(num=10_000)
+    add_sample_arguments(p, num=10_000)
     p.add_argument("--lps", action="store_true", help="Linear Predictive Score of synthetic windows (and of real ones)")
     p.add_argument("--windows", help="score these windows (.npy from `gencond sample`) instead of drawing --num new ones")
 
