@@ -2,19 +2,6 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
-
-SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-os.environ.setdefault("GENCOND_DATA_DIR", str(SHARED_DATA))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Vision tests run on one thread (the CI machine is shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture
@@ -22,3 +9,11 @@ def fd_cache(tmp_path, monkeypatch):
     """A fresh cache for the Fréchet-distance classifier."""
     monkeypatch.setenv("GENCOND_CACHE_DIR", str(tmp_path / "cache"))
     return tmp_path / "cache"
+
+
+@pytest.fixture
+def mnist_dir() -> Path:
+    path = Path(os.environ["GENCOND_DATA_DIR"]) / "mnist"
+    if not path.is_dir():
+        pytest.skip(f"the MNIST test set is not under GENCOND_DATA_DIR ({path})")
+    return path

