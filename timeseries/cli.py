@@ -233,7 +233,6 @@ def _synthesize(cfg, model, args, num: int):
 
 
 def sample_command(args: argparse.Namespace) -> Path:
-    from .baselines import real_windows
     from .synthesis import plot_windows
 
     cfg, model = _load_run(args)
@@ -241,8 +240,8 @@ def sample_command(args: argparse.Namespace) -> Path:
     out = Path(args.out) if args.out else Path(args.run_dir) / "samples"
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / "windows.npy", windows)
-    real = real_windows(data.train, type(builder)(builder.context_length, builder.prediction_length, []), 64, args.seed)
-    plot_windows(real, windows, out / "windows.png", builder.context_length, title=f"{data.name}: real vs. TSDiff samples (scaled)")
+    plot_windows(data, windows, out / "windows.png", builder.context_length, seed=args.seed,
+                 title=f"{data.name}: real vs. TSDiff samples (scaled)")
     print(f"wrote {len(windows)} windows of length {windows.shape[1]} (scaled units) to {out}/windows.npy, and windows.png")
     return out / "windows.npy"
 
@@ -254,7 +253,6 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def eval_command(args: argparse.Namespace) -> dict:
-    from .baselines import real_windows
     from .synthesis import load_windows, lps_report, plot_windows
     from .task import load_data, window_builder
 
@@ -274,8 +272,7 @@ def eval_command(args: argparse.Namespace) -> dict:
     out = Path(args.out) if args.out else Path(args.run_dir) / "eval"
     out.mkdir(parents=True, exist_ok=True)
     (out / "lps.json").write_text(json.dumps(report, indent=2))
-    real = real_windows(data.train, type(builder)(builder.context_length, builder.prediction_length, []), 64, args.seed)
-    plot_windows(real, windows, out / "real_vs_synthetic.png", builder.context_length,
+    plot_windows(data, windows, out / "real_vs_synthetic.png", builder.context_length, seed=args.seed,
                  title=f"{data.name}: LPS synthetic {report['LPS_synthetic']:.4f} vs. real {report['LPS_real']:.4f}")
     print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in report.items()}))
     print(f"wrote {out}/lps.json, real_vs_synthetic.png")

@@ -61,14 +61,15 @@ def lps_report(synthetic: np.ndarray, data: TimeSeriesData, context_length: int,
             "ratio": ours["CRPS"] / ref["CRPS"], "ND_synthetic": ours["ND"], "ND_real": ref["ND"]}
 
 
-def plot_windows(real: np.ndarray, synthetic: np.ndarray, path, context_length: int, *, count: int = 6,
-                 title: str = "") -> None:
-    """A PNG of random real windows (top) beside synthetic ones (bottom), in scaled units."""
+def plot_windows(data: TimeSeriesData, synthetic: np.ndarray, path, context_length: int, *, count: int = 6,
+                 title: str = "", seed: int = 0) -> None:
+    """A PNG of random real training windows (top) beside synthetic ones (bottom), in scaled units."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    real = real_windows(data.train, WindowBuilder(context_length, data.prediction_length, lags=[]), 64, seed)
     rng = np.random.default_rng(0)
     fig, axes = plt.subplots(2, count, figsize=(2.6 * count, 4.4), sharey=True, squeeze=False)
     for row, (label, windows) in enumerate((("real", real), ("synthetic", synthetic))):
