@@ -170,7 +170,8 @@ def refine_command(args: argparse.Namespace) -> dict:
     samples = args.samples or r.num_samples
     base = make_base(args.base, data, cfg.data.context_length, options=args.base_options, num_samples=samples, seed=args.seed)
     base_forecasts = base.predict(pasts, data.freq)
-    tau = choose_tau(model, _process(cfg), builder, data.train, seed=args.seed, tau=args.tau if args.tau is not None else r.tau)
+    process = _process(cfg)
+    tau = choose_tau(model, process, builder, data.train, seed=args.seed, tau=args.tau if args.tau is not None else r.tau)
     label = args.base.replace(":", "_").replace(".", "_")
     out = Path(args.out) if args.out else Path(args.run_dir) / "refine" / label
     out.mkdir(parents=True, exist_ok=True)
@@ -181,7 +182,7 @@ def refine_command(args: argparse.Namespace) -> dict:
     best = None
     for name in names:
         method, prior = name.split("-")
-        refiner = Refiner(model, _process(cfg), builder, tau=tau, method=method, prior=prior,
+        refiner = Refiner(model, process, builder, tau=tau, method=method, prior=prior,
                           step_size=results["step_size"], iterations=results["iterations"], prior_weight=r.prior_weight,
                           noise_scale=r.noise_scale, num_samples=samples, batch_size=cfg.forecast.batch_size,
                           seed=args.seed, device=next(model.parameters()).device, progress=not args.quiet)

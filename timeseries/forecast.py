@@ -88,10 +88,11 @@ class TSDiffForecaster:
             out.append((future * scale[:, None, None]).numpy())
         misfit = float(torch.cat(misfits).median())
         if not np.isfinite(misfit) or misfit > MAX_CONTEXT_MISFIT:
+            remedy = "train longer" if self.conditional else (
+                f"lower the guidance scale (now {self.scale:g}), use more sampling steps, or train longer")
             warnings.warn(
-                f"guided samples miss the observed context by {misfit:.3g} (RMS, in units of the series' mean): "
-                f"the forecasts are unreliable; lower the guidance scale (now {self.scale:g}), use more sampling "
-                f"steps, or train longer", stacklevel=2,
+                f"{'TSDiff-Cond' if self.conditional else 'guided'} samples miss the observed context by {misfit:.3g} (RMS, in units of the series' "
+                f"mean): the forecasts are unreliable; {remedy}", stacklevel=2,
             )
         return np.concatenate(out)
 
