@@ -25,9 +25,11 @@
    object are tracked as one body; an object hidden by the hand is tracked at the pose where the
    previous plan left it.
 
-Options evaluated and left off by default (``AvdcFollower(planar_push=..., whole_body=...)``): fitting
-pushes as planar motions (yaw + horizontal shift) and fitting the motion on the whole body a handle
-belongs to; both lost episodes on the faucets in 5-seed comparisons.
+Pushes that are not presses are fitted as planar motions (yaw + horizontal shift, see
+:func:`extract_object_motion`): 96 of 105 oracle episodes on the seven push tasks against 89 with the
+free 6-DoF fit (5 seeds x 3 cameras). Evaluated and left off by default
+(``AvdcFollower(whole_body=True)``): fitting the motion on the whole body a handle belongs to, which
+lost episodes on the faucets in 5-seed comparisons.
 """
 from __future__ import annotations
 
@@ -236,6 +238,15 @@ def ray_plane_points(pixels: np.ndarray, height: float, intrinsics: np.ndarray,
     return centre + t[:, None] * rays
 
 
+def is_press(contact: np.ndarray, subgoals: np.ndarray, support_height: float = 0.0) -> bool:
+    """Whether a push moves the contact point down more than sideways without sinking below the support
+    (a button pressed from above), rather than sliding or turning the object on its support."""
+    moved = subgoals - contact
+    sink = -moved[:, 2].min()
+    sideways = np.linalg.norm(moved[:, :2], axis=1).max()
+    return bool(sink > sideways and contact[2] - sink > support_height)
+
+
 @dataclass
 class ObjectMotionPlan:
     """What the extractor reads from one video plan."""
@@ -251,8 +262,8 @@ def extract_object_motion(plan: np.ndarray, view: CameraFrame, mask: np.ndarray,
                           grasp_rise: float = 0.08, seed: int = 0, believed_points: np.ndarray | None = None,
                           min_pixels: int = 6, surface_to_centre: float = 0.015,
                           motion_weight_px: float = 20.0, color_correct: bool = True,
-                          planar_push: bool = False, body_mask: np.ndarray | None = None,
-                          color_window: int | None = 12) -> ObjectMotionPlan:
+                          planar_push: bool = True, body_mask: np.ndarray | None = None,
+                          color_window: int | None = 12, support_height: float = 0.0) -> ObjectMotionPlan:
     """Object motion and subgoals from a plan whose first frame is ``view`` (depth + camera needed).
 
     ``mask`` is the part to touch (a handle); ``body_mask`` (default: ``mask``) the rigid body it belongs
@@ -260,9 +271,11 @@ def extract_object_motion(plan: np.ndarray, view: CameraFrame, mask: np.ndarray,
     When fewer than ``min_pixels`` object pixels are visible (the hand covers the object, typically at a
     replan), ``believed_points`` -- where the previous plan left the object -- are used instead: their
     projections are tracked, which follows whatever covers them (the hand pushing or holding it).
-    A plan in which the object does not rise by ``grasp_rise`` is a push, and pushed objects move on
-    their support (``planar_push``): the fit is then a rotation about the vertical plus a horizontal
-    translation, which removes the motion along the viewing ray that one camera cannot see.
+    A plan in which the object does not rise by ``grasp_rise`` is a push. A push is either a press (the
+    object sinks more than it moves sideways, and stays above the support at ``support_height``: a
+    button pressed from above) or a slide or turn on its support (``planar_push``): the fit is then a
+    rotation about the vertical plus a horizontal translation, which removes the motion along the viewing
+    ray that one camera cannot see (an unconstrained fit can sink a door handle through the table).
     """
     if view.depth is None:
         raise ValueError("the view must be rendered with depth=True")
@@ -301,7 +314,7 @@ def extract_object_motion(plan: np.ndarray, view: CameraFrame, mask: np.ndarray,
     motions = fit_rigid_motions(points, tracks, view.intrinsics, view.world_to_camera, **kw)
     subgoals = motions[:, :3, :3] @ contact + motions[:, :3, 3]
     grasp = bool(subgoals[:, 2].max() - contact[2] > grasp_rise)
-    if planar_push and not grasp:
+    if planar_push and not grasp and not is_press(contact, subgoals, support_height):
         motions = fit_rigid_motions(points, tracks, view.intrinsics, view.world_to_camera, planar=True, **kw)
         subgoals = motions[:, :3, :3] @ contact + motions[:, :3, 3]
     return ObjectMotionPlan(motions, contact, subgoals, grasp, part_points)
@@ -316,7 +329,7 @@ class AvdcFollower:
     def __init__(self, gain: float = 10.0, reach_tolerance: float = 0.02, approach_height: float = 0.1,
                  push_offset: float = 0.05, grasp_steps: int = 10, grasp_rise: float = 0.08,
                  num_points: int = 300, motion_weight_px: float = 20.0, holding_distance: float = 0.03,
-                 blocked_steps: int = 5, min_held_aperture: float = 0.05, planar_push: bool = False,
+                 blocked_steps: int = 5, min_held_aperture: float = 0.05, planar_push: bool = True,
                  whole_body: bool = False, color_correct: bool = True,
                  push_direction_fraction: float = 0.33):
         self.color_correct = color_correct

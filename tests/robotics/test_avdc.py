@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.interpolate import griddata
 
-from robotics.avdc import fit_rigid_motions, optical_flow, track_points
+from robotics.avdc import fit_rigid_motions, is_press, optical_flow, track_points
 from robotics.envs import backproject, project_points
 
 K = np.array([[150.0, 0, 64], [0, 150.0, 64], [0, 0, 1]])
@@ -146,3 +146,15 @@ def test_planar_fit_recovers_a_hinge_rotation_seen_from_one_camera():
         np.testing.assert_allclose(m_fit[2, :3], [0, 0, 1], atol=1e-9)  # no tilt: rotation about z only
         moved_true = m_true[:3, :3] @ far + m_true[:3, 3]
         assert np.linalg.norm(moved_true - (m_fit[:3, :3] @ far + m_fit[:3, 3])) < 0.01
+
+
+def test_a_press_sinks_above_its_support_and_anything_else_is_a_planar_push():
+    path = np.linspace(0, 1, 6)[:, None]
+    button = np.array([0.0, 0.8, 0.12])
+    assert is_press(button, button + path * [0.0, 0.01, -0.05])          # pressed 5 cm from above
+    handle = np.array([0.2, 0.7, 0.15])
+    # a door handle "sinking" 20 cm would go through the table at z = 0: the free fit's ray error
+    assert not is_press(handle, handle + path * [-0.1, 0.0, -0.2])
+    assert not is_press(handle, handle + path * [-0.2, 0.1, -0.05])      # mostly sideways: a slide
+    assert is_press(handle, handle + path * [0.0, 0.0, -0.1], support_height=0.0)
+    assert not is_press(handle, handle + path * [0.0, 0.0, -0.1], support_height=0.1)
