@@ -94,24 +94,23 @@ def _refine_motion(points: np.ndarray, pixels: np.ndarray, intrinsics: np.ndarra
     def full(x):  # planar parameters (yaw, dx, dy) -> (rotation vector, translation)
         return np.array([0, 0, x[0], x[1], x[2], 0.0]) if planar else x
 
-    def motion_of(x):
-        x = full(x)
+    def motion_of(f):  # (rotation vector, translation of the centroid) -> 4x4 motion
         m = np.eye(4)
-        m[:3, :3] = cv2.Rodrigues(x[:3])[0] @ prev_rot
-        m[:3, 3] = x[3:] + prev_centroid - m[:3, :3] @ centroid
+        m[:3, :3] = cv2.Rodrigues(f[:3])[0] @ prev_rot
+        m[:3, 3] = f[3:] + prev_centroid - m[:3, :3] @ centroid
         return m
 
     def residuals(x):
-        m = motion_of(x)
+        f = full(x)
+        m = motion_of(f)
         moved = points @ m[:3, :3].T + m[:3, 3]
         cam = moved @ world_to_camera[:3, :3].T + world_to_camera[:3, 3]
         uv = cam[:, :2] / cam[:, 2:3] * intrinsics[[0, 1], [0, 1]] + intrinsics[:2, 2]
-        f = full(x)
         prior = scale * np.concatenate([rotation_weight_px * f[:3], motion_weight_px * f[3:]])
         return np.concatenate([(uv - pixels).ravel(), prior])
 
     fit = least_squares(residuals, np.zeros(3 if planar else 6), loss="soft_l1", f_scale=1.5, max_nfev=50)
-    return motion_of(fit.x)
+    return motion_of(full(fit.x))
 
 
 def fit_rigid_motions(points: np.ndarray, tracks: np.ndarray, intrinsics: np.ndarray,
@@ -225,17 +224,6 @@ def track_points_by_color(points: np.ndarray, flows: np.ndarray, plan: np.ndarra
                 moved = moved + (centre - predicted).astype(np.float32)
         tracks.append(moved)
     return np.stack(tracks)
-
-
-def ray_plane_points(pixels: np.ndarray, height: float, intrinsics: np.ndarray,
-                     world_to_camera: np.ndarray) -> np.ndarray:
-    """World points (N, 3) where the viewing rays of ``pixels`` (N, 2) meet the plane z = ``height``."""
-    rot, trans = world_to_camera[:3, :3], world_to_camera[:3, 3]
-    centre = -rot.T @ trans
-    uv1 = np.concatenate([pixels, np.ones((len(pixels), 1))], axis=1)
-    rays = (uv1 @ np.linalg.inv(intrinsics).T) @ rot  # camera -> world directions (rows)
-    t = (height - centre[2]) / np.where(np.abs(rays[:, 2]) < 1e-9, 1e-9, rays[:, 2])
-    return centre + t[:, None] * rays
 
 
 def is_press(contact: np.ndarray, subgoals: np.ndarray, support_height: float = 0.0) -> bool:
