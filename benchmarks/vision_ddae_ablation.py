@@ -38,7 +38,7 @@ def parse_args() -> argparse.Namespace:
 
 def train_run(variant: str, seed: int, args) -> Path:
     from gencond.cli import main as gencond
-    from gencond.training import latest_checkpoint
+    from gencond.checkpoints import checkpoint_step, latest_checkpoint
 
     name = f"{variant}_seed{seed}"
     argv = ["train", str(ROOT / VARIANTS[variant]), f"name={name}", f"runs_dir={args.runs_dir}", f"seed={seed}",
@@ -47,7 +47,7 @@ def train_run(variant: str, seed: int, args) -> Path:
         raise SystemExit(f"training {name} failed")
     run_dir = Path(args.runs_dir) / name
     last = latest_checkpoint(run_dir)
-    if last is None or json.loads((last / "complete").read_text())["step"] < args.steps:
+    if last is None or checkpoint_step(last) < args.steps:
         raise SystemExit(f"training {name} stopped early; rerun this command to resume it")
     return run_dir
 

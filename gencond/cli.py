@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
@@ -27,27 +26,35 @@ def _changed_keys(old, new, prefix: str = "") -> list[str]:
     return sorted(keys)
 
 
-def resolve_config_path(path: str) -> Path:
-    """A config file, or a run directory (whose config.yaml is used)."""
-    p = Path(path)
-    return p / "config.yaml" if p.is_dir() else p
-
-
 def train_command(args: argparse.Namespace) -> None:
     import torch
 
-    from .training import latest_checkpoint, train
+    from .checkpoints import latest_checkpoint
+    from .runs import CONFIG, RunLock, check_run_name, remove_run
+    from .training import train
 
-    cfg = load_config(resolve_config_path(args.config), args.overrides)
-    run_dir = Path(cfg.runs_dir) / cfg.name
-    if args.restart and run_dir.exists():
-        shutil.rmtree(run_dir)
-    saved = run_dir / "config.yaml"
+    given = Path(args.config)
+    if given.is_dir():  # resume this folder, wherever it is now
+        if not (given / CONFIG).is_file():
+            raise UserError(f"{given} is a folder without {CONFIG}; pass a config file or a run directory")
+        moved = [o for o in args.overrides if o.split("=", 1)[0] in ("name", "runs_dir")]
+        if moved:
+            raise UserError(f"{moved[0]}: a run directory is resumed where it is; to start a new run, "
+                            "pass its config file (or `train.init_from`)")
+        cfg = load_config(given / CONFIG, args.overrides)
+        run_dir = given
+    else:
+        cfg = load_config(given, args.overrides)
+        run_dir = Path(cfg.runs_dir) / check_run_name(cfg.name)
+    saved = run_dir / CONFIG
+    if args.restart:
+        with RunLock(run_dir):
+            remove_run(run_dir)
     if saved.exists() and latest_checkpoint(run_dir) is not None:
         old = OmegaConf.to_container(OmegaConf.load(saved))
         new = OmegaConf.to_container(cfg, resolve=True)
         changed = [k for k in _changed_keys(old, new) if not (k.startswith("train.") and k[6:] in RESUMABLE_KEYS)
-                   and not k.startswith("sampling.")]
+                   and not k.startswith("sampling.") and k not in ("name", "runs_dir")]
         if changed:
             raise ConfigError(
                 f"{run_dir} was trained with a different config ({', '.join(changed)}); "
@@ -85,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("train", help="train a model from a YAML config (resumes an existing run)")
     p.add_argument("config", help="a YAML config, or a run directory to resume")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.max_steps=200")
-    p.add_argument("--restart", action="store_true", help="delete the run directory and start over")
+    p.add_argument("--restart", action="store_true", help="delete the run (only a gencond run folder) and start over")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=train_command)
     for verb, help in SHARED_VERBS.items():

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -123,14 +124,17 @@ def _merge(base: DictConfig, other: DictConfig, source: str) -> DictConfig:
 
 
 def parse_overrides(overrides: Sequence[str]) -> DictConfig:
-    """``["train.lr=1e-3", ...]`` as a config; a malformed item is a one-line error."""
+    """``["train.lr=1e-3", ...]`` as a config; a malformed item is a one-line error naming it."""
+    merged = OmegaConf.create()
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise ConfigError(f"override '{item}' is not of the form key.sub=value")
-    try:
-        return OmegaConf.from_dotlist(list(overrides))
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"command-line overrides: {str(e).splitlines()[0]}") from None
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+        except (OmegaConfBaseException, yaml.YAMLError) as e:
+            problem = " ".join(str(getattr(e, "problem", "") or e).split())
+            raise ConfigError(f"override '{item}': not a valid value ({problem}); quote strings, close brackets") from None
+    return merged
 
 
 def build_config(schema: type, raw: DictConfig, source: str, overrides: Sequence[str] = ()) -> DictConfig:

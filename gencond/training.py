@@ -17,16 +17,17 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from omegaconf import DictConfig
+from safetensors.torch import save_model as save_model_file
 from tqdm.auto import tqdm
 
+from .checkpoints import apply_checkpoint, latest_checkpoint, newest_readable, remove_old, save_checkpoint
 from .errors import UserError
+from .runs import BEST_WEIGHTS, CHECKPOINTS, LAST_WEIGHTS, METRICS, RunLock, truncate_metrics
 
-CHECKPOINTS = "checkpoints"
-COMPLETE = "complete"
 
 
 class TrainingError(UserError):
@@ -59,7 +60,7 @@ class TrainResult:
 
 
 class TrainState:
-    """Counters saved with every checkpoint (registered with accelerate)."""
+    """Counters saved with every checkpoint."""
 
     def __init__(self):
         self.step, self.elapsed_s, self.best = 0, 0.0, None
@@ -76,19 +77,13 @@ def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1009 + rank) % (2**62))
 
 
-def latest_checkpoint(run_dir: Path) -> Optional[Path]:
-    """The newest complete checkpoint of a run, if any."""
-    done = sorted(p.parent for p in (Path(run_dir) / CHECKPOINTS).glob(f"step_*/{COMPLETE}"))
-    return done[-1] if done else None
-
-
 def save_model(model: torch.nn.Module, path: Path) -> None:
-    """Weights for inference: Hugging Face format for ModelMixin models, else a state dict."""
+    """Weights for inference: Hugging Face format for ModelMixin models, else a safetensors file."""
     if hasattr(model, "save_pretrained"):
         model.save_pretrained(path)
     else:
         path.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), path / "model.pt")
+        save_model_file(model, str(path / "model.safetensors"))
 
 
 @contextmanager
@@ -131,10 +126,16 @@ class _StopFlag:
 
 
 def train(cfg: DictConfig, job: TrainingJob, run_dir: str | Path, progress: bool = True) -> TrainResult:
-    """Train ``job`` under ``cfg.train`` into ``run_dir``, resuming from its latest checkpoint."""
-    tc = cfg.train
+    """Train ``job`` under ``cfg.train`` into ``run_dir``, resuming from its newest readable
+    checkpoint; the main process holds the run's lock meanwhile."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir) if PartialState().is_main_process else nullcontext():
+        return _train(cfg, job, run_dir, progress)
+
+
+def _train(cfg: DictConfig, job: TrainingJob, run_dir: Path, progress: bool) -> TrainResult:
+    tc = cfg.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
     acc = Accelerator(mixed_precision=tc.mixed_precision, log_with="tensorboard", project_dir=str(run_dir))
@@ -145,27 +146,30 @@ def train(cfg: DictConfig, job: TrainingJob, run_dir: str | Path, progress: bool
     model, opt, lr_sched = acc.prepare(model, opt, lr_sched)
     ema = EMAModel(acc.unwrap_model(model).parameters(), decay=tc.ema_decay) if tc.ema_decay else None
     state = TrainState()
-    acc.register_for_checkpointing(state)
-    if ema is not None:
-        acc.register_for_checkpointing(ema)
 
-    resume_from = latest_checkpoint(run_dir)
-    if resume_from is not None:
-        acc.load_state(str(resume_from))
+    def training_objects() -> dict:
+        return dict(model=acc.unwrap_model(model), optimizer=opt, lr_scheduler=lr_sched, ema=ema, scaler=acc.scaler)
+
+    loaded = newest_readable(run_dir, acc.process_index, ema is not None, say=acc.print)
+    if loaded is not None:
+        state.load_state_dict(apply_checkpoint(loaded, **training_objects()))
+        if acc.is_main_process:
+            dropped = truncate_metrics(run_dir, state.step)
+            if dropped:
+                acc.print(f"dropped {dropped} lines of {METRICS} logged after step {state.step} (replayed now)")
         acc.print(f"resuming {run_dir} from step {state.step}")
 
     def checkpoint() -> Path:
         path = run_dir / CHECKPOINTS / f"step_{state.step:08d}"
         acc.wait_for_everyone()
+        if acc.is_main_process and path.exists():
+            shutil.rmtree(path)
+        acc.wait_for_everyone()
+        save_checkpoint(path, **training_objects(), counters=state.state_dict(), rank=acc.process_index,
+                        is_main=acc.is_main_process)
+        acc.wait_for_everyone()
         if acc.is_main_process:
-            if path.exists():
-                shutil.rmtree(path)
-        acc.save_state(str(path))
-        if acc.is_main_process:
-            (path / COMPLETE).write_text(json.dumps(state.state_dict()))
-            done = sorted(p.parent for p in (run_dir / CHECKPOINTS).glob(f"step_*/{COMPLETE}"))
-            for old in done[: -max(1, tc.keep_checkpoints)]:
-                shutil.rmtree(old)
+            remove_old(run_dir, tc.keep_checkpoints)
         return path
 
     def run_validation() -> None:
@@ -177,10 +181,10 @@ def train(cfg: DictConfig, job: TrainingJob, run_dir: str | Path, progress: bool
                 raise TrainingError(f"validate() returned {sorted(metrics)}, without the monitored '{job.monitor}'")
             if acc.is_main_process and (state.best is None or value < state.best):
                 state.best = float(value)
-                save_model(inner, run_dir / "best")
+                save_model(inner, run_dir / BEST_WEIGHTS)
         log({**metrics, "best_" + job.monitor: state.best})
 
-    metrics_file = run_dir / "metrics.jsonl"
+    metrics_file = run_dir / METRICS
 
     def log(metrics: dict) -> None:
         acc.log(metrics, step=state.step)
@@ -245,7 +249,7 @@ def train(cfg: DictConfig, job: TrainingJob, run_dir: str | Path, progress: bool
     checkpoint()
     if acc.is_main_process:
         with ema_weights(acc.unwrap_model(model), ema):
-            save_model(acc.unwrap_model(model), run_dir / "model")
+            save_model(acc.unwrap_model(model), run_dir / LAST_WEIGHTS)
     acc.end_training()
     if stopped == "interrupted":
         acc.print(f"interrupted at step {state.step}; checkpoint saved — run the same command again to resume")

@@ -7,7 +7,8 @@ from omegaconf import OmegaConf
 
 from gencond.config import DiffusionConfig, RunConfig
 from gencond.diffusion import DiffusionProcess
-from gencond.training import TrainingError, TrainingJob, latest_checkpoint, train
+from gencond.checkpoints import latest_checkpoint
+from gencond.training import TrainingError, TrainingJob, train
 
 from .toys import TinyMLP
 
@@ -43,7 +44,7 @@ def make_job(validate=None, fail_at=None, interrupt_at=None):
 def params(path):
     from safetensors.torch import load_file
 
-    return load_file(str(path / "model.safetensors")) if (path / "model.safetensors").exists() else torch.load(path / "model.pt")
+    return load_file(str(path / "model.safetensors"))
 
 
 def test_resume_after_ctrl_c_equals_uninterrupted_run(tmp_path):
@@ -72,7 +73,7 @@ def test_validation_keeps_the_best(tmp_path):
     scores = iter([3.0, 1.0, 2.0, 5.0])
     result = train(make_cfg(max_steps=20, validate_every=5), make_job(lambda m: {"val_loss": next(scores)}), tmp_path, progress=False)
     assert result.best == 1.0
-    assert (tmp_path / "best" / "model.pt").exists()
+    assert (tmp_path / "best" / "model.safetensors").exists()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if "val_loss" in line]
     assert [r["best_val_loss"] for r in rows] == [3.0, 1.0, 1.0, 1.0]
 

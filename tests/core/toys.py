@@ -45,3 +45,23 @@ class TinyMLP(nn.Module):
 
     def forward(self, x_t, t, cond=None, self_cond=None):
         return self.net(torch.cat([x_t, t.float()[:, None] / 100], dim=1))
+
+
+def register_toy_task() -> str:
+    """A tiny trainable task ('toy-mlp') for CLI tests of the core: TinyMLP on 4 Gaussian blobs."""
+    from gencond.config import RunConfig
+    from gencond.registry import TASKS, register_task
+    from gencond.training import TrainingJob
+
+    def build(cfg):
+        process = DiffusionProcess(cfg.diffusion)
+        centers = torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
+
+        def batch_fn(step, g):
+            return centers[torch.randint(0, 4, (cfg.train.batch_size,), generator=g)]
+
+        return TrainingJob(TinyMLP(8), batch_fn, lambda m, b, g: process.training_loss(m, b, generator=g))
+
+    if "toy-mlp" not in TASKS:
+        register_task("toy-mlp", RunConfig, build)
+    return "toy-mlp"

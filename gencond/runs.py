@@ -1,0 +1,116 @@
+"""The run directory: its layout, its lock, and how a run is found, resumed or removed.
+
+``gencond train CONFIG`` writes ``<runs_dir>/<name>/`` holding ``config.yaml``, ``checkpoints/``,
+``metrics.jsonl``, ``model/`` (last weights, EMA if any) and ``best/`` (best validated weights).
+Every other place asks this module for those names.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Optional
+
+from .errors import UserError
+
+CONFIG = "config.yaml"
+CHECKPOINTS = "checkpoints"
+METRICS = "metrics.jsonl"
+LAST_WEIGHTS = "model"
+BEST_WEIGHTS = "best"
+LOCK = ".lock"
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """True for a folder that ``gencond train`` wrote (its config and checkpoints folder)."""
+    path = Path(path)
+    return (path / CONFIG).is_file() and (path / CHECKPOINTS).is_dir()
+
+
+def check_run_name(name: str) -> str:
+    """A run name is a plain folder name inside runs_dir: no path separators, not '.' or '..'."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or name != name.strip():
+        raise UserError(f"run name '{name}' must be a plain folder name (no '/', not '.' or '..'); "
+                        "choose where runs go with runs_dir=PATH")
+    return name
+
+
+def remove_run(run_dir: Path) -> None:
+    """Delete a run's contents (``--restart``), refusing any folder that is not a gencond run."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        return
+    leftovers = [p for p in run_dir.iterdir() if p.name != LOCK]
+    if not leftovers:
+        return
+    if not is_run_dir(run_dir):
+        raise UserError(f"--restart would delete {run_dir}, which is not a gencond run (no {CONFIG} and "
+                        f"{CHECKPOINTS}/); remove it yourself or choose another name=")
+    print(f"--restart: removing {run_dir.resolve()} ({len(leftovers)} entries)")
+    for p in leftovers:
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+
+class RunLock:
+    """An exclusive lock on a run directory, held while one process trains it.
+
+    ``flock`` is released by the kernel when the process dies (even by ``kill -9``), so a lock
+    never outlives its trainer; the file records who holds it for the error message.
+    """
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / LOCK
+        self._fd: Optional[int] = None
+
+    def __enter__(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            try:
+                holder = json.loads(self.path.read_text())
+                who = f"process {holder['pid']} on {holder['host']} (since {holder['since']})"
+            except (OSError, ValueError, KeyError):
+                who = "another process"
+            raise UserError(f"{self.path.parent} is being trained by {who}; wait for it to finish or stop it "
+                            "(Ctrl-C checkpoints), then run again") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                 "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def truncate_metrics(run_dir: str | Path, step: int) -> int:
+    """Drop the log lines after ``step`` (steps replayed after a crash) and any torn last line;
+    returns how many lines were dropped."""
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            keep = json.loads(line)["step"] <= step
+        except (ValueError, KeyError, TypeError):
+            keep = False
+        if keep:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
+    return dropped
