@@ -10,7 +10,10 @@ Evaluation seeds default to 100-104, which no collected demonstration (seeds 0-4
 inverse-dynamics model is tested on scenes it was not trained on.
 
 Each part prints its figures and writes them to benchmarks/results/robotics_<part>[_<tag>].json;
-``evaluate`` also leaves results.md, episodes.jsonl and videos under --out. Measurement only.
+``evaluate`` names its file by planner, extractor and every non-default setting (e.g.
+robotics_evaluate_oracle_avdc_seeds100-100.json), so only the default run writes the canonical
+robotics_evaluate_oracle_avdc.json, and no result is overwritten by one of fewer episodes. ``evaluate``
+also leaves results.md, episodes.jsonl and videos under --out. Measurement only.
 """
 from __future__ import annotations
 
@@ -30,6 +33,10 @@ def save(name: str, payload: dict) -> None:
     payload = {"machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cpus",
                **payload}
     path = RESULTS / f"robotics_{name}.json"
+    old = json.loads(path.read_text()).get("episodes", 0) if path.exists() else 0
+    if "episodes" in payload and old > payload["episodes"]:
+        raise SystemExit(f"{path} holds a run of {old} episodes; not overwriting it with {payload['episodes']} "
+                         "(pass --tag to name this run)")
     path.write_text(json.dumps(payload, indent=1))
     print(json.dumps(payload, indent=1))
     print(f"saved {path}")
@@ -80,28 +87,44 @@ def bench_collect(args) -> None:
                      "seconds": round(seconds, 1), "out": args.out})
 
 
+EVALUATE_DEFAULTS = {"tasks": None, "cameras": None, "plan_frames": 8, "resolution": 128, "seeds": "100-104"}
+NAME_PARTS = {"tasks": "_tasks-{}", "cameras": "_cameras-{}", "plan_frames": "_frames{}", "resolution": "_res{}",
+              "seeds": "_seeds{}"}
+
+
+def evaluate_name(args) -> str:
+    """The result's name: planner, extractor, each setting that is not the default, and the tag."""
+    name = f"evaluate_{args.planner}_{args.extractor}"
+    for key, part in NAME_PARTS.items():
+        value = getattr(args, key)
+        if value != EVALUATE_DEFAULTS[key]:
+            name += part.format(str(value).replace(",", "+"))
+    return name + (f"_{args.tag}" if args.tag else "")
+
+
 def bench_evaluate(args) -> None:
     from robotics.envs import BENCHMARK_TASKS, CAMERAS
     from robotics.evaluate import evaluate
-    from robotics.register import make_follower_factory, make_planner, parse_seeds
+    from robotics.register import evaluation_identity, make_follower_factory, make_planner, parse_seeds
 
     tasks = args.tasks.split(",") if args.tasks else list(BENCHMARK_TASKS)
     cameras = args.cameras.split(",") if args.cameras else list(CAMERAS)
     planner = make_planner(args.planner, args.plan_frames, args.resolution)
     factory = make_follower_factory(args.extractor, args.idm)
-    out = args.out or f"runs/robotics/bench_{args.planner}_{args.extractor}"
+    name = evaluate_name(args)
+    out = args.out or f"runs/robotics/bench_{name}"
     start = time.perf_counter()
     seeds = parse_seeds(args.seeds)
     table = evaluate(planner, factory, tasks, cameras, seeds, out, resolution=args.resolution,
-                     videos=args.videos, title=f"{args.planner} planner + {args.extractor} extractor")
+                     videos=args.videos, title=f"{args.planner} planner + {args.extractor} extractor",
+                     identity=evaluation_identity(args.planner, args.extractor, args.plan_frames, args.idm))
     seconds = time.perf_counter() - start
     print((Path(out) / "results.md").read_text())
-    tag = f"{args.planner}_{args.extractor}" + (f"_{args.tag}" if args.tag else "")
-    save(f"evaluate_{tag}", {"planner": args.planner, "extractor": args.extractor, "plan_frames": args.plan_frames,
+    save(name, {"planner": args.planner, "extractor": args.extractor, "plan_frames": args.plan_frames,
                              "seeds": args.seeds, "wall_seconds": round(seconds, 1), "out": out, **table})
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parts = parser.add_subparsers(dest="part", required=True)
     p = parts.add_parser("render")
@@ -117,17 +140,21 @@ def main() -> None:
     p.add_argument("--planner", default="oracle")
     p.add_argument("--extractor", default="avdc")
     p.add_argument("--idm", default=None)
-    p.add_argument("--tasks", default=None)
-    p.add_argument("--cameras", default=None)
-    p.add_argument("--seeds", default="100-104", help="count, range or list (default 100-104: seeds that "
-                   "no training demo used)")
-    p.add_argument("--plan-frames", type=int, default=8)
-    p.add_argument("--resolution", type=int, default=128)
+    p.add_argument("--tasks", default=EVALUATE_DEFAULTS["tasks"])
+    p.add_argument("--cameras", default=EVALUATE_DEFAULTS["cameras"])
+    p.add_argument("--seeds", default=EVALUATE_DEFAULTS["seeds"], help="count, range or list (default 100-104: "
+                   "seeds that no training demo used)")
+    p.add_argument("--plan-frames", type=int, default=EVALUATE_DEFAULTS["plan_frames"])
+    p.add_argument("--resolution", type=int, default=EVALUATE_DEFAULTS["resolution"])
     p.add_argument("--videos", type=int, default=1)
     p.add_argument("--out", default=None)
     p.add_argument("--tag", default="")
     p.set_defaults(run=bench_evaluate)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     args.run(args)
 
 

@@ -51,7 +51,10 @@ def train_command(args: argparse.Namespace) -> None:
         with RunLock(run_dir):
             remove_run(run_dir)
     if saved.exists() and latest_checkpoint(run_dir) is not None:
-        old = OmegaConf.to_container(OmegaConf.load(saved))
+        try:  # the saved config on today's schema: keys added since then take their defaults
+            old = OmegaConf.to_container(load_config(saved), resolve=True)
+        except ConfigError:
+            old = OmegaConf.to_container(OmegaConf.load(saved))
         new = OmegaConf.to_container(cfg, resolve=True)
         changed = [k for k in _changed_keys(old, new) if not (k.startswith("train.") and k[6:] in RESUMABLE_KEYS)
                    and not k.startswith("sampling.") and k not in ("name", "runs_dir")]

@@ -29,6 +29,13 @@ FORMAT = "gencond-robotics-demos/1"
 EPISODE_KEYS = ("frames", "actions", "states", "success", "success_step", "task", "camera", "text",
                 "seed", "intrinsics", "world_to_camera", "first_depth", "first_segmentation",
                 "object_geom_ids")
+MIN_RESOLUTION = 16  # smaller renders are (nearly) empty images; 0 renders nothing at all
+
+
+def check_resolution(resolution) -> None:
+    """A one-line error for an image size too small to render a useful frame."""
+    if min(np.atleast_1d(resolution)) < MIN_RESOLUTION:
+        raise UserError(f"resolution {resolution} is too small; use at least {MIN_RESOLUTION} pixels")
 
 
 def episode_path(root: str | Path, task: str, camera: str, seed: int) -> Path:
@@ -107,9 +114,15 @@ def collect(root: str | Path, tasks, cameras, seeds, resolution: int = 128,
     from robotics.envs import TaskEnv
     from robotics.experts import run_expert
 
+    check_resolution(resolution)
     root = Path(root)
     tasks = [check_task(t) for t in tasks]
     cameras = [check_camera(c) for c in cameras]
+    if not (tasks and cameras and len(seeds)):
+        raise UserError("no episodes to collect: the task, camera or seed list is empty")
+    old = read_index(root)["resolution"] if (root / "index.json").exists() else [resolution] * 2
+    if old != [resolution] * 2:  # resuming must not mix image sizes in one dataset
+        raise UserError(f"{root} holds a dataset at {old[0]} pixels, not {resolution}; use another --out")
     todo = [(t, c, s) for t in tasks for c in cameras for s in seeds
             if not episode_path(root, t, c, s).exists()]
     total = len(tasks) * len(cameras) * len(seeds)

@@ -4,6 +4,8 @@
 :func:`robotics.execution.run_episode` and appends its summary to ``out_dir/episodes.jsonl`` at once,
 so an interrupted evaluation resumes without redoing finished episodes. It then writes
 ``results.json`` (per task, per camera and overall success) and ``results.md`` (the same as a table).
+``out_dir/evaluation.json`` records what defines the evaluation (planner, extractor, settings, gencond
+version): a rerun with another identity into the same folder is refused instead of resumed.
 """
 from __future__ import annotations
 
@@ -16,9 +18,40 @@ import numpy as np
 
 from gencond.errors import UserError
 
+from robotics.collect import check_resolution
 from robotics.envs import CAMERAS, MAX_EPISODE_STEPS, check_camera, check_task
 
 EPISODES_FILE = "episodes.jsonl"
+IDENTITY_FILE = "evaluation.json"
+LABEL_HEIGHT = 14  # the strip above side-by-side videos labelling the "plan" and "execution" halves
+
+
+def describe(obj) -> str:
+    """A planner's or follower factory's part of an evaluation identity: its ``describe()``, a class's
+    dotted name, else its repr (e.g. ``RepeatFirstFramePlanner(num_frames=8)``) or name if that is an address."""
+    if isinstance(obj, type):
+        return f"{obj.__module__}.{obj.__qualname__}"
+    if hasattr(obj, "describe"):
+        return str(obj.describe())
+    text = repr(obj)
+    return getattr(obj, "__qualname__", type(obj).__qualname__) if " at 0x" in text else text
+
+
+def check_identity(out: Path, identity: dict) -> None:
+    """Write ``identity`` to ``out/evaluation.json``, or refuse if ``out`` holds another evaluation."""
+    path, identity = out / IDENTITY_FILE, json.loads(json.dumps(identity))
+    if path.exists():
+        old = json.loads(path.read_text())
+        changed = sorted(k for k in old.keys() | identity.keys() if old.get(k) != identity.get(k))
+        if changed:
+            diff = "; ".join(f"{k} {old.get(k)!r} -> {identity.get(k)!r}" for k in changed)
+            raise UserError(f"{out} holds another evaluation ({diff}); use another --out or delete the folder")
+    elif (out / EPISODES_FILE).exists():
+        raise UserError(f"{out} holds episodes but no {IDENTITY_FILE} (written by an older gencond), so they "
+                        "may be of another evaluation; use another --out or delete the folder")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(identity, indent=1))
 
 
 def _read_done(path: Path) -> dict[tuple, dict]:
@@ -59,15 +92,31 @@ def markdown_table(table: dict, cameras, title: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+def _label(text: str, width: int) -> np.ndarray:
+    """A black strip LABEL_HEIGHT high with ``text`` centred in white (shrunk to fit narrow frames)."""
+    import cv2
+
+    strip = np.zeros((LABEL_HEIGHT, width, 3), np.uint8)
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.4
+    scale *= min(1.0, (width - 4) / cv2.getTextSize(text, font, scale, 1)[0][0])
+    text_width = cv2.getTextSize(text, font, scale, 1)[0][0]
+    cv2.putText(strip, text, ((width - text_width) // 2, LABEL_HEIGHT - 4), font, scale, (255, 255, 255), 1,
+                cv2.LINE_AA)
+    return strip
+
+
 def write_side_by_side(path: str | Path, frames: list[np.ndarray], plans: list[tuple[int, np.ndarray]],
                        fps: int = 20) -> Path:
     """A GIF or MP4 (by suffix): the current plan's frames (left, advancing over the plan while it is
-    executed) beside the executed frames (right)."""
+    executed) beside the executed frames (right), under a strip labelling them "plan" and "execution".
+    Frames of H x W give video frames of (LABEL_HEIGHT + H) x (2 W + 2)."""
     import imageio.v2 as imageio
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     height, width = frames[0].shape[:2]
+    gap = np.full((height + LABEL_HEIGHT, 2, 3), 255, np.uint8)
+    header = np.concatenate([_label("plan", width), gap[:LABEL_HEIGHT], _label("execution", width)], axis=1)
     video = []
     for step, frame in enumerate(frames):
         starts = [s for s, _ in plans if s <= step] or [0]
@@ -79,7 +128,7 @@ def write_side_by_side(path: str | Path, frames: list[np.ndarray], plans: list[t
         if left.shape[:2] != (height, width):
             import cv2
             left = cv2.resize(left, (width, height), interpolation=cv2.INTER_AREA)
-        video.append(np.concatenate([left, np.full((height, 2, 3), 255, np.uint8), frame], axis=1))
+        video.append(np.concatenate([header, np.concatenate([left, gap[LABEL_HEIGHT:], frame], axis=1)]))
     if path.suffix == ".mp4":
         try:
             import imageio_ffmpeg  # noqa: F401
@@ -95,12 +144,18 @@ def write_side_by_side(path: str | Path, frames: list[np.ndarray], plans: list[t
 def evaluate(planner, make_follower: Callable[[], object], tasks, cameras=CAMERAS, seeds=range(5),
              out_dir: str | Path = "runs/robotics/eval", resolution: int = 128,
              max_steps: int = MAX_EPISODE_STEPS, max_replans: int = 5, videos: int = 1,
-             video_format: str = "gif", title: str = "", progress: bool = True) -> dict:
+             video_format: str = "gif", title: str = "", progress: bool = True,
+             identity: dict | None = None) -> dict:
     """Run the protocol; returns the results dict also written to ``out_dir/results.json``.
 
     ``make_follower()`` returns a fresh action extractor per episode (e.g. ``AvdcFollower``).
     ``videos``: how many episodes per task and camera (the first seeds) to save as side-by-side videos.
+    ``identity``: what else defines the evaluation (e.g. ``{"planner": "video:runs/x", "idm": ...}``); it
+    extends or replaces the defaults (:func:`describe` of planner and factory, resolution, max steps and
+    replans, gencond version). Episodes in ``out_dir`` are resumed only under the same identity.
     """
+    from importlib.metadata import version
+
     from tqdm import tqdm
 
     from robotics.envs import TaskEnv
@@ -109,10 +164,16 @@ def evaluate(planner, make_follower: Callable[[], object], tasks, cameras=CAMERA
     tasks = [check_task(t) for t in tasks]
     cameras = [check_camera(c) for c in cameras]
     seeds = list(seeds)
+    check_resolution(resolution)
+    if not (tasks and cameras and seeds):
+        raise UserError("no episodes to evaluate: the task, camera or seed list is empty")
     if video_format not in ("gif", "mp4"):
         raise UserError(f"unknown video format '{video_format}'; valid formats: gif, mp4")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    identity = {"planner": describe(planner), "extractor": describe(make_follower), "resolution": resolution,
+                "max_steps": max_steps, "max_replans": max_replans, "gencond": version("gencond"),
+                **(identity or {})}
+    check_identity(out, identity)
     episodes_path = out / EPISODES_FILE
     done = _read_done(episodes_path)
     todo = [(t, c, s) for t in tasks for c in cameras for s in seeds if (t, c, s) not in done]
@@ -151,6 +212,7 @@ def evaluate(planner, make_follower: Callable[[], object], tasks, cameras=CAMERA
     table["episodes_per_minute"] = round(60 * ran / wall, 1) if ran and wall > 0 else None
     table["episodes_run_now"] = ran
     table["seeds"] = seeds
+    table["identity"] = identity
     (out / "results.json").write_text(json.dumps(table, indent=1))
     (out / "results.md").write_text(markdown_table(table, cameras, title))
     return table

@@ -8,6 +8,8 @@ current goal, or after ``max_steps_per_frame`` steps.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import cv2
@@ -114,15 +116,38 @@ def build(cfg) -> TrainingJob:
                        loss_fn=idm_loss, validate=validate)
 
 
-def load_idm(path: str | Path) -> InverseDynamicsModel:
-    """An inverse-dynamics model from a run directory (its ``model/``) or a saved model folder."""
-    path = Path(path)
+def idm_folder(path: str | Path) -> Path:
+    """The model folder of a ``robotics-idm`` run directory (its ``model/``) or a saved model folder;
+    a one-line error for anything else (another task's run, another model class, no model)."""
+    given = path = Path(path)
+    if (path / "config.yaml").is_file():
+        from omegaconf import OmegaConf
+
+        task = OmegaConf.load(path / "config.yaml").get("task")
+        if task != "robotics-idm":
+            raise UserError(f"{given} is a '{task}' run; --idm needs a 'robotics-idm' run")
     if (path / "model" / "config.json").exists():
         path = path / "model"
     if not (path / "config.json").exists():
         raise UserError(f"no inverse-dynamics model at {path}; train one with "
                         "`gencond train configs/robotics/idm.yaml data.root=<demos>`")
-    return InverseDynamicsModel.from_pretrained(path).eval()
+    kind = json.loads((path / "config.json").read_text()).get("_class_name")
+    if kind != InverseDynamicsModel.__name__:
+        raise UserError(f"{path} holds a '{kind}' model; --idm needs an InverseDynamicsModel (a 'robotics-idm' run)")
+    return path
+
+
+def load_idm(path: str | Path) -> InverseDynamicsModel:
+    """An inverse-dynamics model from a run directory (its ``model/``) or a saved model folder."""
+    return InverseDynamicsModel.from_pretrained(idm_folder(path)).eval()
+
+
+def describe_idm(path: str | Path) -> str:
+    """The model folder and a digest of its files: the model's part of an evaluation's identity (a model
+    trained further in the same run directory is another model)."""
+    folder = idm_folder(path).resolve()
+    digest = hashlib.sha256(b"".join(f.read_bytes() for f in sorted(folder.iterdir()) if f.is_file()))
+    return f"{folder} (sha256 {digest.hexdigest()[:12]})"
 
 
 class IdmFollower:

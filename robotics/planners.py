@@ -55,6 +55,9 @@ class RepeatFirstFramePlanner:
     def __init__(self, num_frames: int = 8):
         self.num_frames = num_frames
 
+    def __repr__(self) -> str:  # part of an evaluation's identity (see robotics.evaluate.describe)
+        return f"RepeatFirstFramePlanner(num_frames={self.num_frames})"
+
     def plan(self, frame: np.ndarray, task: str, camera: str) -> np.ndarray:
         return np.repeat(np.asarray(frame, dtype=np.uint8)[None], self.num_frames, axis=0)
 
@@ -73,6 +76,9 @@ class OraclePlanner:
         self._key = None
         self._frames: np.ndarray | None = None
         self._env: TaskEnv | None = None
+
+    def __repr__(self) -> str:
+        return f"OraclePlanner(num_frames={self.num_frames}, resolution={self.resolution})"
 
     def begin_episode(self, task: str, camera: str, seed: int) -> None:
         from robotics.experts import run_expert

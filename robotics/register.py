@@ -16,16 +16,23 @@ EXTRACTORS = ("avdc", "idm")
 
 
 def parse_seeds(text: str) -> list[int]:
-    """'5' -> 0..4, '0-4' -> 0..4, '1,3,7' -> [1, 3, 7]."""
+    """'5' -> 0..4, '0-4' -> 0..4, '1,3,7' -> [1, 3, 7]; an empty, reversed or repeating one is an error."""
+    hint = "use a count (5), a range (0-4) or a list (1,3,7)"
     try:
         if "-" in text:
             lo, hi = text.split("-")
-            return list(range(int(lo), int(hi) + 1))
-        if "," in text:
-            return [int(s) for s in text.split(",")]
-        return list(range(int(text)))
+            seeds = list(range(int(lo), int(hi) + 1))
+        elif "," in text:
+            seeds = [int(s) for s in text.split(",")]
+        else:
+            seeds = list(range(int(text)))
     except ValueError:
-        raise UserError(f"bad --seeds '{text}'; use a count (5), a range (0-4) or a list (1,3,7)") from None
+        raise UserError(f"bad --seeds '{text}'; {hint}") from None
+    if not seeds:
+        raise UserError(f"--seeds '{text}' selects no seeds (a count is at least 1, a range runs low-high); {hint}")
+    if len(set(seeds)) < len(seeds):
+        raise UserError(f"--seeds '{text}' repeats a seed")
+    return seeds
 
 
 def parse_list(text: str | None, default):
@@ -101,6 +108,16 @@ def make_follower_factory(name: str, idm_path: str | None):
     raise UserError(f"unknown extractor '{name}'; valid extractors: {', '.join(EXTRACTORS)}")
 
 
+def evaluation_identity(planner: str, extractor: str, plan_frames: int, idm_path: str | None) -> dict:
+    """What the command-line settings add to an evaluation's identity (see robotics.evaluate.evaluate)."""
+    identity = {"planner": planner, "plan_frames": plan_frames, "extractor": extractor, "idm": None}
+    if extractor == "idm":
+        from robotics.idm import describe_idm
+
+        identity["idm"] = describe_idm(idm_path)
+    return identity
+
+
 def evaluate_command(args: argparse.Namespace) -> dict:
     from robotics.envs import BENCHMARK_TASKS, CAMERAS
     from robotics.evaluate import evaluate
@@ -110,9 +127,13 @@ def evaluate_command(args: argparse.Namespace) -> dict:
     table = evaluate(planner, factory, parse_list(args.tasks, BENCHMARK_TASKS), parse_list(args.cameras, CAMERAS),
                      parse_seeds(args.seeds), args.out, resolution=args.resolution,
                      max_replans=args.max_replans, videos=args.videos, video_format=args.video_format,
-                     title=f"{args.planner} planner + {args.extractor} extractor", progress=not args.quiet)
-    print(f"overall success {table['overall']}% over {table['episodes']} episodes "
-          f"({table['episodes_per_minute']} episodes/min); tables in {args.out}/results.md")
+                     title=f"{args.planner} planner + {args.extractor} extractor", progress=not args.quiet,
+                     identity=evaluation_identity(args.planner, args.extractor, args.plan_frames, args.idm))
+    ran = table["episodes_run_now"]
+    speed = (f"{ran} run now, {table['episodes_per_minute']} episodes/min" if ran else
+             f"all {table['episodes']} episodes resumed from {args.out}/episodes.jsonl")
+    print(f"overall success {table['overall']}% over {table['episodes']} episodes ({speed}); "
+          f"tables in {args.out}/results.md")
     return table
 
 

@@ -3,45 +3,62 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
 from gencond.errors import UserError
 
-from .data import MISSING_SCENARIOS, series_id
+from .config import MISSING_SCENARIOS, REFINERS
+
+
+def _number(kind, what: str, ok):
+    """An argparse type: ``kind(text)`` if ``ok`` accepts it, else a one-line 'must be <what>' error."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not (math.isfinite(value) and ok(value)):
+            raise argparse.ArgumentTypeError(f"must be {what}, got '{text}'")
+        return value
+    return parse
+
+
+positive_int = _number(int, "an integer ≥ 1", lambda v: v >= 1)
+non_negative_int = _number(int, "an integer ≥ 0", lambda v: v >= 0)
+positive_float = _number(float, "a finite number > 0", lambda v: v > 0)
+non_negative_float = _number(float, "a finite number ≥ 0", lambda v: v >= 0)
 
 
 def add_forecast_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="a run directory written by `gencond train`")
     p.add_argument("--guidance", choices=["quantile", "mse"], help="TSDiff-Q or TSDiff-MS (default: the config's)")
-    p.add_argument("--scale", type=float, help="guidance scale (default: the config's)")
+    p.add_argument("--scale", type=non_negative_float, help="guidance scale (default: the config's)")
     p.add_argument("--scheduler", help="ddpm, ddim, dpm++, ... (default: the config's sampling.scheduler)")
-    p.add_argument("--steps", type=int, help="sampling steps (default: every training step)")
-    p.add_argument("--samples", type=int, help="samples per series (default: the config's, 100)")
+    p.add_argument("--steps", type=positive_int, help="sampling steps (default: every training step)")
+    p.add_argument("--samples", type=positive_int, help="samples per series (default: the config's, 100)")
     p.add_argument("--weights", default="best", choices=["best", "last"], help="validated best or last weights")
     p.add_argument("--data", help="forecast this .csv/.jsonl instead of the run's dataset")
     p.add_argument("--freq", help="frequency of --data (e.g. H, D, B)")
     p.add_argument("--future", action="store_true", help="forecast beyond the end of each series (no evaluation)")
     p.add_argument("--missing", choices=MISSING_SCENARIOS, help="hide context points first: at random (RM), "
                    "a block at the beginning (BM-B) or end (BM-E) of the context (default: the config's forecast.missing)")
-    p.add_argument("--missing-points", type=int, help="how many context points to hide (default: the config's data.missing_points)")
+    p.add_argument("--missing-points", type=positive_int, help="how many context points to hide (default: the config's data.missing_points)")
     _common_arguments(p, "forecast only the first N test entries", "RUN_DIR/forecasts/<settings>")
 
 
 def _common_arguments(p: argparse.ArgumentParser, max_series_help: str, out_default: str) -> None:
-    p.add_argument("--max-series", type=int, help=max_series_help)
+    p.add_argument("--max-series", type=positive_int, help=max_series_help)
     _batch_size_argument(p)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: the run's train.threads)")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: the run's train.threads)")
     p.add_argument("--out", help=f"output folder (default: {out_default})")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _batch_size_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--batch-size", type=int, help="windows processed together (default: the config's forecast.batch_size; "
+    p.add_argument("--batch-size", type=positive_int, help="windows processed together (default: the config's forecast.batch_size; "
                    "200 is fastest on CPU, raise it on a GPU)")
 
 
@@ -75,7 +92,8 @@ def forecast_command(args: argparse.Namespace) -> dict:
         raise UserError("--missing hides points of test contexts; it cannot be combined with --future")
     if args.data:
         data = load_dataset(args.data, freq=args.freq, prediction_length=load_data(cfg).prediction_length,
-                            num_test_windows=cfg.data.num_test_windows, timestamp_column=cfg.data.timestamp_column)
+                            num_test_windows=cfg.data.num_test_windows, timestamp_column=cfg.data.timestamp_column,
+                            coerce_non_numeric=cfg.data.coerce_non_numeric)
     else:
         data = load_data(cfg)
     builder = window_builder(cfg, data)
@@ -104,7 +122,7 @@ def forecast_command(args: argparse.Namespace) -> dict:
     _write_quantiles(forecasts, out / "forecasts.csv", data.freq)
     title = f"{data.name}: {forecaster.method}" + (f" ({cfg.forecast.missing} missing)" if cfg.forecast.missing else "") + (
         f", CRPS {metrics['CRPS']:.4f}" if "CRPS" in metrics else "")
-    fan_chart(entries, forecasts, out / "fan_chart.png", data.freq, title=title)
+    fan_chart(entries, forecasts, out / "fan_chart.png", data.freq, title=title, unit="series" if args.future else "test windows")
     shown = {k: round(v, 5) if isinstance(v, float) else v for k, v in metrics.items()}
     print(json.dumps(shown))
     print(f"wrote {out}/metrics.json, forecasts.csv, fan_chart.png")
@@ -113,6 +131,8 @@ def forecast_command(args: argparse.Namespace) -> dict:
 
 def _full_history(data) -> list[dict]:
     """Each series once, with all its known values (its longest train or test entry)."""
+    from .data import series_id
+
     longest: dict[str, dict] = {}
     for e in data.train + data.test:
         if len(e["target"]) > len(longest.get(series_id(e), {"target": ()})["target"]):
@@ -121,6 +141,9 @@ def _full_history(data) -> list[dict]:
 
 
 def _write_quantiles(forecasts, path: Path, freq: str) -> None:
+    import numpy as np
+    import pandas as pd
+
     rows = []
     for f in forecasts:
         idx = pd.period_range(f.start_date, periods=f.samples.shape[1], freq=freq)
@@ -134,18 +157,16 @@ def _write_quantiles(forecasts, path: Path, freq: str) -> None:
 
 
 def add_refine_arguments(p: argparse.ArgumentParser) -> None:
-    from .refine import REFINERS
-
     p.add_argument("run_dir", help="a run directory of an unconditional TSDiff")
     p.add_argument("--base", default="seasonal_naive",
                    help="base forecaster: seasonal_naive, linear (Ridge), or module:attr naming a GluonTS predictor, "
                         "estimator class or factory (default: seasonal_naive)")
     p.add_argument("--base-options", help="JSON keyword arguments for a module:attr base, e.g. '{\"trainer_kwargs\": {\"max_epochs\": 5}}'")
     p.add_argument("--refiners", default="all", help=f"comma-separated from {', '.join(REFINERS)} (default: all)")
-    p.add_argument("--step-size", type=float, help="eta (default: the config's refine.step_size)")
-    p.add_argument("--iterations", type=int, help="refinement iterations (default: the config's, 20)")
-    p.add_argument("--tau", type=int, help="diffusion step of the denoising energy (default: closest to the mean loss)")
-    p.add_argument("--samples", type=int, help="samples per series (default: the config's refine.num_samples)")
+    p.add_argument("--step-size", type=positive_float, help="eta (default: the config's refine.step_size)")
+    p.add_argument("--iterations", type=positive_int, help="refinement iterations (default: the config's, 20)")
+    p.add_argument("--tau", type=non_negative_int, help="diffusion step of the denoising energy (default: closest to the mean loss)")
+    p.add_argument("--samples", type=positive_int, help="samples per series (default: the config's refine.num_samples)")
     p.add_argument("--weights", default="best", choices=["best", "last"], help="validated best or last weights")
     _common_arguments(p, "refine only the first N test entries", "RUN_DIR/refine/<base>")
 
@@ -153,7 +174,8 @@ def add_refine_arguments(p: argparse.ArgumentParser) -> None:
 def refine_command(args: argparse.Namespace) -> dict:
     from .baselines import make_base
     from .forecast import evaluate, fan_chart
-    from .refine import REFINERS, Refiner, choose_tau
+    from .config import REFINERS
+    from .refine import Refiner, choose_tau
     from .task import load_data, window_builder
 
     cfg, model = _load_run(args)
@@ -211,13 +233,13 @@ def _process(cfg):
 
 
 def add_sample_arguments(p: argparse.ArgumentParser, num: int = 1000) -> None:
-    p.add_argument("--num", type=int, default=num, help=f"how many windows (default {num:,})")
+    p.add_argument("--num", type=positive_int, default=num, help=f"how many windows (default {num:,})")
     p.add_argument("--scheduler", help="ddpm, ddim, dpm++, ... (default: the config's sampling.scheduler)")
-    p.add_argument("--steps", type=int, help="sampling steps (default: every training step)")
+    p.add_argument("--steps", type=positive_int, help="sampling steps (default: every training step)")
     p.add_argument("--weights", default="best", choices=["best", "last"], help="validated best or last weights")
     _batch_size_argument(p)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: the run's train.threads)")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: the run's train.threads)")
     p.add_argument("--out", help="output folder (default: RUN_DIR/samples)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -234,6 +256,8 @@ def _synthesize(cfg, model, args, num: int):
 
 
 def sample_command(args: argparse.Namespace) -> Path:
+    import numpy as np
+
     from .synthesis import plot_windows
 
     cfg, model = _load_run(args)

@@ -19,6 +19,8 @@ import torch
 
 from gencond.errors import UserError
 
+from .config import MISSING_SCENARIOS
+
 DATA_DIR_ENV = "GENCOND_DATA_DIR"
 
 
@@ -120,36 +122,100 @@ def split_rolling(series: Sequence[dict], prediction_length: int, num_windows: i
     return train, test
 
 
-def read_series_file(path: Path, freq: Optional[str], timestamp_column: Optional[str]) -> tuple[list[dict], str]:
+def read_series_file(path: Path, freq: Optional[str], timestamp_column: Optional[str],
+                     coerce_non_numeric: bool = False) -> tuple[list[dict], str]:
     """Series from a CSV (a timestamp column, one column per series) or GluonTS JSON lines."""
     if not path.is_file():
         raise UserError(f"data file not found: {path}")
     if path.suffix.lower() == ".csv":
-        frame = pd.read_csv(path)
-        col = timestamp_column or frame.columns[0]
-        if col not in frame.columns:
-            raise UserError(f"{path}: no timestamp column '{col}'; columns are {list(frame.columns)}")
-        index = pd.to_datetime(frame.pop(col))
-        freq = freq or pd.infer_freq(index)
-        if freq is None:
-            raise UserError(f"{path}: cannot infer the frequency from the timestamps; pass data.freq (e.g. H, D, B)")
-        start = index.iloc[0].to_period(freq)
-        entries = []
-        for name in frame.columns:
-            values = pd.to_numeric(frame[name], errors="coerce").to_numpy(np.float32)
-            entries.append({"start": start, "target": values, "item_id": str(name)})
-        return entries, freq
+        return _read_csv(path, freq, timestamp_column, coerce_non_numeric)
     if path.suffix.lower() in (".jsonl", ".json"):
         if freq is None:
             raise UserError(f"{path}: JSON lines carry no frequency; pass data.freq (e.g. H, D, B)")
-        entries = []
-        for i, line in enumerate(path.read_text().splitlines()):
-            if line.strip():
-                e = json.loads(line)
-                target = np.array([np.nan if v is None else v for v in e["target"]], dtype=np.float32)
-                entries.append({"start": pd.Period(e["start"], freq), "target": target, "item_id": str(e.get("item_id", i))})
-        return entries, freq
+        _check_freq(path, freq)
+        lines = enumerate(path.read_text().splitlines(), start=1)
+        return [_json_entry(path, number, line, freq) for number, line in lines if line.strip()], freq
     raise UserError(f"{path}: unsupported file type; use .csv (timestamp + one column per series) or .jsonl (GluonTS)")
+
+
+def _json_entry(path: Path, number: int, line: str, freq: str) -> dict:
+    """One entry of a JSON-lines file; errors name the file and the line."""
+    where = f"{path} line {number}"
+    try:
+        e = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
+    if not isinstance(e, dict):
+        raise UserError(f"{where}: not a JSON object; each line must be {{\"start\": ..., \"target\": [...]}}")
+    for key in ("start", "target"):
+        if key not in e:
+            raise UserError(f"{where}: entry has no '{key}'; each line must be {{\"start\": ..., \"target\": [...]}}")
+    try:
+        target = np.array([np.nan if v is None else v for v in e["target"]], dtype=np.float32)
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: 'target' must be a list of numbers (null for a missing value)") from None
+    try:
+        start = pd.Period(e["start"], freq)
+    except (TypeError, ValueError) as err:
+        raise UserError(f"{where}: 'start' {e['start']!r} is not a timestamp at freq '{freq}' ({err})") from None
+    return {"start": start, "target": target, "item_id": str(e.get("item_id", number - 1))}
+
+
+def _read_csv(path: Path, freq: Optional[str], timestamp_column: Optional[str],
+              coerce_non_numeric: bool) -> tuple[list[dict], str]:
+    """A CSV's series. Empty cells, NaN and null are missing values; anything else that is not a
+    number, a timestamp column that holds no timestamps, or timestamps off the ``freq`` grid are errors
+    naming the cell (line numbers count the header as line 1)."""
+    frame = pd.read_csv(path)
+    col = timestamp_column or frame.columns[0]
+    if col not in frame.columns:
+        raise UserError(f"{path}: no timestamp column '{col}'; columns are {list(frame.columns)}")
+    which = f"column '{col}'" + ("" if timestamp_column else " (data.timestamp_column, default: the first column)")
+    fix = "put the timestamps in the first column or name their column with data.timestamp_column=NAME"
+    if pd.api.types.is_numeric_dtype(frame[col]):
+        raise UserError(f"{path}: {which} holds numbers, not timestamps (e.g. {frame[col].iloc[0]}); {fix}")
+    stamps = frame.pop(col)
+    index = pd.to_datetime(stamps, errors="coerce")
+    if index.isna().any():
+        row = int(np.flatnonzero(index.isna())[0])
+        raise UserError(f"{path}: {which} line {row + 2}: {stamps.iloc[row]!r} is not a timestamp; {fix}")
+    freq = freq or (pd.infer_freq(index) if len(index) > 2 else None)
+    if freq is None:
+        raise UserError(f"{path}: cannot infer the frequency from the timestamps; pass data.freq (e.g. H, D, B)")
+    _check_freq(path, freq)
+    _check_regular(path, index, stamps, freq)
+    entries = []
+    for name in frame.columns:
+        values = pd.to_numeric(frame[name], errors="coerce")
+        bad = np.flatnonzero(values.isna() & frame[name].notna())
+        if len(bad) and not coerce_non_numeric:
+            row = int(bad[0])
+            raise UserError(
+                f"{path}: column '{name}' line {row + 2} ({stamps.iloc[row]}): {frame[name].iloc[row]!r} is not a "
+                f"number; fix it, leave the cell empty for a missing value, or pass data.coerce_non_numeric=true "
+                f"to read every non-number as missing"
+            )
+        entries.append({"start": index.iloc[0].to_period(freq), "target": values.to_numpy(np.float32), "item_id": str(name)})
+    return entries, freq
+
+
+def _check_freq(path: Path, freq: str) -> None:
+    try:
+        pd.Period("2000-01-01", freq)
+    except ValueError:
+        raise UserError(f"{path}: unknown frequency '{freq}'; pass data.freq as a pandas period alias, e.g. H, D, B, W, M") from None
+
+
+def _check_regular(path: Path, index: pd.Series, stamps: pd.Series, freq: str) -> None:
+    """An error naming the first timestamp that is not one ``freq`` step after the one before it."""
+    step = np.flatnonzero(np.diff(index.dt.to_period(freq).array.asi8) != 1)
+    if len(step):
+        row = int(step[0]) + 1
+        raise UserError(
+            f"{path}: timestamps are not regular at freq '{freq}': line {row + 2} ({stamps.iloc[row]}) follows "
+            f"{stamps.iloc[row - 1]}; add the missing rows with empty cells (missing values), remove "
+            f"repeated ones, or set data.freq to the data's frequency"
+        )
 
 
 def synthetic_series(num_series: int = 16, length: int = 24 * 7 * 10, seed: int = 0) -> list[dict]:
@@ -181,6 +247,7 @@ def load_dataset(
     num_test_windows: int = 1,
     timestamp_column: Optional[str] = None,
     max_series: Optional[int] = None,
+    coerce_non_numeric: bool = False,
 ) -> TimeSeriesData:
     """Any supported dataset by name or path; ``prediction_length`` must agree with a GluonTS
     dataset's own (its test windows are cut for it)."""
@@ -191,7 +258,7 @@ def load_dataset(
     elif dataset.lower().endswith((".csv", ".jsonl", ".json")):
         if prediction_length is None:
             raise UserError(f"{dataset}: pass data.prediction_length (how many steps to forecast)")
-        entries, freq = read_series_file(Path(dataset), freq, timestamp_column)
+        entries, freq = read_series_file(Path(dataset), freq, timestamp_column, coerce_non_numeric)
         train, test = split_rolling(entries, prediction_length, num_test_windows)
         data = TimeSeriesData(Path(dataset).stem, freq, prediction_length, train, test)
     else:
@@ -215,7 +282,6 @@ def series_id(entry: dict) -> str:
 
 # ---------------------------------------------------------------- missing-value scenarios
 
-MISSING_SCENARIOS = ("RM", "BM-B", "BM-E")  # random, a block at the beginning / end of the context
 
 
 def missing_positions(scenario: str, count: int, context_length: int, rng: np.random.Generator) -> np.ndarray:

@@ -48,8 +48,10 @@ class TSDiffForecaster:
     ):
         if guidance not in GUIDANCE_KINDS:
             raise UserError(f"unknown guidance '{guidance}'; use one of {GUIDANCE_KINDS}")
-        if num_samples < 1:
-            raise UserError(f"num_samples must be ≥ 1, got {num_samples}")
+        if num_samples < 1 or batch_size < 1:
+            raise UserError(f"the number of samples and the batch size must be ≥ 1, got {num_samples} and {batch_size}")
+        if not (np.isfinite(scale) and scale >= 0):
+            raise UserError(f"the guidance scale must be a finite number ≥ 0, got {scale}")
         self.model, self.process, self.builder, self.sampling = model, process, builder, sampling
         self.guidance, self.scale, self.num_samples = guidance, scale, num_samples
         self.batch_size, self.seed, self.device, self.progress = batch_size, seed, device, progress
@@ -151,8 +153,10 @@ def forecast_and_evaluate(forecaster: TSDiffForecaster, entries: Sequence[dict],
 
 
 def fan_chart(entries: Sequence[dict], forecasts: Sequence, path, freq: str, *, max_series: int = 6,
-              history: Optional[int] = None, title: str = "") -> None:
-    """A PNG of forecast fans (median, 50 % and 90 % intervals) over the recent history and truth."""
+              history: Optional[int] = None, title: str = "", unit: str = "test windows"):
+    """A PNG of forecast fans (median, 50 % and 90 % intervals) over the recent history and the
+    truth (an entry's values from the forecast start on); the title says how many of the ``unit``
+    (test windows, series) it shows. Returns the (closed) figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -166,9 +170,11 @@ def fan_chart(entries: Sequence[dict], forecasts: Sequence, path, freq: str, *, 
         n = f.samples.shape[1]
         h = history or 4 * n
         idx = pd.period_range(pd.Period(e["start"], freq), periods=len(e["target"]), freq=freq).to_timestamp()
-        shown = slice(max(0, len(e["target"]) - h - n), None)
-        ax.plot(idx[shown], e["target"][shown], color="black", lw=1, label="observed")
         fidx = pd.period_range(f.start_date, periods=n, freq=freq).to_timestamp()
+        first, cut = max(0, len(e["target"]) - h - n), int(np.searchsorted(idx, fidx[0]))
+        ax.plot(idx[first:cut], e["target"][first:cut], color="black", lw=1, label="history")
+        if cut < len(idx):
+            ax.plot(idx[cut:], e["target"][cut:], color="tab:red", lw=1, label="truth")
         for lo, hi, alpha in ((0.05, 0.95, 0.2), (0.25, 0.75, 0.4)):
             ax.fill_between(fidx, f.quantile(lo), f.quantile(hi), color="tab:blue", alpha=alpha, lw=0,
                             label=f"{round(100 * (hi - lo))} % interval")
@@ -178,8 +184,9 @@ def fan_chart(entries: Sequence[dict], forecasts: Sequence, path, freq: str, *, 
     for ax in list(axes.flat)[k:]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7, loc="upper left")
-    if title:
-        fig.suptitle(title, fontsize=10)
+    shown = f"{k} of {len(entries)} {unit} shown"
+    fig.suptitle(f"{title}\n{shown}" if title else shown, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return fig

@@ -20,11 +20,9 @@ from gencond.diffusion import DiffusionProcess
 from gencond.errors import UserError
 from gencond.guidance import ObservationGuidance, evenly_spaced_quantiles
 
+from .config import REFINERS
 from .data import WindowBuilder
 
-METHODS = ("lmc", "ml")
-PRIORS = ("quantile", "mse")
-REFINERS = tuple(f"{m}-{p}" for m in METHODS for p in PRIORS)
 DIVERGED = 1e3  # scaled values beyond this mean the step size is too large
 
 
@@ -55,7 +53,7 @@ class Refiner:
                  method: str = "lmc", prior: str = "quantile", step_size: float = 0.1, iterations: int = 20,
                  prior_weight: float = 1.0, noise_scale: float = 0.1, num_samples: int = 100, batch_size: int = 200,
                  seed: int = 0, device: torch.device | str = "cpu", progress: bool = True):
-        if method not in METHODS or prior not in PRIORS:
+        if f"{method}-{prior}" not in REFINERS:
             raise UserError(f"unknown refiner '{method}-{prior}'; use one of {', '.join(REFINERS)}")
         if getattr(model, "cond_channels", 0):
             raise UserError("refinement needs an unconditional TSDiff; this run is TSDiff-Cond")

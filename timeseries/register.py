@@ -6,9 +6,16 @@ from gencond.registry import register_command, register_task, register_task_verb
 
 from .cli import (add_eval_arguments, add_forecast_arguments, add_refine_arguments, add_sample_arguments, eval_command,
                   forecast_command, refine_command, sample_command)
-from .task import TSDiffConfig, build
+from .config import TSDiffConfig
 
-register_task("tsdiff", TSDiffConfig, build)
+
+def _build(cfg):
+    from .task import build
+
+    return build(cfg)
+
+
+register_task("tsdiff", TSDiffConfig, _build)
 register_command("forecast", "forecast a trained TSDiff's test windows (or the future) by self-guidance",
                  add_forecast_arguments, forecast_command)
 register_command("refine", "refine a base forecaster's predictions with a trained TSDiff (LMC / ML)",

@@ -63,7 +63,8 @@ def lps_report(synthetic: np.ndarray, data: TimeSeriesData, context_length: int,
 
 def plot_windows(data: TimeSeriesData, synthetic: np.ndarray, path, context_length: int, *, count: int = 6,
                  title: str = "", seed: int = 0) -> None:
-    """A PNG of random real training windows (top) beside synthetic ones (bottom), in scaled units."""
+    """A PNG of random real training windows (top row) beside synthetic ones (bottom row), in scaled
+    units; each row's label says how many of how many windows it shows. Returns the (closed) figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -74,6 +75,8 @@ def plot_windows(data: TimeSeriesData, synthetic: np.ndarray, path, context_leng
     fig, axes = plt.subplots(2, count, figsize=(2.6 * count, 4.4), sharey=True, squeeze=False)
     for row, (label, windows) in enumerate((("real", real), ("synthetic", synthetic))):
         picks = rng.choice(len(windows), size=min(count, len(windows)), replace=False)
+        axes[row, 0].set_ylabel(f"{label}: {len(picks)} of {len(windows)}" + ("\n(training data)" if row == 0 else "\n(TSDiff)"),
+                                fontsize=8)
         for ax, i in zip(axes[row], picks):
             ax.plot(windows[i], lw=0.8, color="black" if row == 0 else "tab:blue")
             ax.axvline(context_length, color="gray", lw=0.6, ls="--")
@@ -84,6 +87,7 @@ def plot_windows(data: TimeSeriesData, synthetic: np.ndarray, path, context_leng
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return fig
 
 
 def load_windows(path, length: int) -> np.ndarray:

@@ -37,3 +37,27 @@ def test_shared_verb_errors_are_one_line(tmp_path, toy_sample_verb, capsys):
 def test_unknown_shared_verb_is_refused():
     with pytest.raises(ValueError, match="unknown shared verb"):
         register_task_verb("toy-task", "plot", "", lambda p: None, lambda a: None)
+
+
+def test_help_imports_no_heavy_library():
+    """`gencond --help` lists every domain's verbs without importing torch (it answers in well under a second)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from gencond.cli import build_parser; p = build_parser(); "
+            "print(sorted(m for m in ('torch', 'pandas', 'gluonts', 'mujoco', 'diffusers') if m in sys.modules)); "
+            "print(sorted(p._subparsers._group_actions[0].choices))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[0] == "[]"
+    assert {"train", "forecast", "collect", "evaluate-planner"} <= set(eval(out[1]))
+
+
+def test_gencond_sets_a_passive_openmp_wait_policy_before_torch_loads():
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in __import__("os").environ.items() if k != "OMP_WAIT_POLICY"}
+    code = "import os, gencond, torch; print(os.environ['OMP_WAIT_POLICY'])"
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip() == "PASSIVE"
+    env["OMP_WAIT_POLICY"] = "ACTIVE"  # the user's choice is kept
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip() == "ACTIVE"

@@ -148,3 +148,11 @@ def test_a_malformed_override_is_one_line(toy_config, capsys):
     assert train(toy_config, "train.max_steps=[1,") == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("gencond train: error:") and "train.max_steps=[1," in err and "\n" not in err
+
+
+def test_a_run_saved_before_a_key_existed_still_resumes(toy_config, tmp_path):
+    runs = tmp_path / "runs"
+    assert train(toy_config, f"runs_dir={runs}", "train.max_steps=2") == 0
+    saved = runs / "toy" / "config.yaml"
+    saved.write_text(saved.read_text().replace("  min_snr_gamma: null\n", ""))  # as if written by an older gencond
+    assert train(runs / "toy", "train.max_steps=4") == 0

@@ -83,9 +83,9 @@ def test_a_fault_fails_one_episode_and_evaluation_resumes(tmp_path):
     md = (tmp_path / "results.md").read_text()
     assert "| handle-press |" in md and "**overall**" in md
     # a rerun with one more seed runs only the new episode
-    table = evaluate(planner, AvdcFollower, ["handle-press"], ["corner"], [0, 1, 2], tmp_path,
+    table = evaluate(planner, _ExplodingFollower, ["handle-press"], ["corner"], [0, 1, 2], tmp_path,
                      resolution=64, max_steps=60, videos=0, progress=False)
-    assert table["episodes"] == 3 and table["episodes_run_now"] == 1
+    assert table["episodes"] == 3 and table["episodes_run_now"] == 1 and table["errors"] == 3
     assert len((tmp_path / "episodes.jsonl").read_text().splitlines()) == 3
 
 
@@ -93,11 +93,12 @@ def test_a_fault_fails_one_episode_and_evaluation_resumes(tmp_path):
 def test_side_by_side_video_has_plan_left_and_execution_right(tmp_path, suffix):
     import imageio.v2 as imageio
 
-    from robotics.evaluate import write_side_by_side
+    from robotics.evaluate import LABEL_HEIGHT, write_side_by_side
 
     executed = [np.full((32, 48, 3), 190 + 10 * i, np.uint8) for i in range(6)]
     plan = np.zeros((4, 16, 24, 3), np.uint8)  # another resolution: resized to the executed frames
     path = write_side_by_side(tmp_path / f"ep.{suffix}", executed, [(0, plan)], fps=5)
     frames = imageio.mimread(path)
-    assert len(frames) == 6 and frames[0].shape[:2] == (32, 98)
-    assert frames[0][:, :48, :3].mean() < 20 and frames[0][:, 50:, :3].mean() > 180
+    assert len(frames) == 6 and frames[0].shape[:2] == (LABEL_HEIGHT + 32, 98)
+    below = frames[0][LABEL_HEIGHT:]
+    assert below[:, :48, :3].mean() < 20 and below[:, 50:, :3].mean() > 180

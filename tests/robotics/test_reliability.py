@@ -1,0 +1,168 @@
+"""No silently wrong results: evaluation identity, benchmark result names, wrong --idm runs, bad
+resolutions and seeds, and labelled side-by-side videos."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gencond.cli import main
+from gencond.errors import UserError
+from robotics.register import parse_seeds
+
+ROOT = Path(__file__).resolve().parents[2]
+QUICK = ["--tasks", "handle-press", "--cameras", "corner", "--seeds", "1", "--resolution", "32",
+         "--videos", "0", "--quiet"]
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err
+    return err
+
+
+def test_rerun_with_another_planner_into_the_same_out_is_refused(tmp_path, capsys):
+    out = str(tmp_path / "eval")
+    assert main(["evaluate-planner", "--planner", "repeat-first", "--plan-frames", "4", "--out", out, *QUICK]) == 0
+    identity = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert identity["planner"] == "repeat-first" and identity["plan_frames"] == 4 and "gencond" in identity
+    capsys.readouterr()
+    # the same evaluation resumes: nothing run again
+    assert main(["evaluate-planner", "--planner", "repeat-first", "--plan-frames", "4", "--out", out, *QUICK]) == 0
+    assert "all 1 episodes resumed" in capsys.readouterr().out
+    assert main(["evaluate-planner", "--planner", "oracle", "--plan-frames", "6", "--out", out, *QUICK]) == 2
+    err = _error(capsys)
+    assert err.startswith("gencond evaluate-planner: error:") and "another --out" in err
+    assert "planner" in err and "plan_frames" in err and "extractor" not in err
+    assert len((tmp_path / "eval" / "episodes.jsonl").read_text().splitlines()) == 1
+
+
+def test_python_callers_get_an_identity_from_the_objects(tmp_path):
+    from robotics.avdc import AvdcFollower
+    from robotics.evaluate import evaluate
+    from robotics.planners import RepeatFirstFramePlanner
+
+    evaluate(RepeatFirstFramePlanner(4), AvdcFollower, ["handle-press"], ["corner"], [0], tmp_path,
+             resolution=32, max_steps=5, videos=0, progress=False)
+    with pytest.raises(UserError, match="planner"):
+        evaluate(RepeatFirstFramePlanner(6), AvdcFollower, ["handle-press"], ["corner"], [0], tmp_path,
+                 resolution=32, max_steps=5, videos=0, progress=False)
+    with pytest.raises(UserError, match="max_steps"):
+        evaluate(RepeatFirstFramePlanner(4), AvdcFollower, ["handle-press"], ["corner"], [0], tmp_path,
+                 resolution=32, max_steps=6, videos=0, progress=False)
+
+
+def test_episodes_without_an_identity_are_refused(tmp_path):
+    from robotics.avdc import AvdcFollower
+    from robotics.evaluate import evaluate
+    from robotics.planners import RepeatFirstFramePlanner
+
+    (tmp_path / "episodes.jsonl").write_text(json.dumps(
+        {"task": "handle-press", "camera": "corner", "seed": 0, "success": True, "steps": 10}) + "\n")
+    with pytest.raises(UserError, match="no evaluation.json"):
+        evaluate(RepeatFirstFramePlanner(4), AvdcFollower, ["handle-press"], ["corner"], [0], tmp_path,
+                 resolution=32, max_steps=5, videos=0, progress=False)
+
+
+def _bench():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import robotics_bench
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return robotics_bench
+
+
+def test_benchmark_result_names_carry_non_default_settings():
+    bench = _bench()
+    args = bench.build_parser().parse_args(["evaluate"])
+    assert bench.evaluate_name(args) == "evaluate_oracle_avdc"
+    args = bench.build_parser().parse_args(["evaluate", "--seeds", "100-100"])
+    assert bench.evaluate_name(args) == "evaluate_oracle_avdc_seeds100-100"
+    args = bench.build_parser().parse_args(["evaluate", "--planner", "repeat-first", "--tasks", "door-open",
+                                            "--cameras", "corner", "--plan-frames", "4", "--tag", "x"])
+    assert bench.evaluate_name(args) == "evaluate_repeat-first_avdc_tasks-door-open_cameras-corner_frames4_x"
+
+
+def test_benchmark_never_overwrites_a_result_with_more_episodes(tmp_path, monkeypatch):
+    bench = _bench()
+    monkeypatch.setattr(bench, "RESULTS", tmp_path)
+    bench.save("evaluate_x", {"episodes": 165})
+    with pytest.raises(SystemExit, match="165 episodes"):
+        bench.save("evaluate_x", {"episodes": 1})
+    assert json.loads((tmp_path / "robotics_evaluate_x.json").read_text())["episodes"] == 165
+    bench.save("evaluate_x", {"episodes": 165})  # a rerun of the same size replaces it
+
+
+def _tiny_idm(folder: Path) -> None:
+    from robotics.idm import InverseDynamicsModel
+
+    InverseDynamicsModel(image_size=32, width=8).save_pretrained(folder)
+
+
+def test_idm_from_a_run_of_another_task_is_refused(tmp_path, capsys):
+    run = tmp_path / "tsdiff_run"
+    _tiny_idm(run / "model")
+    (run / "config.yaml").write_text("task: tsdiff\nname: x\n")
+    assert main(["evaluate-planner", "--extractor", "idm", "--idm", str(run), "--out",
+                 str(tmp_path / "eval"), *QUICK]) == 2
+    assert _error(capsys) == (f"gencond evaluate-planner: error: {run} is a 'tsdiff' run; "
+                              "--idm needs a 'robotics-idm' run")
+
+
+def test_idm_model_folder_of_another_class_is_refused(tmp_path):
+    from robotics.idm import load_idm
+
+    _tiny_idm(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "_class_name": "UNet2DModel"}))
+    with pytest.raises(UserError, match="'UNet2DModel' model; --idm needs an InverseDynamicsModel"):
+        load_idm(tmp_path)
+
+
+@pytest.mark.parametrize("verb", ["collect", "evaluate-planner"])
+@pytest.mark.parametrize("resolution", ["0", "8", "-64"])
+def test_too_small_resolution_is_refused(verb, resolution, tmp_path, capsys):
+    args = [verb, "--tasks", "handle-press", "--cameras", "corner", "--seeds", "1", "--resolution", resolution,
+            "--out", str(tmp_path), "--quiet"]
+    assert main(args) == 2
+    assert f"resolution {resolution} is too small" in _error(capsys)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("text", ["5-1", "0", "3-2", "1,1"])
+def test_empty_or_reversed_seeds_are_errors(text):
+    with pytest.raises(UserError, match=f"--seeds '{text}'"):
+        parse_seeds(text)
+
+
+def test_no_episodes_is_an_error_not_none_percent(tmp_path, capsys):
+    assert main(["evaluate-planner", "--tasks", ",", "--cameras", "corner", "--seeds", "1", "--out",
+                 str(tmp_path), "--quiet"]) == 2
+    err = _error(capsys)
+    assert "no episodes to evaluate" in err and "None" not in err
+
+
+def test_side_by_side_halves_are_labelled(tmp_path):
+    import imageio.v2 as imageio
+
+    from robotics.evaluate import LABEL_HEIGHT, write_side_by_side
+
+    executed = [np.zeros((128, 128, 3), np.uint8)] * 2
+    plan = np.zeros((4, 128, 128, 3), np.uint8)
+    frame = imageio.mimread(write_side_by_side(tmp_path / "ep.gif", executed, [(0, plan)]))[0][..., :3]
+    assert frame.shape == (LABEL_HEIGHT + 128, 2 * 128 + 2, 3)
+    strip = frame[:LABEL_HEIGHT]
+    assert strip[:, :128].max() > 200 and strip[:, 130:].max() > 200  # text over each half
+    assert frame[LABEL_HEIGHT:, :128].max() == 0 and frame[LABEL_HEIGHT:, 130:].max() == 0  # frames untouched
+    # the labels differ: "plan" is shorter than "execution"
+    assert (strip[:, :128] > 128).sum() < (strip[:, 130:] > 128).sum()
+
+
+def test_collect_into_a_dataset_of_another_resolution_is_refused(tmp_path):
+    from robotics.collect import collect
+
+    collect(tmp_path, ["handle-press"], ["corner"], [0], resolution=32, progress=False)
+    with pytest.raises(UserError, match="holds a dataset at 32 pixels, not 64"):
+        collect(tmp_path, ["handle-press"], ["corner"], [1], resolution=64, progress=False)

@@ -1,0 +1,85 @@
+"""The ``tsdiff`` task's config schema (kept light: the CLI reads it without importing torch)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from gencond.config import DiffusionConfig, RunConfig, TrainConfig
+
+MISSING_SCENARIOS = ("RM", "BM-B", "BM-E")  # random, a block at the beginning / end of the context
+REFINERS = tuple(f"{method}-{prior}" for method in ("lmc", "ml") for prior in ("quantile", "mse"))
+
+
+@dataclass
+class TSDiffModelConfig:
+    hidden_channels: int = 64
+    num_blocks: int = 3
+    state_size: int = 128
+    step_embedding_dim: int = 128
+    init_skip: bool = False
+    dropout: float = 0.0
+    conditional: bool = False  # TSDiff-Cond: the denoiser also reads the known context and its mask
+    # TSDiff-Cond training: chance that a window's context loses data.missing_points points as in a
+    # random missing-value scenario (so one model serves RM, BM-B and BM-E)
+    cond_missing_prob: float = 0.5
+    cond_missing: List[str] = field(default_factory=lambda: ["RM", "BM-B", "BM-E"])
+
+
+@dataclass
+class TSDataConfig:
+    dataset: str = "???"  # a GluonTS dataset name, 'synthetic', or a .csv / .jsonl file
+    root: Optional[str] = None  # where GluonTS datasets live (else $GENCOND_DATA_DIR/gluonts, then GluonTS's cache)
+    freq: Optional[str] = None  # required for .jsonl, inferred for .csv, the dataset's own otherwise
+    prediction_length: Optional[int] = None  # required for files; must match a GluonTS dataset's
+    context_length: int = 360
+    lags: Optional[List[int]] = None  # None = TSDiff's defaults for the frequency
+    use_lags: bool = True
+    num_test_windows: int = 1  # rolling test windows cut from the end of .csv / .jsonl / synthetic series
+    timestamp_column: Optional[str] = None  # CSV; default: the first column
+    coerce_non_numeric: bool = False  # CSV: read cells that are not numbers as missing values (default: an error)
+    max_series: Optional[int] = None  # use only the first N series (quick experiments, tests)
+    missing_points: int = 168  # context points a missing-value scenario hides (paper: 168; Exchange 180)
+
+
+@dataclass
+class ForecastConfig:
+    guidance: str = "quantile"  # quantile (TSDiff-Q) | mse (TSDiff-MS)
+    scale: float = 8.0  # guidance scale s
+    num_samples: int = 100
+    # windows (series × samples) sampled together; on CPU, batches whose activations pass glibc's
+    # 32 MB mmap threshold are page-faulted in at every step, which dominates the time: raise it on a GPU
+    batch_size: int = 200
+    validation_samples: int = 16
+    validation_series: int = 64
+    missing: Optional[str] = None  # RM | BM-B | BM-E: hide data.missing_points context points before forecasting
+
+
+@dataclass
+class RefineConfig:
+    """Refinement of base forecasts (TSDiff §4.2): the paper's settings."""
+
+    step_size: float = 0.1  # eta (the paper: 0.01 for Exchange)
+    iterations: int = 20
+    prior_weight: float = 1.0  # lambda
+    noise_scale: float = 0.1  # LMC's noise factor
+    tau: Optional[int] = None  # None = the step whose denoising loss is closest to the mean
+    num_samples: int = 100
+
+
+def _tsdiff_diffusion() -> DiffusionConfig:
+    return DiffusionConfig(num_train_timesteps=100, beta_schedule="linear", beta_start=1e-4, beta_end=0.1)
+
+
+def _tsdiff_train() -> TrainConfig:
+    return TrainConfig(max_steps=128_000, batch_size=64, lr=1e-3, grad_clip=0.5, validate_every=6400, checkpoint_every=1000)
+
+
+@dataclass
+class TSDiffConfig(RunConfig):
+    task: str = "tsdiff"
+    train: TrainConfig = field(default_factory=_tsdiff_train)
+    diffusion: DiffusionConfig = field(default_factory=_tsdiff_diffusion)
+    model: TSDiffModelConfig = field(default_factory=TSDiffModelConfig)
+    data: TSDataConfig = field(default_factory=TSDataConfig)
+    forecast: ForecastConfig = field(default_factory=ForecastConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
