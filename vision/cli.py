@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
 from gencond.errors import UserError
+
+MIN_CELL_PX = 64  # sample grids are upscaled so that each sample is at least this wide
 
 
 def _int_list(text: str | None, what: str):
@@ -51,15 +54,35 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num", type=int, default=64, help="images to draw (default 64)")
     p.add_argument("--label", type=int, help="class-conditional runs: draw only this class (default: classes in turn)")
     p.add_argument("--out", help="PNG path (default RUN_DIR/samples/<settings>.png)")
+    p.add_argument("--scale", type=int, help="nearest-neighbour upscaling of the PNG grid (default: the smallest "
+                   f"integer factor that shows each sample at least {MIN_CELL_PX} px wide)")
     _common_arguments(p)
+
+
+def grid_scale(image_size: int) -> int:
+    """The default integer upscaling of a sample grid: each sample at least MIN_CELL_PX wide (8x8 digits x8,
+    28x28 MNIST x3, 32x32 CIFAR x2, 64 px and up x1)."""
+    return max(1, math.ceil(MIN_CELL_PX / image_size))
+
+
+def save_grid(images, out: Path, nrow: int, scale: int) -> None:
+    """A PNG grid of ``images`` in [-1, 1] (1 px padding), upscaled by ``scale`` with nearest neighbour so
+    that small images are viewable; the images themselves are not changed."""
+    from torchvision.utils import make_grid, save_image
+
+    grid = make_grid((images + 1) / 2, nrow=nrow, padding=1)
+    if scale > 1:
+        grid = grid.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
+    save_image(grid, out)
 
 
 def sample_command(args: argparse.Namespace) -> Path:
     import torch
-    from torchvision.utils import save_image
 
     from .generate import generate_images
 
+    if args.scale is not None and args.scale < 1:
+        raise UserError(f"--scale {args.scale}: give a positive integer upscaling factor")
     cfg, model = _load(args)
     labels = None
     if args.label is not None:
@@ -74,8 +97,9 @@ def sample_command(args: argparse.Namespace) -> Path:
         f"_cfg{s.cfg_scale:g}" if s.cfg_scale is not None else "") + (f"_label{args.label}" if labels is not None else "")
     out = Path(args.out) if args.out else Path(args.run_dir) / "samples" / f"{tag}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_image((images + 1) / 2, out, nrow=max(1, int(math.ceil(math.sqrt(args.num)))), padding=1)
-    print(f"wrote {args.num} samples to {out} ({rate:.1f} images/s)")
+    scale = args.scale or grid_scale(cfg.data.image_size)
+    save_grid(images, out, nrow=max(1, int(math.ceil(math.sqrt(args.num)))), scale=scale)
+    print(f"wrote {args.num} samples to {out} (shown at {scale}x; {rate:.1f} images/s)")
     return out
 
 
@@ -101,7 +125,8 @@ def evaluate_run(cfg, model, *, probe_blocks=None, probe_timesteps=None, probe_e
     from gencond.diffusion import DiffusionProcess
 
     from .data import load_images
-    from .frechet import classifier_features, frechet_distance, inception_available, inception_features, trained_classifier
+    from .frechet import (classifier_features, frechet_distance, inception_available, inception_features,
+                          trained_classifier, weak_classifier_warning)
     from .generate import generate_images
     from .probe import probe_grid
 
@@ -139,6 +164,10 @@ def evaluate_run(cfg, model, *, probe_blocks=None, probe_timesteps=None, probe_e
             fd.update(metric=f"FD-{splits.name.upper() if splits.name in ('mnist', 'digits') else splits.name}-classifier",
                       value=frechet_distance(classifier_features(clf, fake), classifier_features(clf, real)),
                       feature_classifier_test_accuracy=acc)
+            warning = weak_classifier_warning(acc)
+            fd["reliable"] = warning is None
+            if warning:
+                fd["warning"] = warning
         else:
             fd.update(metric=None, value=None, note="no Inception weights and a single class: no feature network to train")
         result["frechet"] = fd
@@ -157,6 +186,8 @@ def eval_command(args: argparse.Namespace) -> dict:
     out = Path(args.out) if args.out else Path(args.run_dir) / "eval" / f"{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
+    if result.get("frechet", {}).get("warning"):
+        print(f"gencond eval: warning: {result['frechet']['warning']}", file=sys.stderr)
     summary = {}
     if "linear_probe" in result:
         lp = result["linear_probe"]
@@ -165,6 +196,10 @@ def eval_command(args: argparse.Namespace) -> dict:
     if "frechet" in result and result["frechet"]["value"] is not None:
         fd = result["frechet"]
         summary[fd["metric"]] = round(fd["value"], 3)
+        if "feature_classifier_test_accuracy" in fd:
+            summary["feature_classifier_test_accuracy"] = round(fd["feature_classifier_test_accuracy"], 4)
+        if fd.get("reliable") is False:
+            summary["fd_reliable"] = False
         summary["sampling_images_per_s"] = round(fd["sampling_images_per_s"], 1)
     print(json.dumps(summary))
     print(f"wrote {out}")

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import torch
 
@@ -56,8 +58,9 @@ def test_fd_classifier_is_trained_once_then_cached(fd_cache):
     model, acc = trained_classifier("digits", (d.train_images, d.train_labels), (d.test_images, d.test_labels), 10,
                                     steps=80)
     assert isinstance(model, FeatureClassifier) and acc > 0.5
-    files = list((fd_cache / "fd_classifiers").glob("digits-*.pt"))
-    assert len(files) == 1
+    files = sorted(p.name for p in (fd_cache / "fd_classifiers").iterdir())
+    assert len(files) == 2 and files[0].endswith(".json") and files[1].endswith(".safetensors")  # no pickle
+    assert json.loads((fd_cache / "fd_classifiers" / files[0]).read_text())["test_accuracy"] == acc
     again, acc2 = trained_classifier("digits", (d.train_images, d.train_labels), (d.test_images, d.test_labels), 10,
                                      steps=80)
     assert acc2 == acc and all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
