@@ -23,7 +23,8 @@ from omegaconf import OmegaConf
 from gencond.config import load_config
 from gencond.training import train
 from timeseries.forecast import forecast_and_evaluate
-from timeseries.task import build, load_data, load_trained, make_forecaster, window_builder
+from gencond.runs import load_run
+from timeseries.task import build, load_data, make_forecaster, window_builder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +54,7 @@ def train_to(budget: float, args, run_dir: Path) -> dict:
 
 def evaluate(snap: Path, spec: str, samples: int, max_series: int | None, batch_size: int) -> dict:
     scheduler, steps = spec.split(":")
-    cfg, model = load_trained(snap, "best")
+    cfg, model = load_run(snap, "best", task="tsdiff")
     cfg.forecast.batch_size = batch_size
     cfg.sampling.scheduler, cfg.sampling.num_steps = scheduler, int(steps)
     data = load_data(cfg)

@@ -64,9 +64,9 @@ def evaluate(run_dir: Path, args) -> dict:
     from omegaconf import OmegaConf
 
     from vision.cli import evaluate_run
-    from vision.task import load_trained
+    from gencond.runs import load_run
 
-    cfg, model = load_trained(run_dir, "last")
+    cfg, model = load_run(run_dir, "last", task="ddae")
     torch.set_num_threads(args.threads)
     cfg.sampling = OmegaConf.merge(cfg.sampling, {"scheduler": "ddim", "num_steps": args.fd_steps})
     timesteps = [int(t) for t in args.probe_timesteps.split(",")]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -10,6 +11,25 @@ from omegaconf import OmegaConf
 from .config import ConfigError, load_config, save_config
 from .errors import UserError
 from .registry import COMMANDS, SHARED_VERBS, get_task, get_task_verb, load_domains
+
+def _number(kind, what: str, ok):
+    """An argparse type: ``kind(text)`` if ``ok`` accepts it, else a one-line 'must be <what>' error."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not (math.isfinite(value) and ok(value)):
+            raise argparse.ArgumentTypeError(f"must be {what}, got '{text}'")
+        return value
+    return parse
+
+
+positive_int = _number(int, "an integer ≥ 1", lambda v: v >= 1)
+non_negative_int = _number(int, "an integer ≥ 0", lambda v: v >= 0)
+positive_float = _number(float, "a finite number > 0", lambda v: v > 0)
+non_negative_float = _number(float, "a finite number ≥ 0", lambda v: v >= 0)
+
 
 # Keys that may change between a run and its resumption without changing what is trained.
 RESUMABLE_KEYS = {"max_steps", "max_minutes", "threads", "log_every", "checkpoint_every", "validate_every", "keep_checkpoints"}
@@ -31,7 +51,7 @@ def train_command(args: argparse.Namespace) -> None:
 
     from .checkpoints import latest_checkpoint
     from .runs import CONFIG, RunLock, check_run_name, remove_run
-    from .training import train
+    from .training import process_state, train
 
     given = Path(args.config)
     if given.is_dir():  # resume this folder, wherever it is now
@@ -47,9 +67,12 @@ def train_command(args: argparse.Namespace) -> None:
         cfg = load_config(given, args.overrides)
         run_dir = Path(cfg.runs_dir) / check_run_name(cfg.name)
     saved = run_dir / CONFIG
-    if args.restart:
+    state = process_state()
+    main_process = state.is_main_process  # when launched as several processes, one writes
+    if args.restart and main_process:
         with RunLock(run_dir):
             remove_run(run_dir)
+    state.wait_for_everyone()
     if saved.exists() and latest_checkpoint(run_dir) is not None:
         try:  # the saved config on today's schema: keys added since then take their defaults
             old = OmegaConf.to_container(load_config(saved), resolve=True)
@@ -63,28 +86,28 @@ def train_command(args: argparse.Namespace) -> None:
                 f"{run_dir} was trained with a different config ({', '.join(changed)}); "
                 f"pass --restart to start over, or name=<new name> for a new run"
             )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, saved)
+    if main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, saved)
     torch.manual_seed(cfg.seed)
     job = get_task(cfg.task).build(cfg)
     result = train(cfg, job, run_dir, progress=not args.quiet)
-    print(f"{result.stopped}: step {result.step}, {result.elapsed_s:.0f} s of training; run directory: {run_dir}")
+    if main_process:
+        print(f"{result.stopped}: step {result.step}, {result.elapsed_s:.0f} s of training; run directory: {run_dir}")
 
 
 def shared_verb_command(args: argparse.Namespace):
     """``gencond sample|eval RUN_DIR ...``: dispatch to the run's task, which parses the rest."""
-    run_dir = Path(args.run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise UserError(f"{run_dir} is not a run directory (no config.yaml); pass the directory `gencond train` wrote")
-    task = OmegaConf.load(run_dir / "config.yaml").get("task")
+    from .runs import run_task
+
     try:
-        cmd = get_task_verb(task, args.verb)
+        cmd = get_task_verb(run_task(args.run_dir), args.verb)
     except KeyError as e:
         raise UserError(e.args[0]) from None
     parser = argparse.ArgumentParser(prog=f"gencond {args.verb} RUN_DIR", description=cmd.help)
     cmd.add_arguments(parser)
     task_args = parser.parse_args(args.rest)
-    task_args.run_dir = str(run_dir)
+    task_args.run_dir, task_args.verb = str(args.run_dir), args.verb
     return cmd.run(task_args)
 
 

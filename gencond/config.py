@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -67,6 +67,9 @@ class TrainConfig:
     keep_checkpoints: int = 2
     validate_every: int = 0  # 0 = no periodic validation
     threads: Optional[int] = None  # torch CPU threads; None = torch's default
+    num_workers: int = 0  # DataLoader worker processes making batches (costly data such as video clips)
+    init_from: Optional[str] = None  # RUN_DIR[:best|last]: start from another run's weights (finetuning)
+    trainable: Optional[List[str]] = None  # fnmatch patterns of parameter names to train; None = all
 
 
 @dataclass

@@ -6,12 +6,12 @@ scheduler's own ``add_noise`` and ``get_velocity`` do the arithmetic they alread
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
+from .conditions import Condition, condition_batch_size, null_condition_of, select_condition
 from .config import ConfigError, DiffusionConfig
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -94,7 +94,7 @@ class DiffusionProcess:
         model: torch.nn.Module,
         x0: torch.Tensor,
         *,
-        cond: Any = None,
+        cond: Condition = None,
         mask: Optional[torch.Tensor] = None,
         generator: Optional[torch.Generator] = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -132,12 +132,9 @@ class DiffusionProcess:
         return loss, {"loss": loss.item()}
 
 
-def drop_condition(model: torch.nn.Module, cond: Any, drop: torch.Tensor) -> Any:
-    """Replace the condition of the samples where ``drop`` is True by the model's null condition."""
-    null = getattr(model, "null_condition", None)
-    if null is None:
-        raise ConfigError(
-            f"{type(model).__name__} has no null_condition(cond); set diffusion.cond_drop_prob=0 or add one"
-        )
-    empty = null(cond)
-    return torch.where(expand_like(drop, cond).bool(), empty, cond)
+def drop_condition(model: torch.nn.Module, cond: Condition, drop: torch.Tensor) -> Condition:
+    """Replace the condition of the samples where ``drop`` (B,) is True by the model's null
+    condition; with a dict, only the keys the null condition changes are replaced."""
+    if condition_batch_size(cond) != drop.shape[0]:
+        raise ValueError(f"condition batch {condition_batch_size(cond)} != data batch {drop.shape[0]}")
+    return select_condition(drop.bool(), null_condition_of(model, cond), cond)

@@ -1,7 +1,9 @@
 """Self-guidance energies: functions of the denoised estimate x0_hat whose gradient steers sampling.
 
 An energy maps x0_hat (B, ...) to one value per sample (B,). The sampler differentiates it with
-respect to x_t through the network and corrects the noise prediction (see gencond.sampling).
+respect to x_t through the network and corrects the noise prediction (see gencond.sampling). An
+energy that also names ``cond`` or ``t`` among its parameters receives the condition and the
+timesteps (B,) of the step.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import torch
 
 
 class Energy(Protocol):
-    def __call__(self, x0_hat: torch.Tensor) -> torch.Tensor: ...
+    def __call__(self, x0_hat: torch.Tensor) -> torch.Tensor: ...  # optionally also cond=..., t=...
 
 
 class ObservationGuidance:

@@ -7,10 +7,11 @@ and :func:`register_command`. :func:`load_domains` imports them all on first use
 from __future__ import annotations
 
 import argparse
+import sys
 import warnings
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 TASKS: dict[str, "Task"] = {}
 COMMANDS: dict[str, "Command"] = {}
@@ -22,11 +23,14 @@ _loaded = False
 
 @dataclass(frozen=True)
 class Task:
-    """A trainable task: its typed config schema and a builder returning a ``TrainingJob``."""
+    """A trainable task: its typed config schema, a builder returning a ``TrainingJob``, and
+    ``load_model(folder)`` reading the weights a run saved (used by ``gencond.runs.load_run``)."""
 
     name: str
     schema: type
     build: Callable[[Any], Any]
+    load_model: Optional[Callable[[Any], Any]] = None
+    module: str = ""
 
 
 @dataclass(frozen=True)
@@ -37,16 +41,33 @@ class Command:
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], Any]
+    module: str = ""
 
 
-def register_task(name: str, schema: type, build: Callable[[Any], Any]) -> None:
+def _caller_module() -> str:
+    return sys._getframe(2).f_globals.get("__name__", "?")
+
+
+def _check_new(kind: str, name: str, existing: Optional[Any], module: str) -> None:
+    if existing is not None and existing.module != module:
+        raise ValueError(f"{kind} '{name}' is registered twice: by {existing.module} and by {module}; rename one")
+
+
+def register_task(name: str, schema: type, build: Callable[[Any], Any],
+                  load_model: Optional[Callable[[Any], Any]] = None) -> None:
     """Register a task so that ``gencond train`` accepts configs with ``task: <name>``."""
-    TASKS[name] = Task(name, schema, build)
+    module = _caller_module()
+    _check_new("task", name, TASKS.get(name), module)
+    TASKS[name] = Task(name, schema, build, load_model, module)
 
 
 def register_command(name: str, help: str, add_arguments, run) -> None:
     """Register a domain verb for the ``gencond`` CLI (e.g. ``forecast``, ``collect``)."""
-    COMMANDS[name] = Command(name, help, add_arguments, run)
+    module = _caller_module()
+    if name in ("train", *SHARED_VERBS):
+        raise ValueError(f"command '{name}' (registered by {module}) is a core verb; choose another name")
+    _check_new("command", name, COMMANDS.get(name), module)
+    COMMANDS[name] = Command(name, help, add_arguments, run, module)
 
 
 def register_task_verb(task: str, verb: str, help: str, add_arguments, run) -> None:
@@ -55,7 +76,9 @@ def register_task_verb(task: str, verb: str, help: str, add_arguments, run) -> N
     where ``args.run_dir`` is the run directory."""
     if verb not in SHARED_VERBS:
         raise ValueError(f"unknown shared verb '{verb}'; shared verbs: {', '.join(SHARED_VERBS)}")
-    TASK_VERBS[(task, verb)] = Command(verb, help, add_arguments, run)
+    module = _caller_module()
+    _check_new(f"'{verb}' of task", task, TASK_VERBS.get((task, verb)), module)
+    TASK_VERBS[(task, verb)] = Command(verb, help, add_arguments, run, module)
 
 
 def get_task_verb(task: str, verb: str) -> "Command":

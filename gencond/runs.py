@@ -114,3 +114,76 @@ def truncate_metrics(run_dir: str | Path, step: int) -> int:
         tmp.write_text("".join(line + "\n" for line in kept))
         os.replace(tmp, path)
     return dropped
+
+
+WEIGHTS = {"best": (BEST_WEIGHTS, LAST_WEIGHTS), "last": (LAST_WEIGHTS,)}
+
+
+def weights_folder(run_dir: Path, which: str = "best") -> Path:
+    """The folder of a run's ``best`` (validated; the last when the run kept none) or ``last`` weights."""
+    if which not in WEIGHTS:
+        raise UserError(f"unknown weights '{which}'; use 'best' or 'last'")
+    if not (Path(run_dir) / CONFIG).is_file():
+        raise UserError(f"{run_dir} is not a run directory (no {CONFIG}); pass the directory `gencond train` wrote")
+    for sub in WEIGHTS[which]:
+        if (Path(run_dir) / sub / "config.json").is_file() or any((Path(run_dir) / sub).glob("*.safetensors")):
+            return Path(run_dir) / sub
+    raise UserError(f"{run_dir} has no trained weights yet (no {LAST_WEIGHTS}/ or {BEST_WEIGHTS}/); "
+                    f"run `gencond train {run_dir}` to finish training")
+
+
+def run_task(run_dir: str | Path) -> str:
+    """The task a run was trained for (read from its config, without validating it)."""
+    from omegaconf import OmegaConf
+
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not a run directory (no {CONFIG}); pass the directory `gencond train` wrote")
+    return str(OmegaConf.load(path).get("task"))
+
+
+def load_run(run_dir: str | Path, weights: str = "best", task: str | tuple[str, ...] | None = None,
+             needed_by: str = "this command"):
+    """(cfg, model in eval mode) of a trained run, through the registry of its task.
+
+    ``task``: the task(s) the caller can use; a run of another task is a one-line error."""
+    from .config import load_config
+    from .registry import get_task
+
+    run_dir = Path(run_dir)
+    found = run_task(run_dir)
+    wanted = (task,) if isinstance(task, str) else task
+    if wanted and found not in wanted:
+        raise UserError(f"{run_dir} is a '{found}' run; {needed_by} needs a "
+                        + " or ".join(f"'{t}'" for t in wanted) + " run")
+    folder = weights_folder(run_dir, weights)
+    cfg = load_config(run_dir / CONFIG)
+    loader = get_task(cfg.task).load_model
+    if loader is None:
+        raise UserError(f"task '{cfg.task}' does not say how to load its weights (register_task(load_model=...))")
+    return cfg, loader(folder).eval()
+
+
+def add_sampling_arguments(p, sampler: bool = True) -> None:
+    """The flags every verb that loads a run shares (``sampler``: also --scheduler and --steps)."""
+    from .cli import positive_int
+
+    p.add_argument("--weights", default="best", choices=sorted(WEIGHTS),
+                   help="validated best weights (the last when the run kept none) or the last weights; default best")
+    if sampler:
+        p.add_argument("--scheduler", help="ddpm, ddim, dpm++, ... (default: the config's sampling.scheduler)")
+        p.add_argument("--steps", type=positive_int, help="sampling steps (default: the config's sampling.num_steps)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: the run's train.threads)")
+
+
+def apply_sampling_arguments(cfg, args, **more) -> None:
+    """Put the sampling flags (and ``more`` sampling keys) into ``cfg.sampling``; set the threads."""
+    import torch
+    from omegaconf import OmegaConf
+
+    threads = getattr(args, "threads", None) or cfg.train.threads
+    if threads:
+        torch.set_num_threads(threads)
+    chosen = {"scheduler": getattr(args, "scheduler", None), "num_steps": getattr(args, "steps", None), **more}
+    cfg.sampling = OmegaConf.merge(cfg.sampling, {k: v for k, v in chosen.items() if v is not None})

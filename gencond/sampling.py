@@ -10,7 +10,8 @@ w_t = (1 - abar_prev) sqrt(alpha_t) / sqrt(1 - abar_t) so that the posterior mea
 from __future__ import annotations
 
 import inspect
-from typing import Any, Optional
+from contextlib import contextmanager
+from typing import Callable, Optional, Protocol
 
 import diffusers
 import torch
@@ -18,9 +19,16 @@ from diffusers import DDPMScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from tqdm.auto import tqdm
 
+from .conditions import Condition, cat_conditions, null_condition_of
 from .config import ConfigError, SamplingConfig
 from .diffusion import DiffusionProcess
 from .guidance import Energy
+
+class StepCallback(Protocol):
+    """Sees each sampling step; returning True stops sampling early."""
+
+    def __call__(self, step: int, t: int, x_t: torch.Tensor, x0_hat: torch.Tensor) -> Optional[bool]: ...
+
 
 SCHEDULER_ALIASES = {
     "ddpm": "DDPMScheduler",
@@ -55,12 +63,27 @@ def guidance_weight(sched: SchedulerMixin, t: int) -> float:
     return float((1 - abar).sqrt())
 
 
+@contextmanager
+def frozen(model: torch.nn.Module):
+    """Eval mode with parameter gradients off (gradients w.r.t. inputs still flow, for guidance);
+    restores the model's mode and each parameter's ``requires_grad`` afterwards."""
+    was_training = model.training
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    model.eval().requires_grad_(False)
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+        for p in trainable:
+            p.requires_grad_(True)
+
+
 def denoise(
     model: torch.nn.Module,
     process: DiffusionProcess,
     x_t: torch.Tensor,
     t: torch.Tensor,
-    cond: Any = None,
+    cond: Condition = None,
     self_cond: Optional[torch.Tensor] = None,
     cfg_scale: Optional[float] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,12 +91,19 @@ def denoise(
     if cfg_scale is None or cond is None:
         out = model(x_t, t, cond=cond, self_cond=self_cond)
     else:
-        null = model.null_condition(cond)
+        both_cond = cat_conditions(cond, null_condition_of(model, cond))
         sc = None if self_cond is None else torch.cat([self_cond, self_cond])
-        both = model(torch.cat([x_t, x_t]), torch.cat([t, t]), cond=torch.cat([cond, null]), self_cond=sc)
-        on, off = both.chunk(2)
+        on, off = model(torch.cat([x_t, x_t]), torch.cat([t, t]), cond=both_cond, self_cond=sc).chunk(2)
         out = off + cfg_scale * (on - off)
     return process.x0_and_eps(x_t, out, t)
+
+
+def start_index(num_steps: int, strength: float) -> int:
+    """How many of ``num_steps`` sampler steps to skip when starting from an earlier sample at
+    ``strength`` (1 = from pure noise, 0 = return the sample as it is; SDEdit)."""
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength {strength} is not in [0, 1]")
+    return num_steps - int(round(strength * num_steps))
 
 
 def sample(
@@ -82,45 +112,69 @@ def sample(
     shape: tuple[int, ...],
     sampling: SamplingConfig,
     *,
-    cond: Any = None,
+    cond: Condition = None,
     guidance: Optional[Energy] = None,
     guidance_scale: float = 0.0,
     generator: Optional[torch.Generator] = None,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    x_init: Optional[torch.Tensor] = None,
+    strength: float = 1.0,
+    self_cond: Optional[torch.Tensor] = None,
+    self_condition: Optional[bool] = None,
+    callback: Optional[StepCallback] = None,
 ) -> torch.Tensor:
-    """Draw samples of ``shape`` from ``model``; returns the final x0 (B, ...)."""
+    """Draw samples of ``shape`` from ``model``; returns the final x0 (B, ...).
+
+    ``x_init`` + ``strength`` < 1: start from ``x_init`` noised to the step where a fraction
+    ``strength`` of the sampler's steps remain (strength 1 draws the same noise as no ``x_init``).
+    ``self_cond``: the first step's input self-conditioning; ``self_condition`` whether x0_hat is
+    carried from step to step (None: when the process was trained with it). ``callback(step, t,
+    x_t, x0_hat)`` runs after every step's network call; when it returns True sampling stops and
+    that step's x0_hat is returned.
+    """
     sched = make_sampling_scheduler(process, sampling.scheduler)
     sched.set_timesteps(sampling.num_steps or process.num_timesteps, device="cpu")
     step_kwargs = {"generator": generator}
     if "eta" in inspect.signature(sched.step).parameters:
         step_kwargs["eta"] = sampling.eta
+    timesteps = sched.timesteps
+    skip = 0 if x_init is None else start_index(len(timesteps), strength)
+    if x_init is not None and tuple(x_init.shape) != tuple(shape):
+        raise ValueError(f"x_init shape {tuple(x_init.shape)} != sample shape {tuple(shape)}")
     x = torch.randn(shape, generator=generator, device="cpu").to(device)
-    self_cond = None
-    carry_self_cond = process.cfg.self_condition_prob > 0
-    was_training = model.training
-    frozen = [p for p in model.parameters() if p.requires_grad]  # guidance needs input gradients only
-    model.eval().requires_grad_(False)
-    try:
-        for t in tqdm(sched.timesteps, desc="sampling", disable=not progress, leave=False):
+    if skip == len(timesteps):
+        return x_init.to(device)
+    if skip > 0:
+        t0 = timesteps[skip].reshape(1).repeat(shape[0])
+        x = process.add_noise(x_init.to(device), x, t0.to(device))
+    if self_condition is None:
+        self_condition = process.cfg.self_condition_prob > 0
+    energy = None if guidance is None or guidance_scale == 0 else _energy_reader(guidance)
+    with frozen(model):
+        for i, t in enumerate(tqdm(timesteps[skip:], desc="sampling", disable=not progress, leave=False)):
             tt = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
             x_in = sched.scale_model_input(x, t)
-            if guidance is not None and guidance_scale != 0:
+            if energy is not None:
                 with torch.enable_grad():
                     x_req = x_in.detach().requires_grad_(True)
                     x0, eps = denoise(model, process, x_req, tt, cond, self_cond, sampling.cfg_scale)
-                    energy = guidance(x0).sum()
-                    (grad,) = torch.autograd.grad(energy, x_req)
+                    (grad,) = torch.autograd.grad(energy(x0, cond, tt).sum(), x_req)
                 eps = eps.detach() + guidance_scale * guidance_weight(sched, int(t)) * grad
                 x0 = x0.detach()
             else:
                 with torch.no_grad():
                     x0, eps = denoise(model, process, x_in, tt, cond, self_cond, sampling.cfg_scale)
-            if carry_self_cond:
+            if callback is not None and callback(skip + i, int(t), x, x0):
+                return x0
+            if self_condition:
                 self_cond = x0
             x = sched.step(eps, t, x, **step_kwargs).prev_sample.detach()
-    finally:
-        model.train(was_training)
-        for p in frozen:
-            p.requires_grad_(True)
     return x
+
+
+def _energy_reader(energy: Energy) -> Callable:
+    """Call an energy with the condition and timestep when its signature asks for them."""
+    params = inspect.signature(energy).parameters
+    wants = {name for name in ("cond", "t") if name in params}
+    return lambda x0, cond, t: energy(x0, **{k: v for k, v in (("cond", cond), ("t", t)) if k in wants})

@@ -6,7 +6,9 @@ one would: the checkpoint holds model, optimizer, lr schedule, EMA and the step 
 """
 from __future__ import annotations
 
+import fnmatch
 import json
+import os
 import shutil
 import signal
 import threading
@@ -14,7 +16,7 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from accelerate import Accelerator, PartialState
@@ -26,6 +28,7 @@ from tqdm.auto import tqdm
 
 from .checkpoints import apply_checkpoint, latest_checkpoint, newest_readable, remove_old, save_checkpoint
 from .errors import UserError
+from .sampling import frozen
 from .runs import BEST_WEIGHTS, CHECKPOINTS, LAST_WEIGHTS, METRICS, RunLock, truncate_metrics
 
 
@@ -38,9 +41,11 @@ class TrainingError(UserError):
 class TrainingJob:
     """What a task hands the trainer.
 
-    ``batch_fn(step, generator)`` returns the batch of a step and must depend on nothing else;
-    ``loss_fn(model, batch, generator)`` returns (loss, metrics); ``validate(model)`` returns
-    metrics, of which ``monitor`` (lower is better) picks the best checkpoint.
+    ``batch_fn(step, generator)`` returns the batch of a micro-step and must depend on nothing else
+    (with ``train.num_workers`` it runs in DataLoader worker processes); ``loss_fn(model, batch,
+    generator)`` returns (loss, metrics); ``validate(model)`` returns metrics (called in eval mode),
+    of which ``monitor`` (lower is better) picks the best checkpoint; ``after_step(model, step)``
+    runs once per optimizer step (e.g. an EMA teacher), on the unwrapped model.
     """
 
     model: torch.nn.Module
@@ -48,6 +53,7 @@ class TrainingJob:
     loss_fn: Callable[[torch.nn.Module, Any, torch.Generator], tuple[torch.Tensor, dict]]
     validate: Optional[Callable[[torch.nn.Module], dict[str, float]]] = None
     monitor: str = "val_loss"
+    after_step: Optional[Callable[[torch.nn.Module, int], None]] = None
 
 
 @dataclass
@@ -75,6 +81,79 @@ class TrainState:
 def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
     """The random generator of one training step: a pure function of (seed, step, rank)."""
     return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1009 + rank) % (2**62))
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Micro-batch ``i`` of a run and the state of its generator after ``batch_fn`` drew from it,
+    so that batches made in DataLoader workers are the same as batches made in the loop."""
+
+    def __init__(self, batch_fn, seed: int, rank: int):
+        self.batch_fn, self.seed, self.rank = batch_fn, seed, rank
+
+    def __getitem__(self, i: int):
+        gen = step_generator(self.seed, i, self.rank)
+        return self.batch_fn(i, gen), gen.get_state()
+
+
+def _as_is(item):
+    return item
+
+
+def micro_batches(job: TrainingJob, seed: int, rank: int, start: int, stop: int, workers: int) -> Iterator:
+    """(batch, generator) for micro-steps ``start .. stop-1``, made in the loop or in worker processes."""
+    batches = StepBatches(job.batch_fn, seed, rank)
+    if workers <= 0:
+        for i in range(start, stop):
+            gen = step_generator(seed, i, rank)
+            yield job.batch_fn(i, gen), gen
+        return
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(start, stop), num_workers=workers,
+                                         collate_fn=_as_is, prefetch_factor=2)
+    for batch, gen_state in loader:
+        gen = torch.Generator()
+        gen.set_state(gen_state)
+        yield batch, gen
+
+
+def init_weights(model: torch.nn.Module, spec: str) -> Path:
+    """Load another run's weights into ``model`` (``train.init_from=RUN_DIR[:best|last]``)."""
+    from safetensors.torch import load_file
+
+    from .runs import weights_folder
+
+    run, _, which = spec.partition(":")
+    folder = weights_folder(Path(run), which or "last")
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise UserError(f"train.init_from: {folder} holds no .safetensors weights")
+    state = load_file(str(files[0]))
+    own = model.state_dict()
+    wrong = [k for k in state if k in own and state[k].shape != own[k].shape]
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if wrong or missing or unexpected:
+        what = (f"shapes differ for {wrong[:3]}" if wrong else f"missing {missing[:3]}" if missing
+                else f"unexpected {unexpected[:3]}")
+        raise UserError(f"train.init_from: the weights in {folder} do not fit this model ({what}); "
+                        "init_from needs a run of the same architecture")
+    model.load_state_dict(state)
+    return folder
+
+
+def select_trainable(model: torch.nn.Module, patterns) -> list[torch.nn.Parameter]:
+    """The parameters to optimise: those whose name matches one of ``patterns`` (fnmatch; None =
+    all), among those the task left trainable; the others are frozen."""
+    if patterns:
+        names = [n for n, _ in model.named_parameters()]
+        for pattern in patterns:
+            if not fnmatch.filter(names, pattern):
+                raise UserError(f"train.trainable: '{pattern}' matches no parameter; names look like {names[:3]}")
+        for name, p in model.named_parameters():
+            if not any(fnmatch.fnmatchcase(name, pat) for pat in patterns):
+                p.requires_grad_(False)
+    chosen = [p for p in model.parameters() if p.requires_grad]
+    if not chosen:
+        raise UserError("no parameter is trainable; check train.trainable")
+    return chosen
 
 
 def save_model(model: torch.nn.Module, path: Path) -> None:
@@ -125,12 +204,33 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
+def use_cpu() -> bool:
+    """Train on CPU: asked for (ACCELERATE_USE_CPU), or several processes launched without GPUs
+    (torchrun / accelerate launch on CPU machines then train together over gloo)."""
+    asked = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    return asked or (int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available())
+
+
+def check_launch(num_processes: int) -> None:
+    """Refuse a launch whose processes would each train alone (and all write the same run)."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != num_processes:
+        raise UserError(f"launched as {launched} processes, but they do not train together ({num_processes} in the "
+                        "process group): each would train its own copy into the same run; launch with torchrun or "
+                        "`accelerate launch`, and on GPUs give every process a device")
+
+
+def process_state() -> PartialState:
+    """This process's place in a distributed launch (one process when not launched)."""
+    return PartialState(cpu=use_cpu())
+
+
 def train(cfg: DictConfig, job: TrainingJob, run_dir: str | Path, progress: bool = True) -> TrainResult:
     """Train ``job`` under ``cfg.train`` into ``run_dir``, resuming from its newest readable
     checkpoint; the main process holds the run's lock meanwhile."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with RunLock(run_dir) if PartialState().is_main_process else nullcontext():
+    with RunLock(run_dir) if process_state().is_main_process else nullcontext():
         return _train(cfg, job, run_dir, progress)
 
 
@@ -138,10 +238,14 @@ def _train(cfg: DictConfig, job: TrainingJob, run_dir: Path, progress: bool) -> 
     tc = cfg.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    acc = Accelerator(mixed_precision=tc.mixed_precision, log_with="tensorboard", project_dir=str(run_dir))
+    acc = Accelerator(cpu=use_cpu(), mixed_precision=tc.mixed_precision, log_with="tensorboard", project_dir=str(run_dir))
     acc.init_trackers("tensorboard")
+    check_launch(acc.num_processes)
+    loaded = newest_readable(run_dir, acc.process_index, bool(tc.ema_decay), say=acc.print)
     model = job.model
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    if loaded is None and tc.init_from:
+        acc.print(f"starting from the weights in {init_weights(model, tc.init_from)}")
+    opt = torch.optim.AdamW(select_trainable(model, tc.trainable), lr=tc.lr, weight_decay=tc.weight_decay)
     lr_sched = get_scheduler(tc.lr_schedule, opt, num_warmup_steps=tc.warmup_steps, num_training_steps=tc.max_steps)
     model, opt, lr_sched = acc.prepare(model, opt, lr_sched)
     ema = EMAModel(acc.unwrap_model(model).parameters(), decay=tc.ema_decay) if tc.ema_decay else None
@@ -150,7 +254,6 @@ def _train(cfg: DictConfig, job: TrainingJob, run_dir: Path, progress: bool) -> 
     def training_objects() -> dict:
         return dict(model=acc.unwrap_model(model), optimizer=opt, lr_scheduler=lr_sched, ema=ema, scaler=acc.scaler)
 
-    loaded = newest_readable(run_dir, acc.process_index, ema is not None, say=acc.print)
     if loaded is not None:
         state.load_state_dict(apply_checkpoint(loaded, **training_objects()))
         if acc.is_main_process:
@@ -174,7 +277,7 @@ def _train(cfg: DictConfig, job: TrainingJob, run_dir: Path, progress: bool) -> 
 
     def run_validation() -> None:
         inner = acc.unwrap_model(model)
-        with ema_weights(inner, ema):
+        with ema_weights(inner, ema), frozen(inner):
             metrics = job.validate(inner)
             value = metrics.get(job.monitor)
             if value is None:
@@ -197,6 +300,7 @@ def _train(cfg: DictConfig, job: TrainingJob, run_dir: Path, progress: bool) -> 
     window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
     bar = tqdm(total=tc.max_steps, initial=state.step, desc=f"train {run_dir.name}", disable=not progress or not acc.is_main_process)
     model.train()
+    batches = micro_batches(job, cfg.seed, acc.process_index, state.step * accum, tc.max_steps * accum, tc.num_workers)
     with _StopFlag() as stop:
         while state.step < tc.max_steps:
             if tc.max_minutes is not None and state.elapsed_s >= 60 * tc.max_minutes:
@@ -207,8 +311,7 @@ def _train(cfg: DictConfig, job: TrainingJob, run_dir: Path, progress: bool) -> 
                 break
             t0 = time.perf_counter()
             for micro in range(accum):
-                gen = step_generator(cfg.seed, state.step * accum + micro, acc.process_index)
-                batch = job.batch_fn(state.step * accum + micro, gen)
+                batch, gen = next(batches)
                 sync = acc.no_sync(model) if micro < accum - 1 else nullcontext()
                 with sync, acc.autocast():
                     loss, _ = job.loss_fn(model, batch, gen)
@@ -227,6 +330,8 @@ def _train(cfg: DictConfig, job: TrainingJob, run_dir: Path, progress: bool) -> 
             if ema is not None:
                 ema.step(acc.unwrap_model(model).parameters())
             state.step += 1
+            if job.after_step is not None:
+                job.after_step(acc.unwrap_model(model), state.step)
             state.elapsed_s += time.perf_counter() - t0
             window_loss += loss.item()
             window_steps += 1

@@ -20,6 +20,7 @@ from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 from gencond.errors import UserError
+from gencond.runs import CONFIG, run_task
 from gencond.training import TrainingJob
 
 from robotics.idm_config import IdmConfig  # noqa: F401  (the schema of the task built here)
@@ -119,13 +120,9 @@ def build(cfg) -> TrainingJob:
 def idm_folder(path: str | Path) -> Path:
     """The model folder of a ``robotics-idm`` run directory (its ``model/``) or a saved model folder;
     a one-line error for anything else (another task's run, another model class, no model)."""
-    given = path = Path(path)
-    if (path / "config.yaml").is_file():
-        from omegaconf import OmegaConf
-
-        task = OmegaConf.load(path / "config.yaml").get("task")
-        if task != "robotics-idm":
-            raise UserError(f"{given} is a '{task}' run; --idm needs a 'robotics-idm' run")
+    path = Path(path)
+    if (path / CONFIG).is_file() and run_task(path) != "robotics-idm":
+        raise UserError(f"{path} is a '{run_task(path)}' run; --idm needs a 'robotics-idm' run")
     if (path / "model" / "config.json").exists():
         path = path / "model"
     if not (path / "config.json").exists():

@@ -147,4 +147,10 @@ register_command("collect", "run MetaWorld's scripted experts and write a demons
                  add_collect_arguments, collect_command)
 register_command("evaluate-planner", "execute video plans in MetaWorld and report success (AVDC protocol)",
                  add_evaluate_arguments, evaluate_command)
-register_task("robotics-idm", IdmConfig, _build_idm)
+def _load_idm(folder):
+    from robotics.idm import InverseDynamicsModel
+
+    return InverseDynamicsModel.from_pretrained(folder)
+
+
+register_task("robotics-idm", IdmConfig, _build_idm, load_model=_load_idm)

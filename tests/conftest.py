@@ -2,7 +2,9 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
+
+import gencond  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads OpenMP)
+import torch  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 os.environ.setdefault("GENCOND_DATA_DIR", str(SHARED_DATA))

@@ -3,42 +3,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
+from gencond.cli import non_negative_float, non_negative_int, positive_float, positive_int
 from gencond.errors import UserError
+from gencond.runs import add_sampling_arguments, apply_sampling_arguments, load_run
 
 from .config import MISSING_SCENARIOS, REFINERS
 
 
-def _number(kind, what: str, ok):
-    """An argparse type: ``kind(text)`` if ``ok`` accepts it, else a one-line 'must be <what>' error."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or not (math.isfinite(value) and ok(value)):
-            raise argparse.ArgumentTypeError(f"must be {what}, got '{text}'")
-        return value
-    return parse
-
-
-positive_int = _number(int, "an integer ≥ 1", lambda v: v >= 1)
-non_negative_int = _number(int, "an integer ≥ 0", lambda v: v >= 0)
-positive_float = _number(float, "a finite number > 0", lambda v: v > 0)
-non_negative_float = _number(float, "a finite number ≥ 0", lambda v: v >= 0)
 
 
 def add_forecast_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="a run directory written by `gencond train`")
     p.add_argument("--guidance", choices=["quantile", "mse"], help="TSDiff-Q or TSDiff-MS (default: the config's)")
     p.add_argument("--scale", type=non_negative_float, help="guidance scale (default: the config's)")
-    p.add_argument("--scheduler", help="ddpm, ddim, dpm++, ... (default: the config's sampling.scheduler)")
-    p.add_argument("--steps", type=positive_int, help="sampling steps (default: every training step)")
     p.add_argument("--samples", type=positive_int, help="samples per series (default: the config's, 100)")
-    p.add_argument("--weights", default="best", choices=["best", "last"], help="validated best or last weights")
     p.add_argument("--data", help="forecast this .csv/.jsonl instead of the run's dataset")
     p.add_argument("--freq", help="frequency of --data (e.g. H, D, B)")
     p.add_argument("--future", action="store_true", help="forecast beyond the end of each series (no evaluation)")
@@ -48,11 +29,10 @@ def add_forecast_arguments(p: argparse.ArgumentParser) -> None:
     _common_arguments(p, "forecast only the first N test entries", "RUN_DIR/forecasts/<settings>")
 
 
-def _common_arguments(p: argparse.ArgumentParser, max_series_help: str, out_default: str) -> None:
+def _common_arguments(p: argparse.ArgumentParser, max_series_help: str, out_default: str, sampler: bool = True) -> None:
     p.add_argument("--max-series", type=positive_int, help=max_series_help)
     _batch_size_argument(p)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: the run's train.threads)")
+    add_sampling_arguments(p, sampler)
     p.add_argument("--out", help=f"output folder (default: {out_default})")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -65,15 +45,9 @@ def _batch_size_argument(p: argparse.ArgumentParser) -> None:
 def _load_run(args: argparse.Namespace):
     """(cfg, model on its device) of the run, with the sampler overrides and threads applied."""
     import torch
-    from omegaconf import OmegaConf
 
-    from .task import load_trained
-
-    cfg, model = load_trained(Path(args.run_dir), getattr(args, "weights", "best"))
-    if args.threads or cfg.train.threads:
-        torch.set_num_threads(args.threads or cfg.train.threads)
-    chosen = {"scheduler": getattr(args, "scheduler", None), "num_steps": getattr(args, "steps", None)}
-    cfg.sampling = OmegaConf.merge(cfg.sampling, {k: v for k, v in chosen.items() if v})
+    cfg, model = load_run(args.run_dir, args.weights, task="tsdiff", needed_by=f"gencond {getattr(args, 'verb', 'forecast')}")
+    apply_sampling_arguments(cfg, args)
     if getattr(args, "batch_size", None):
         cfg.forecast.batch_size = args.batch_size
     return cfg, model.to("cuda" if torch.cuda.is_available() else "cpu")
@@ -167,8 +141,7 @@ def add_refine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iterations", type=positive_int, help="refinement iterations (default: the config's, 20)")
     p.add_argument("--tau", type=non_negative_int, help="diffusion step of the denoising energy (default: closest to the mean loss)")
     p.add_argument("--samples", type=positive_int, help="samples per series (default: the config's refine.num_samples)")
-    p.add_argument("--weights", default="best", choices=["best", "last"], help="validated best or last weights")
-    _common_arguments(p, "refine only the first N test entries", "RUN_DIR/refine/<base>")
+    _common_arguments(p, "refine only the first N test entries", "RUN_DIR/refine/<base>", sampler=False)
 
 
 def refine_command(args: argparse.Namespace) -> dict:
@@ -234,12 +207,8 @@ def _process(cfg):
 
 def add_sample_arguments(p: argparse.ArgumentParser, num: int = 1000) -> None:
     p.add_argument("--num", type=positive_int, default=num, help=f"how many windows (default {num:,})")
-    p.add_argument("--scheduler", help="ddpm, ddim, dpm++, ... (default: the config's sampling.scheduler)")
-    p.add_argument("--steps", type=positive_int, help="sampling steps (default: every training step)")
-    p.add_argument("--weights", default="best", choices=["best", "last"], help="validated best or last weights")
     _batch_size_argument(p)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: the run's train.threads)")
+    add_sampling_arguments(p)
     p.add_argument("--out", help="output folder (default: RUN_DIR/samples)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from gencond.diffusion import DiffusionProcess
 from gencond.errors import UserError
 from gencond.guidance import ObservationGuidance, evenly_spaced_quantiles
+from gencond.sampling import frozen
 
 from .config import REFINERS
 from .data import WindowBuilder
@@ -80,10 +81,7 @@ class Refiner:
     def refine_windows(self, y: torch.Tensor, free: torch.Tensor, prior: ObservationGuidance,
                        generator: torch.Generator, bar: Optional[tqdm] = None) -> torch.Tensor:
         """Run the chain on scaled windows ``y`` (B, L, C); only entries where ``free`` is 1 move."""
-        was_training = self.model.training
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.model.eval().requires_grad_(False)
-        try:
+        with frozen(self.model):
             for k in range(self.iterations):
                 noise = torch.randn(y.shape, generator=generator).to(y.device)
                 with torch.enable_grad():
@@ -102,10 +100,6 @@ class Refiner:
                     )
                 if bar is not None:
                     bar.update(1)
-        finally:
-            self.model.train(was_training)
-            for p in params:
-                p.requires_grad_(True)
         return y
 
     def refine(self, pasts: Sequence[np.ndarray], base: Sequence[np.ndarray]) -> np.ndarray:

@@ -15,7 +15,13 @@ def _build(cfg):
     return build(cfg)
 
 
-register_task("tsdiff", TSDiffConfig, _build)
+def _load_model(folder):
+    from .model import TSDiffDenoiser
+
+    return TSDiffDenoiser.from_pretrained(folder)
+
+
+register_task("tsdiff", TSDiffConfig, _build, load_model=_load_model)
 register_command("forecast", "forecast a trained TSDiff's test windows (or the future) by self-guidance",
                  add_forecast_arguments, forecast_command)
 register_command("refine", "refine a base forecaster's predictions with a trained TSDiff (LMC / ML)",

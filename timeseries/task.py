@@ -1,7 +1,6 @@
 """The ``tsdiff`` task: its config schema, training job and the pieces forecasting reloads."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -117,23 +116,3 @@ def conditional_batch(cfg: DictConfig, builder: WindowBuilder, values: np.ndarra
     x_known, known_mask, scale = builder.features(values, known)
     x, mask, _ = builder.features(values, observed, scale=scale.numpy())
     return x, known_condition(x_known, known_mask), mask
-
-
-def load_trained(run_dir: Path, weights: str = "best"):
-    """(cfg, model) of a trained run; ``weights`` is 'best' (validated) or 'last', falling back to
-    the last weights when the run kept no best checkpoint."""
-    from gencond.config import load_config
-
-    from .model import TSDiffDenoiser
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise UserError(f"{run_dir} is not a run directory (no config.yaml); pass the directory `gencond train` wrote")
-    cfg = load_config(run_dir / "config.yaml")
-    choices = {"best": ["best", "model"], "last": ["model"]}
-    if weights not in choices:
-        raise UserError(f"unknown weights '{weights}'; use 'best' or 'last'")
-    for sub in choices[weights]:
-        if (run_dir / sub / "config.json").is_file():
-            return cfg, TSDiffDenoiser.from_pretrained(run_dir / sub)
-    raise UserError(f"{run_dir} has no trained weights yet (no model/ or best/); run `gencond train {run_dir}` to finish training")

@@ -9,7 +9,9 @@ import sys
 import time
 from pathlib import Path
 
+from gencond.cli import non_negative_float
 from gencond.errors import UserError
+from gencond.runs import add_sampling_arguments, apply_sampling_arguments, load_run
 
 MIN_CELL_PX = 64  # sample grids are upscaled so that each sample is at least this wide
 
@@ -24,26 +26,16 @@ def _int_list(text: str | None, what: str):
 
 
 def _common_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", default="last", choices=["last", "best"], help="final (EMA) weights or validated best")
-    p.add_argument("--scheduler", help="ddpm, ddim, dpm++, ... (default: the config's sampling.scheduler)")
-    p.add_argument("--steps", type=int, help="sampling steps (default: the config's sampling.num_steps)")
-    p.add_argument("--cfg-scale", type=float, help="classifier-free guidance weight (class-conditional runs)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: the run's train.threads)")
+    add_sampling_arguments(p)
+    p.add_argument("--cfg-scale", type=non_negative_float, help="classifier-free guidance weight (class-conditional runs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _load(args):
     import torch
-    from omegaconf import OmegaConf
 
-    from .task import load_trained
-
-    cfg, model = load_trained(args.run_dir, args.weights)
-    if args.threads or cfg.train.threads:
-        torch.set_num_threads(args.threads or cfg.train.threads)
-    changes = {"scheduler": args.scheduler, "num_steps": args.steps, "cfg_scale": args.cfg_scale}
-    cfg.sampling = OmegaConf.merge(cfg.sampling, {k: v for k, v in changes.items() if v is not None})
+    cfg, model = load_run(args.run_dir, args.weights, task="ddae", needed_by=f"gencond {getattr(args, 'verb', 'sample')}")
+    apply_sampling_arguments(cfg, args, cfg_scale=args.cfg_scale)
     if cfg.sampling.cfg_scale is not None and not model.config.num_classes:
         raise UserError("--cfg-scale needs a class-conditional run (model.class_conditional=true)")
     model.to("cuda" if torch.cuda.is_available() else "cpu").eval()

@@ -14,7 +14,13 @@ def _build(cfg):
     return build(cfg)
 
 
-register_task("ddae", ImageDiffusionConfig, _build)
+def _load_model(folder):
+    from .models import load_denoiser
+
+    return load_denoiser(folder)
+
+
+register_task("ddae", ImageDiffusionConfig, _build, load_model=_load_model)
 register_task_verb("ddae", "sample", "draw images from a trained ddae run into a PNG grid",
                    add_sample_arguments, sample_command)
 register_task_verb("ddae", "eval", "linear-probe accuracy (DDAE grid over blocks and t) and Fréchet distance",

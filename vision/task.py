@@ -2,19 +2,19 @@
 DDAE++ feature self-conditioning and contrastive self-distillation."""
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 from omegaconf import DictConfig
 
+from gencond.conditions import unwrap
 from gencond.diffusion import DiffusionProcess
 from gencond.errors import UserError
 from gencond.training import TrainingJob
 
 from .augment import AUGMENT_DIM, augment
 from .data import load_images
-from .models import load_denoiser, make_denoiser
+from .models import make_denoiser
 from .self_conditioning import moco_v3_loss
 
 VALIDATION_IMAGES = 512
@@ -38,7 +38,7 @@ class _ViewModel:
 
     def __init__(self, model, aug: torch.Tensor):
         self.model, self.aug = model, aug
-        self.null_condition = model.null_condition
+        self.null_condition = unwrap(model).null_condition
         self.pooled = self.t = self.x_t = self.cond = None
 
     def __call__(self, x_t, t, cond=None, self_cond=None):
@@ -91,8 +91,7 @@ def build(cfg: DictConfig) -> TrainingJob:
         cond = y if class_cond else None
         if not cfg.ddae.contrastive:
             return process.training_loss(model, x, cond=cond, generator=generator)
-        inner = getattr(model, "module", model)
-        inner.update_teacher(cfg.ddae.teacher_momentum)
+        inner = unwrap(model)
         views, params = zip(*(augment(x.cpu(), generator, cfg.ddae.augment_prob, cfg.ddae.augment_xflip) for _ in range(2)))
         view = _ViewModel(model, torch.cat(params).to(device))
         two = None if cond is None else torch.cat([cond, cond])
@@ -110,33 +109,18 @@ def build(cfg: DictConfig) -> TrainingJob:
         """Denoising loss on held-out images, with fixed noise: comparable between validations."""
         gen = torch.Generator().manual_seed(12345)
         device = next(model.parameters()).device
-        was = model.training
-        model.eval()
         total, n = 0.0, 0
-        with torch.no_grad():
+        with torch.no_grad():  # the trainer calls validate() in eval mode
             for i in range(0, len(val_x), 128):
                 x = val_x[i:i + 128].to(device)
                 cond = val_y[i:i + 128].to(device) if class_cond else None
                 loss, _ = process.training_loss(model, x, cond=cond, generator=gen)
                 total, n = total + loss.item() * len(x), n + len(x)
-        model.train(was)
         return {"val_loss": total / max(n, 1)}
 
-    return TrainingJob(model, batch_fn, loss_fn, validate if len(val_x) else None, monitor="val_loss")
+    def move_teacher(model, step: int) -> None:
+        """The EMA teacher follows the student once per optimizer step (not per micro-batch)."""
+        model.update_teacher(cfg.ddae.teacher_momentum)
 
-
-def load_trained(run_dir: str | Path, weights: str = "last") -> tuple[DictConfig, Any]:
-    """(cfg, model) of a trained run; ``weights``: 'last' (the final, EMA if used) or 'best' (validated)."""
-    from gencond.config import load_config
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise UserError(f"{run_dir} is not a run directory (no config.yaml); pass the directory `gencond train` wrote")
-    cfg = load_config(run_dir / "config.yaml")
-    order = {"last": ["model", "best"], "best": ["best", "model"]}
-    if weights not in order:
-        raise UserError(f"unknown weights '{weights}'; use 'last' or 'best'")
-    for sub in order[weights]:
-        if (run_dir / sub / "config.json").is_file():
-            return cfg, load_denoiser(run_dir / sub)
-    raise UserError(f"{run_dir} has no trained weights yet (no model/ or best/); run `gencond train {run_dir}` to finish")
+    return TrainingJob(model, batch_fn, loss_fn, validate if len(val_x) else None, monitor="val_loss",
+                       after_step=move_teacher if cfg.ddae.contrastive else None)

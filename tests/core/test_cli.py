@@ -22,7 +22,7 @@ def toy_sample_verb():
 def test_shared_verb_dispatches_to_the_runs_task(tmp_path, toy_sample_verb):
     (tmp_path / "config.yaml").write_text("task: toy-task\n")
     assert cli.main(["sample", str(tmp_path), "--count", "3"]) == 0
-    assert toy_sample_verb == {"count": 3, "run_dir": str(tmp_path)}
+    assert toy_sample_verb == {"count": 3, "run_dir": str(tmp_path), "verb": "sample"}
 
 
 def test_shared_verb_errors_are_one_line(tmp_path, toy_sample_verb, capsys):

@@ -3,27 +3,11 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-import pytest
 
 from gencond import cli
 from gencond.runs import RunLock, truncate_metrics
 
-from .toys import register_toy_task
-
-TOY = """task: toy-mlp
-diffusion: {num_train_timesteps: 50}
-train: {max_steps: 6, batch_size: 8, log_every: 1, checkpoint_every: 2, keep_checkpoints: 5, threads: 1}
-"""
-
-
-@pytest.fixture
-def toy_config(tmp_path):
-    register_toy_task()
-    path = tmp_path / "toy.yaml"
-    path.write_text(TOY)
-    return path
 
 
 def train(*argv) -> int:

@@ -67,6 +67,8 @@ def test_contrastive_self_distillation_loss_and_teacher(tmp_path):
             if p.grad is not None:
                 p.add_(torch.randn_like(p) * 0.01)
     job.loss_fn(model, job.batch_fn(1, gen), gen)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.teacher.parameters()))  # not per micro-batch
+    job.after_step(model, 1)  # once per optimizer step
     assert any(not torch.equal(a, b) for a, b in zip(before, model.teacher.parameters()))
 
 
@@ -79,3 +81,14 @@ def test_bad_config_is_a_one_line_cli_error(tmp_path, capsys, override, message)
     assert main(["train", CONFIG, f"runs_dir={tmp_path}", override, "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("gencond train: error: ") and message in err and "\n" not in err
+
+
+def test_the_teacher_moves_once_per_optimizer_step_under_gradient_accumulation(tmp_path, monkeypatch):
+    from vision.models import _PatchDenoiser
+
+    moves = []
+    original = _PatchDenoiser.update_teacher
+    monkeypatch.setattr(_PatchDenoiser, "update_teacher", lambda self, m: (moves.append(m), original(self, m)))
+    assert main(["train", CONFIG, f"runs_dir={tmp_path}", "ddae.contrastive=true", "train.max_steps=3",
+                 "train.grad_accum_steps=2", "train.validate_every=0", "--quiet"]) == 0
+    assert len(moves) == 3
