@@ -1,0 +1,128 @@
+"""Training clips for the video planner, cut from `gencond collect` demonstrations as AVDC cuts them.
+
+A clip starts at a random frame of an episode and takes ``frames`` frames evenly spaced from there
+to the episode's end; its first frame is the condition, the others are what the model predicts.
+Frames are resized once to the model's resolution and held in memory (165 episodes at 32 px are a
+few MB). Pixels are scaled to [-1, 1]; depth (RGB-D plans) maps metres in [DEPTH_NEAR, DEPTH_FAR]
+linearly to [-1, 1] as a fourth channel.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from gencond.errors import UserError
+
+DEPTH_NEAR, DEPTH_FAR = 0.2, 2.5  # metres; MetaWorld's scenes lie between, seen from its cameras
+
+
+def frames_to_unit(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (..., H, W, 3) -> float (..., 3, H, W) in [-1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).float().div(127.5).sub(1.0)
+    return x.movedim(-1, -3)
+
+
+def unit_to_frames(x: torch.Tensor) -> np.ndarray:
+    """float (..., 3, H, W) in [-1, 1] -> uint8 (..., H, W, 3)."""
+    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().movedim(-3, -1).cpu().numpy()
+
+
+def depth_to_unit(depth: np.ndarray) -> torch.Tensor:
+    """Metres (..., H, W) -> (..., 1, H, W) in [-1, 1]."""
+    d = torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32)).clamp(DEPTH_NEAR, DEPTH_FAR)
+    return (2 * (d - DEPTH_NEAR) / (DEPTH_FAR - DEPTH_NEAR) - 1).unsqueeze(-3)
+
+
+def unit_to_depth(x: torch.Tensor) -> np.ndarray:
+    """(..., H, W) in [-1, 1] -> metres (..., H, W) float32."""
+    return ((x.detach().float().clamp(-1, 1) + 1) / 2 * (DEPTH_FAR - DEPTH_NEAR) + DEPTH_NEAR).cpu().numpy()
+
+
+def resize_frames(frames: np.ndarray, size: int, interpolation=None) -> np.ndarray:
+    """(N, H, W[, C]) images resized to size x size (area averaging when shrinking)."""
+    import cv2
+
+    if frames.shape[1:3] == (size, size):
+        return frames
+    inter = cv2.INTER_AREA if interpolation is None else interpolation
+    return np.stack([cv2.resize(f, (size, size), interpolation=inter) for f in frames])
+
+
+def clip_indices(length: int, start: int, count: int) -> np.ndarray:
+    """``count`` frame indices evenly spaced from ``start`` to the last frame (AVDC's clips)."""
+    return np.round(np.linspace(start, length - 1, count)).astype(int)
+
+
+@dataclass
+class Episode:
+    video: torch.Tensor  # (N, C, H, W) float16 in [-1, 1]; C = 3, or 4 with depth
+    text: str
+    task: str
+    camera: str
+    seed: int
+
+
+class DemoClips:
+    """Every successful demonstration of a dataset, ready to cut clips from."""
+
+    def __init__(self, root: str | Path, resolution: int, frames: int = 8, depth: bool = False,
+                 tasks: Optional[Sequence[str]] = None, cameras: Optional[Sequence[str]] = None,
+                 seeds: Optional[Sequence[int]] = None):
+        from robotics.collect import load_dataset
+
+        root = Path(root)
+        if not (root / "index.json").is_file():
+            raise UserError(f"no demonstrations at {root}; make them with "
+                            f"`gencond collect --out {root}{' --depth' if depth else ''}` (about 3 minutes)")
+        demos = [d for d in load_dataset(root, tasks, cameras) if seeds is None or d.seed in set(seeds)]
+        if not demos:
+            raise UserError(f"{root} holds no successful demonstration of the chosen tasks/cameras/seeds; "
+                            f"collect some with `gencond collect --out {root}`")
+        if frames < 2:
+            raise UserError(f"data.frames is {frames}; a clip needs the first frame and at least one more")
+        self.frames, self.depth = frames, depth
+        self.episodes = [self._episode(d, resolution, depth, root) for d in demos]
+        self.texts = sorted({e.text for e in self.episodes})
+        self.text_index = torch.tensor([self.texts.index(e.text) for e in self.episodes])
+        self.seeds = sorted({e.seed for e in self.episodes})
+
+    @staticmethod
+    def _episode(demo, resolution: int, depth: bool, root: Path) -> Episode:
+        from robotics.envs import task_text
+
+        video = frames_to_unit(resize_frames(demo.frames, resolution))
+        if depth:
+            per_frame = getattr(demo, "depth", None)
+            if per_frame is None:
+                raise UserError(f"the demonstrations in {root} have no per-frame depth; data.depth=true needs "
+                                f"`gencond collect --out {root} --depth` (into a new folder)")
+            import cv2
+
+            video = torch.cat([video, depth_to_unit(resize_frames(per_frame, resolution, cv2.INTER_NEAREST))], 1)
+        return Episode(video.half(), task_text(demo.task), demo.task, demo.camera, demo.seed)
+
+    def __len__(self) -> int:
+        return len(self.episodes)
+
+    def clip(self, episode: int, start: int) -> torch.Tensor:
+        """(frames, C, H, W) float32: the clip of ``episode`` from frame ``start``."""
+        video = self.episodes[episode].video
+        return video[clip_indices(len(video), start, self.frames)].float()
+
+    def batch(self, size: int, generator: torch.Generator) -> dict:
+        """Random clips: ``video`` (B, C, T, H, W) the predicted frames, ``first_frame`` (B, C, H, W)
+        (its depth channel zero), ``text_index`` (B,) into :attr:`texts`."""
+        which = torch.randint(0, len(self.episodes), (size,), generator=generator)
+        clips = []
+        for e in which.tolist():
+            length = len(self.episodes[e].video)
+            start = int(torch.randint(0, length, (1,), generator=generator))
+            clips.append(self.clip(e, start))
+        clips = torch.stack(clips)  # (B, frames, C, H, W)
+        first = clips[:, 0].clone()
+        first[:, 3:] = 0  # the observation's depth is not an input: a planner is given RGB only
+        return {"video": clips[:, 1:].movedim(1, 2), "first_frame": first, "text_index": self.text_index[which]}

@@ -1,0 +1,103 @@
+"""A trained video planner as a robotics :class:`~robotics.planners.Planner`.
+
+``VideoPlanner(run_dir).plan(frame, task_text, camera)`` resizes the observation to the model's
+resolution, samples the predicted frames with the core sampler (DDIM by default), and returns the
+observation followed by the plan (uint8 RGB; with an RGB-D model a ``RgbdPlan`` that also carries
+metric depth). The robotics evaluator fits plan frames to the camera view.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from gencond.diffusion import DiffusionProcess
+from gencond.errors import UserError
+from gencond.runs import load_run
+from gencond.sampling import sample
+
+from .data import frames_to_unit, resize_frames, unit_to_depth, unit_to_frames
+from .task import plan_condition
+
+TASK = "video-planner"
+
+
+class VideoPlanner:
+    """Plans with a trained ``video-planner`` run (its EMA weights; 'best' when validated)."""
+
+    def __init__(self, run_dir: str | Path, weights: str = "best", scheduler: Optional[str] = None,
+                 steps: Optional[int] = None, cfg_scale: Optional[float] = None, seed: int = 0,
+                 device: Optional[str] = None):
+        from omegaconf import OmegaConf
+
+        self.run_dir = Path(run_dir)
+        self.cfg, self.model = load_run(run_dir, weights, task=TASK, needed_by="a video planner")
+        chosen = {"scheduler": scheduler, "num_steps": steps, "cfg_scale": cfg_scale}
+        self.cfg.sampling = OmegaConf.merge(self.cfg.sampling, {k: v for k, v in chosen.items() if v is not None})
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device)
+        self.process = DiffusionProcess(self.cfg.diffusion)
+        self.resolution = self.model.config.image_size
+        self.depth = self.model.config.channels == 4
+        self.generator = torch.Generator().manual_seed(seed)
+        self._texts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.weights, self.seed = weights, seed
+
+    def __repr__(self) -> str:  # an evaluation's identity (robotics.evaluate)
+        s = self.cfg.sampling
+        return (f"VideoPlanner({self.run_dir.resolve()}, weights={self.weights}, scheduler={s.scheduler}, "
+                f"steps={s.num_steps}, cfg_scale={s.cfg_scale}, seed={self.seed})")
+
+    def begin_episode(self, task: str, camera: str, seed: int) -> None:
+        """Plans of an episode depend on its seed only (not on what ran before): resumable evaluations."""
+        self.generator = torch.Generator().manual_seed(self.seed * 1_000_003 + seed)
+
+    def _text(self, text: str):
+        if text not in self._texts:
+            from gencond.text import text_encoder
+
+            trained = list(self.model.config.instructions or ())
+            if trained and text not in trained:
+                warnings.warn(f"instruction '{text}' was never seen in training; the planner was trained on: "
+                              + ", ".join(trained), stacklevel=3)
+            emb = text_encoder(self.model.config.text_max_tokens).encode([text])
+            self._texts[text] = (emb.tokens.to(self.device), emb.mask.to(self.device))
+        return self._texts[text]
+
+    def first_frame(self, frame: np.ndarray) -> torch.Tensor:
+        """The observation (H, W, 3) uint8 of any size, as the model's (1, C, res, res) condition."""
+        if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[-1] != 3 or frame.dtype != np.uint8:
+            got = type(frame).__name__ if not isinstance(frame, np.ndarray) else f"{frame.dtype} {frame.shape}"
+            raise UserError(f"a first frame must be a uint8 RGB array (H, W, 3), got {got}")
+        x = frames_to_unit(resize_frames(frame[None], self.resolution))
+        if self.depth:  # the observation's depth is not given: the model predicts every frame's depth
+            x = torch.cat([x, torch.zeros_like(x[:, :1])], 1)
+        return x.to(self.device)
+
+    @torch.no_grad()
+    def sample_plan(self, frame: np.ndarray, task: str, previous_plan: Optional[torch.Tensor] = None,
+                    **sampler) -> torch.Tensor:
+        """The predicted frames (1, C, T, res, res) in [-1, 1]."""
+        first = self.first_frame(frame)
+        tokens, mask = self._text(task)
+        cond = plan_condition(first, tokens, mask, previous_plan)
+        c, t = self.model.config.channels, self.model.config.frames
+        return sample(self.model, self.process, (1, c, t, self.resolution, self.resolution), self.cfg.sampling,
+                      cond=cond, generator=self.generator, device=self.device, progress=False, **sampler)
+
+    def to_plan(self, frame: np.ndarray, predicted: torch.Tensor):
+        """The observation (at the model's resolution) followed by the predicted frames, as a robotics plan."""
+        rgb = np.concatenate([resize_frames(frame[None], self.resolution),
+                              unit_to_frames(predicted[0, :3].movedim(1, 0))])
+        if not self.depth:
+            return rgb
+        from robotics.planners import RgbdPlan
+
+        depth = unit_to_depth(predicted[0, 3])
+        return RgbdPlan(rgb, np.concatenate([depth[:1], depth]))
+
+    def plan(self, frame: np.ndarray, task: str, camera: str):
+        return self.to_plan(frame, self.sample_plan(frame, task))

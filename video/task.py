@@ -1,0 +1,72 @@
+"""The ``video-planner`` task: AVDC's video diffusion planner trained by the core trainer.
+
+One function, :func:`plan_condition`, assembles the network's condition in training and in
+sampling alike (first frame, text token states and mask, and for VideoAgent the previous plan), so
+the two can never disagree on order or scaling.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from omegaconf import DictConfig
+
+from gencond.diffusion import DiffusionProcess
+from gencond.training import TrainingJob
+
+from .data import DemoClips
+
+
+def plan_condition(first_frame: torch.Tensor, text_tokens: torch.Tensor, text_mask: torch.Tensor,
+                   previous_plan: Optional[torch.Tensor] = None) -> dict:
+    """The condition dict of :class:`video.model.VideoUNet`; every video tensor in [-1, 1]:
+    first_frame (B, C, H, W), text (B, L, D) token states, text_mask (B, L), previous_plan (B, C, T, H, W)."""
+    cond = {"first_frame": first_frame, "text": text_tokens, "text_mask": text_mask}
+    if previous_plan is not None:
+        if previous_plan.shape[:2] != first_frame.shape[:2] or previous_plan.shape[-2:] != first_frame.shape[-2:]:
+            raise ValueError(f"previous plan {tuple(previous_plan.shape)} does not fit first frame "
+                             f"{tuple(first_frame.shape)}; it must be (B, C, T, H, W) of the same B, C, H, W")
+        cond["previous_plan"] = previous_plan
+    return cond
+
+
+def build_model(cfg: DictConfig, instructions=()):
+    from .model import VideoUNet
+
+    m, d = cfg.model, cfg.data
+    return VideoUNet(channels=4 if d.depth else 3, frames=d.frames - 1, image_size=d.resolution,
+                     base_channels=m.base_channels, channel_mult=tuple(m.channel_mult),
+                     num_res_blocks=m.num_res_blocks, attention_resolutions=tuple(m.attention_resolutions),
+                     head_channels=m.head_channels, text_latents=m.text_latents,
+                     text_max_tokens=m.text_max_tokens, dropout=m.dropout, previous_plan=m.previous_plan,
+                     instructions=tuple(instructions))
+
+
+def load_clips(cfg: DictConfig) -> DemoClips:
+    d = cfg.data
+    return DemoClips(d.root, d.resolution, d.frames, d.depth, d.tasks, d.cameras, d.seeds)
+
+
+def build(cfg: DictConfig) -> TrainingJob:
+    """Training job: random demo clips, v-prediction loss with min-SNR, text dropped for CFG."""
+    from gencond.text import text_encoder
+
+    clips = load_clips(cfg)
+    text = text_encoder(cfg.model.text_max_tokens).encode(clips.texts)
+    model = build_model(cfg, clips.texts)
+    process = DiffusionProcess(cfg.diffusion)
+    batch_size = cfg.train.batch_size
+
+    def loss_fn(model, batch, generator):
+        device = next(model.parameters()).device
+        idx = batch["text_index"]
+        cond = plan_condition(batch["first_frame"].to(device), text.tokens[idx].to(device), text.mask[idx].to(device))
+        return process.training_loss(model, batch["video"].to(device), cond=cond, generator=generator)
+
+    return TrainingJob(model, lambda step, g: clips.batch(batch_size, g), loss_fn)
+
+
+def load_model(folder):
+    from .model import VideoUNet
+
+    return VideoUNet.from_pretrained(folder)
