@@ -3,6 +3,8 @@
     python benchmarks/robotics_bench.py render
     python benchmarks/robotics_bench.py collect --out runs/robotics/demos          # 165 demos, timed
     python benchmarks/robotics_bench.py evaluate --extractor avdc                  # oracle + AVDC
+    python benchmarks/robotics_bench.py evaluate --planner oracle-rgbd             # RGB-D oracle plans
+    python benchmarks/robotics_bench.py evaluate --plan-resolution 32              # 32x32 oracle plans
     python benchmarks/robotics_bench.py evaluate --extractor idm --idm runs/robotics-idm
     python benchmarks/robotics_bench.py evaluate --planner repeat-first --seeds 100-101  # the floor
 
@@ -87,9 +89,10 @@ def bench_collect(args) -> None:
                      "seconds": round(seconds, 1), "out": args.out})
 
 
-EVALUATE_DEFAULTS = {"tasks": None, "cameras": None, "plan_frames": 8, "resolution": 128, "seeds": "100-104"}
+EVALUATE_DEFAULTS = {"tasks": None, "cameras": None, "plan_frames": 8, "resolution": 128, "plan_resolution": None,
+                     "seeds": "100-104"}
 NAME_PARTS = {"tasks": "_tasks-{}", "cameras": "_cameras-{}", "plan_frames": "_frames{}", "resolution": "_res{}",
-              "seeds": "_seeds{}"}
+              "plan_resolution": "_plan{}px", "seeds": "_seeds{}"}
 
 
 def evaluate_name(args) -> str:
@@ -109,7 +112,7 @@ def bench_evaluate(args) -> None:
 
     tasks = args.tasks.split(",") if args.tasks else list(BENCHMARK_TASKS)
     cameras = args.cameras.split(",") if args.cameras else list(CAMERAS)
-    planner = make_planner(args.planner, args.plan_frames, args.resolution)
+    planner = make_planner(args.planner, args.plan_frames, args.resolution, args.plan_resolution)
     factory = make_follower_factory(args.extractor, args.idm)
     name = evaluate_name(args)
     out = args.out or f"runs/robotics/bench_{name}"
@@ -117,11 +120,13 @@ def bench_evaluate(args) -> None:
     seeds = parse_seeds(args.seeds)
     table = evaluate(planner, factory, tasks, cameras, seeds, out, resolution=args.resolution,
                      videos=args.videos, title=f"{args.planner} planner + {args.extractor} extractor",
-                     identity=evaluation_identity(args.planner, args.extractor, args.plan_frames, args.idm))
+                     identity=evaluation_identity(args.planner, args.extractor, args.plan_frames, args.idm,
+                                                  args.plan_resolution))
     seconds = time.perf_counter() - start
     print((Path(out) / "results.md").read_text())
     save(name, {"planner": args.planner, "extractor": args.extractor, "plan_frames": args.plan_frames,
-                             "seeds": args.seeds, "wall_seconds": round(seconds, 1), "out": out, **table})
+                "plan_resolution": args.plan_resolution, "seeds": args.seeds, "wall_seconds": round(seconds, 1),
+                "out": out, **table})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "seeds that no training demo used)")
     p.add_argument("--plan-frames", type=int, default=EVALUATE_DEFAULTS["plan_frames"])
     p.add_argument("--resolution", type=int, default=EVALUATE_DEFAULTS["resolution"])
+    p.add_argument("--plan-resolution", type=int, default=EVALUATE_DEFAULTS["plan_resolution"],
+                   help="oracle plans at this square size, enlarged back to --resolution (a video model's size)")
     p.add_argument("--videos", type=int, default=1)
     p.add_argument("--out", default=None)
     p.add_argument("--tag", default="")

@@ -39,6 +39,7 @@ import cv2
 import numpy as np
 
 from robotics.envs import CameraFrame, TaskEnv, backproject, project_points
+from robotics.planners import Plan, plan_depth, plan_rgb
 
 FARNEBACK = dict(pyr_scale=0.5, levels=4, winsize=11, iterations=5, poly_n=5, poly_sigma=1.1, flags=0)
 
@@ -139,6 +140,138 @@ def fit_rigid_motions(points: np.ndarray, tracks: np.ndarray, intrinsics: np.nda
     return np.stack(motions)
 
 
+def lift_tracks(tracks: np.ndarray, depth: np.ndarray, intrinsics: np.ndarray, world_to_camera: np.ndarray,
+                max_depth: float = 10.0, likely: np.ndarray | None = None,
+                snap_radius: float = 4.0) -> tuple[np.ndarray, np.ndarray]:
+    """Tracked pixels (T+1, N, 2) lifted to world points (T+1, N, 3) with each plan frame's depth
+    (T+1, H, W), read at the pixel under the track (nearest: no depth blended across an edge); and
+    whether each is usable (inside the image, finite depth below ``max_depth``: not the background).
+
+    ``likely`` (T+1, H, W) bool: where each frame shows the object's colour. A track a few pixels off a
+    small object reads the depth of the table behind it, tens of centimetres off; so a track not on an
+    object-coloured pixel takes the depth of the nearest one within ``snap_radius`` pixels, and is
+    unusable beyond that (the object hidden, or the track lost).
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    frames, height, width = depth.shape
+    cols = np.floor(tracks[..., 0]).astype(int)
+    rows = np.floor(tracks[..., 1]).astype(int)
+    inside = (cols >= 0) & (cols < width) & (rows >= 0) & (rows < height)
+    rows, cols = rows.clip(0, height - 1), cols.clip(0, width - 1)
+    near = np.ones(rows.shape, bool)
+    if likely is not None:
+        rows, cols = rows.copy(), cols.copy()
+        for k in range(frames):
+            if likely[k].all():
+                continue
+            if not likely[k].any():
+                near[k] = False
+                continue
+            dist, (nr, nc) = distance_transform_edt(~likely[k], return_indices=True)
+            r, c = rows[k], cols[k]
+            near[k] = dist[r, c] <= snap_radius
+            rows[k], cols[k] = nr[r, c], nc[r, c]
+    z = depth[np.arange(frames)[:, None], rows, cols].astype(np.float64)
+    valid = inside & near & np.isfinite(z) & (z > 0) & (z < max_depth)
+    z = np.where(valid, z, 1.0)
+    points = np.stack([backproject(t, d, intrinsics, world_to_camera) for t, d in zip(tracks, z)])
+    return points, valid
+
+
+def kabsch(src: np.ndarray, dst: np.ndarray, planar: bool = False) -> np.ndarray:
+    """The least-squares rigid motion (4, 4) taking points ``src`` (N, 3) onto ``dst`` (Kabsch/Umeyama
+    without scale). ``planar``: a rotation about the vertical (z) axis and a horizontal translation."""
+    cs, cd = src.mean(axis=0), dst.mean(axis=0)
+    a, b = src - cs, dst - cd
+    m = np.eye(4)
+    if planar:
+        # the yaw maximising sum of b_xy . R a_xy
+        sin = np.sum(a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0])
+        cos = np.sum(a[:, 0] * b[:, 0] + a[:, 1] * b[:, 1])
+        yaw = np.arctan2(sin, cos)
+        m[:2, :2] = [[np.cos(yaw), -np.sin(yaw)], [np.sin(yaw), np.cos(yaw)]]
+        m[:3, 3] = cd - m[:3, :3] @ cs
+        m[2, 3] = 0.0
+        return m
+    u, _, vt = np.linalg.svd(a.T @ b)
+    d = np.sign(np.linalg.det(vt.T @ u.T)) or 1.0
+    m[:3, :3] = vt.T @ np.diag([1.0, 1.0, d]) @ u.T
+    m[:3, 3] = cd - m[:3, :3] @ cs
+    return m
+
+
+def fit_rigid_motion_3d(src: np.ndarray, dst: np.ndarray, rng: np.random.Generator, planar: bool = False,
+                        iterations: int = 64, inlier_distance: float = 0.01, trim_sigmas: float = 3.0,
+                        refine: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """A robust rigid motion taking ``src`` (N, 3) onto ``dst`` (N, 3) (corresponding points, some of
+    them wrong): RANSAC over minimal samples (3 points, 2 when ``planar``) scored by the count of points
+    within ``inlier_distance`` metres (the median residual breaks ties), then Kabsch on the inliers,
+    repeated ``refine`` times with the inlier distance widened to ``trim_sigmas`` robust standard
+    deviations of the inliers' residuals (noisy depth from a learned model: the threshold follows the
+    noise). Returns the motion (4, 4) and the inlier mask."""
+    n = len(src)
+    if n < 3:
+        m = np.eye(4)
+        if n:
+            m[:3, 3] = np.median(dst - src, axis=0)
+            if planar:
+                m[2, 3] = 0.0
+        return m, np.ones(n, bool)
+    size = 2 if planar else 3
+    best, best_score = kabsch(src, dst, planar), None
+    candidates = [best] + [kabsch(src[i], dst[i], planar) for i in
+                           (rng.choice(n, size, replace=False) for _ in range(iterations))]
+    for m in candidates:
+        residual = np.linalg.norm(src @ m[:3, :3].T + m[:3, 3] - dst, axis=1)
+        score = (int((residual < inlier_distance).sum()), -float(np.median(residual)))
+        if best_score is None or score > best_score:
+            best, best_score = m, score
+    residual = np.linalg.norm(src @ best[:3, :3].T + best[:3, 3] - dst, axis=1)
+    inliers = residual < inlier_distance
+    for _ in range(refine):
+        if inliers.sum() < size:
+            break
+        best = kabsch(src[inliers], dst[inliers], planar)
+        residual = np.linalg.norm(src @ best[:3, :3].T + best[:3, 3] - dst, axis=1)
+        sigma = 1.4826 * np.median(residual[inliers])
+        inliers = residual < max(inlier_distance, trim_sigmas * sigma)
+    return best, inliers
+
+
+def fit_rigid_motions_3d(points: np.ndarray, valid: np.ndarray, seed: int = 0, planar: bool = False,
+                         min_points: int = 3, **kwargs) -> np.ndarray:
+    """World-frame rigid motions (T+1, 4, 4) from tracked 3-D points (T+1, N, 3) (``valid`` (T+1, N):
+    which are usable): ``M[k]`` takes frame 0's points onto frame ``k``'s (see
+    :func:`fit_rigid_motion_3d`). A frame with fewer than ``min_points`` usable correspondences (the
+    object hidden) is interpolated between its neighbours that have them (translation; the rotation of
+    the earlier one), or keeps the previous frame's motion when no later frame has them."""
+    rng = np.random.default_rng(seed)
+    motions: list[np.ndarray | None] = [np.eye(4)]
+    for k in range(1, len(points)):
+        both = valid[0] & valid[k]
+        if both.sum() < min_points:
+            motions.append(None)
+            continue
+        m, inliers = fit_rigid_motion_3d(points[0][both], points[k][both], rng, planar=planar, **kwargs)
+        motions.append(m if inliers.sum() >= min_points else None)
+    known = [k for k, m in enumerate(motions) if m is not None]
+    centre = points[0][valid[0]].mean(axis=0) if valid[0].any() else np.zeros(3)
+    for k, m in enumerate(motions):
+        if m is None:
+            b = max(j for j in known if j < k)
+            later = [j for j in known if j > k]
+            before, m = motions[b], motions[b].copy()
+            if later:  # the points' centre moves on a straight line between the neighbouring frames
+                a = later[0]
+                w = (k - b) / (a - b)
+                moved = (1 - w) * (before[:3, :3] @ centre + before[:3, 3]) + \
+                    w * (motions[a][:3, :3] @ centre + motions[a][:3, 3])
+                m[:3, 3] = moved - before[:3, :3] @ centre
+            motions[k] = m
+    return np.stack(motions)
+
+
 def sample_object_pixels(mask: np.ndarray, depth: np.ndarray, count: int, rng: np.random.Generator,
                          erode: bool = True) -> np.ndarray:
     """Up to ``count`` pixel centres (u, v) inside ``mask`` (eroded when that leaves enough pixels)."""
@@ -235,6 +368,28 @@ def is_press(contact: np.ndarray, subgoals: np.ndarray, support_height: float = 
     return bool(sink > sideways and contact[2] - sink > support_height)
 
 
+def _rgbd_motions(plan, depth, view, mask, pixels, flows, color_correct, seed, radius, window,
+                  fit_3d) -> np.ndarray:
+    """The object's motions (T+1, 4, 4) from an RGB-D plan: tracks (flow, re-anchored on the object's
+    colour when it tells the object apart in the view) lifted with each frame's depth, snapped onto
+    object-coloured pixels, and a robust 3-D rigid fit per frame (see :func:`extract_object_motion`)."""
+    likely = None
+    if color_correct and mask.any():
+        # the colour model against the whole view (window None): a colour the object shares with
+        # something else in view (a red handle and the red arm) does not tell the object apart
+        model = object_color_model(view.rgb, mask, window)
+        likely = model[_color_index(plan)] > 0.5  # where each plan frame shows the object's colour
+        if likely[0][mask].mean() >= 0.5:
+            tracks = track_points_by_color(pixels, flows, plan, model, radius=radius)
+            likely[0] = True  # frame 0: the mask's own points
+        else:
+            tracks, likely = track_points(pixels, flows), None
+    else:
+        tracks = track_points(pixels, flows)
+    lifted, valid = lift_tracks(tracks, depth, view.intrinsics, view.world_to_camera, likely=likely)
+    return fit_rigid_motions_3d(lifted, valid, seed=seed, **fit_3d)
+
+
 @dataclass
 class ObjectMotionPlan:
     """What the extractor reads from one video plan."""
@@ -246,13 +401,33 @@ class ObjectMotionPlan:
     points: np.ndarray      # (N, 3) object points used
 
 
-def extract_object_motion(plan: np.ndarray, view: CameraFrame, mask: np.ndarray, num_points: int = 300,
+def extract_object_motion(plan: Plan, view: CameraFrame, mask: np.ndarray, num_points: int = 300,
                           grasp_rise: float = 0.08, seed: int = 0, believed_points: np.ndarray | None = None,
                           min_pixels: int = 6, surface_to_centre: float = 0.015,
                           motion_weight_px: float = 20.0, color_correct: bool = True,
                           planar_push: bool = True, body_mask: np.ndarray | None = None,
-                          color_window: int | None = 12, support_height: float = 0.0) -> ObjectMotionPlan:
+                          color_window: int | None = 12, support_height: float = 0.0,
+                          use_plan_depth: bool = True, color_radius: float = 12.0,
+                          color_radius_rgbd: float = 20.0, color_window_rgbd: int | None = None,
+                          lasting_rise: float = 0.5, rgbd_pushes: bool = False, held: bool = False,
+                          **fit_3d) -> ObjectMotionPlan:
     """Object motion and subgoals from a plan whose first frame is ``view`` (depth + camera needed).
+
+    An RGB-D plan (:class:`~robotics.planners.RgbdPlan`, at the view's resolution) is read with its
+    depth (unless ``use_plan_depth`` is False): each plan frame's tracked object pixels are lifted to
+    3-D with that frame's depth, and each frame's motion is a robust 3-D rigid fit (RANSAC + trimmed
+    Kabsch, :func:`fit_rigid_motions_3d`, options ``fit_3d``) from frame 0's lifted points to frame k's,
+    instead of the reprojection fit, which cannot see motion along the viewing ray. Both ends are lifted
+    with the plan's depth, so a depth predicted with a consistent bias cancels out. Tracks are
+    re-anchored on the object's colour within ``color_radius_rgbd`` pixels, and read the depth of the
+    nearest object-coloured pixel (:func:`lift_tracks`), when the colour tells the object apart in the
+    whole view (``color_window_rgbd`` None; not a red handle by the red arm). The 3-D motion finds a
+    grasp when the object rises by ``grasp_rise`` and stays up (by ``lasting_rise`` of it) to the plan's
+    end; a grasped or ``held`` object follows the 3-D motion. Otherwise the plan is read as an RGB plan
+    (the reprojection fit and its grasp / press / planar-push decision): on its support a pushed
+    object's motion is well posed without depth, depth read where tracks slip off a thin handle onto
+    the arm or table misleads, and an object too small to track in a low-resolution plan gives depth no
+    evidence (``rgbd_pushes=True``: the 3-D fit for pushes too; on the oracle it lost faucet episodes).
 
     ``mask`` is the part to touch (a handle); ``body_mask`` (default: ``mask``) the rigid body it belongs
     to, whose larger image gives the motion fit more points to work with.
@@ -267,6 +442,10 @@ def extract_object_motion(plan: np.ndarray, view: CameraFrame, mask: np.ndarray,
     """
     if view.depth is None:
         raise ValueError("the view must be rendered with depth=True")
+    depth = plan_depth(plan) if use_plan_depth else None
+    plan = plan_rgb(plan)
+    if depth is not None and depth.shape != plan.shape[:3]:
+        raise ValueError(f"plan depth {depth.shape} does not match its frames {plan.shape[:3]}")
     rng = np.random.default_rng(seed)
 
     def lift(pixels):
@@ -288,9 +467,9 @@ def extract_object_motion(plan: np.ndarray, view: CameraFrame, mask: np.ndarray,
     else:
         raise RuntimeError(f"object not visible: {len(part_pixels)} object pixels in the current view")
     flows = optical_flow(plan)
-    if color_correct and mask.any():
+    if color_correct and mask.any():  # as measured for RGB plans
         model = object_color_model(view.rgb, mask, color_window)
-        tracks = track_points_by_color(pixels, flows, plan, model)
+        tracks = track_points_by_color(pixels, flows, plan, model, radius=color_radius)
     else:
         tracks = track_points(pixels, flows)
     # the visible points lie on the object's camera-facing surface: aim a little behind them
@@ -299,12 +478,40 @@ def extract_object_motion(plan: np.ndarray, view: CameraFrame, mask: np.ndarray,
     ray = (centroid - camera_centre) / np.linalg.norm(centroid - camera_centre)
     contact = centroid + surface_to_centre * ray
     kw = dict(motion_weight_px=motion_weight_px)
-    motions = fit_rigid_motions(points, tracks, view.intrinsics, view.world_to_camera, **kw)
-    subgoals = motions[:, :3, :3] @ contact + motions[:, :3, 3]
+
+    def fit(planar=False):  # the reprojection fit
+        return fit_rigid_motions(points, tracks, view.intrinsics, view.world_to_camera, planar=planar, **kw)
+
+    def moved(motions):
+        return motions[:, :3, :3] @ contact + motions[:, :3, 3]
+
+    if depth is not None:  # RGB-D plan: 3-D points in every frame
+        motions = _rgbd_motions(plan, depth, view, mask, pixels, flows, color_correct, seed, color_radius_rgbd,
+                                color_window_rgbd, fit_3d)
+        subgoals = moved(motions)
+        rise = subgoals[:, 2] - contact[2]
+        # lifted, and up from then to the end of the plan (by ``lasting_rise`` of the threshold: an object
+        # is also put down); tracks that slip onto the arm for a frame or two make a rise that does not last
+        lifted = np.nonzero(rise > grasp_rise)[0]
+        grasp = bool(len(lifted) and (rise[lifted[0]:] > grasp_rise * lasting_rise).all())
+        if grasp or held:  # carried: the 3-D motion, along the viewing ray too
+            return ObjectMotionPlan(motions, contact, subgoals, grasp, part_points)
+        if rgbd_pushes:  # (an option: not measured better)
+            if planar_push and not is_press(contact, subgoals, support_height):
+                motions = _rgbd_motions(plan, depth, view, mask, pixels, flows, color_correct, seed,
+                                        color_radius_rgbd, color_window_rgbd, dict(fit_3d, planar=True))
+            return ObjectMotionPlan(motions, contact, moved(motions), grasp, part_points)
+        # no lasting lift in depth: what the RGB plan alone gives (below). A push stays on its support, so
+        # the reprojection fit (planar unless a press) is well posed; depth read where tracks slip off a
+        # thin handle onto the arm or table misleads. And where the object is too small to track in the
+        # plan (a 32x32 plan shows a ball in one pixel) depth gives no evidence, and RGB's grasp decision
+        # is kept.
+    motions = fit()
+    subgoals = moved(motions)
     grasp = bool(subgoals[:, 2].max() - contact[2] > grasp_rise)
     if planar_push and not grasp and not is_press(contact, subgoals, support_height):
-        motions = fit_rigid_motions(points, tracks, view.intrinsics, view.world_to_camera, planar=True, **kw)
-        subgoals = motions[:, :3, :3] @ contact + motions[:, :3, 3]
+        motions = fit(planar=True)
+        subgoals = moved(motions)
     return ObjectMotionPlan(motions, contact, subgoals, grasp, part_points)
 
 
@@ -313,13 +520,17 @@ class AvdcFollower:
 
     needs_depth = True
     needs_rgb_every_step = False
+    uses_plan_depth = True  # RGB-D plans arrive as RgbdPlan (see robotics.execution)
 
     def __init__(self, gain: float = 10.0, reach_tolerance: float = 0.02, approach_height: float = 0.1,
                  push_offset: float = 0.05, grasp_steps: int = 10, grasp_rise: float = 0.08,
                  num_points: int = 300, motion_weight_px: float = 20.0, holding_distance: float = 0.03,
                  blocked_steps: int = 5, min_held_aperture: float = 0.05, planar_push: bool = True,
                  whole_body: bool = False, color_correct: bool = True,
-                 push_direction_fraction: float = 0.33):
+                 push_direction_fraction: float = 0.33, use_plan_depth: bool = True,
+                 rgbd_options: dict | None = None):
+        self.use_plan_depth = use_plan_depth
+        self.rgbd_options = dict(rgbd_options or {})  # extract_object_motion's RGB-D settings
         self.color_correct = color_correct
         self.push_direction_fraction = push_direction_fraction
         self.planar_push = planar_push
@@ -343,7 +554,7 @@ class AvdcFollower:
         self._last_hand: np.ndarray | None = None
         self._blocked = 0
 
-    def start(self, env: TaskEnv, view: CameraFrame, plan: np.ndarray) -> None:
+    def start(self, env: TaskEnv, view: CameraFrame, plan: Plan) -> None:
         self._plans += 1
         believed = None
         if self.motion is not None:  # where the previous plan left the object
@@ -360,7 +571,9 @@ class AvdcFollower:
                                             self.grasp_rise, seed=self._plans, believed_points=believed,
                                             motion_weight_px=self.motion_weight_px, body_mask=body,
                                             planar_push=self.planar_push,
-                                            color_correct=self.color_correct and not holding)
+                                            color_correct=self.color_correct and not holding,
+                                            use_plan_depth=self.use_plan_depth, held=holding,
+                                            **self.rgbd_options)
         self._grasped = holding
         self._waypoints = self._route(hand, self.motion, holding)
         self._closing = 0

@@ -2,13 +2,16 @@
 
 Layout of a dataset directory (format ``gencond-robotics-demos/1``)::
 
-    <root>/index.json                       format, resolution, and one entry per episode
+    <root>/index.json                       format, resolution, depth (bool), one entry per episode
     <root>/<task>/<camera>/seed_<k>.npz     one episode (see :data:`EPISODE_KEYS`)
 
 An episode file holds ``frames`` (T+1, H, W, 3) uint8, ``actions`` (T, 4) float32, ``states``
 (T+1, 39) float32, ``success`` bool, ``success_step`` int, ``task``/``camera``/``text`` strings,
 ``seed`` int, ``intrinsics`` (3, 3), ``world_to_camera`` (4, 4, OpenCV convention),
 ``first_depth`` (H, W) metres, ``first_segmentation`` (H, W) geom ids and ``object_geom_ids``.
+A dataset collected with ``depth=True`` (``gencond collect --depth``; ``"depth": true`` in the index)
+also holds ``depth`` (T+1, H, W) float16: the metric depth of every frame (metres along the optical
+axis), for planners that predict RGB-D plans.
 Files are written to a temporary name and renamed, so an interrupted run never leaves half a file;
 rerunning skips episodes whose file exists.
 """
@@ -16,13 +19,14 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from gencond.errors import UserError
 
-from robotics.envs import check_camera, check_task
+from robotics.envs import CameraFrame, TaskEnv, check_camera, check_task
 from robotics.experts import Demonstration
 
 FORMAT = "gencond-robotics-demos/1"
@@ -30,6 +34,49 @@ EPISODE_KEYS = ("frames", "actions", "states", "success", "success_step", "task"
                 "seed", "intrinsics", "world_to_camera", "first_depth", "first_segmentation",
                 "object_geom_ids")
 MIN_RESOLUTION = 16  # smaller renders are (nearly) empty images; 0 renders nothing at all
+
+
+@dataclass
+class RgbdDemonstration(Demonstration):
+    """A :class:`~robotics.experts.Demonstration` with the metric depth of every frame: ``depth``
+    (T+1, H, W) in metres (float16 as stored on disk), or None for an episode collected without depth."""
+
+    depth: np.ndarray | None = None
+
+
+class _DepthRecorder:
+    """A :class:`TaskEnv` stand-in that renders depth with every frame and keeps it (the expert's
+    rollout renders through it unchanged)."""
+
+    def __init__(self, env: TaskEnv):
+        self._env = env
+        self.depths: list[np.ndarray] = []
+
+    def __getattr__(self, name):
+        return getattr(self._env, name)
+
+    def reset(self, seed: int) -> np.ndarray:
+        self.depths = []
+        return self._env.reset(seed)
+
+    def render(self, depth: bool = False, segmentation: bool = False) -> CameraFrame:
+        view = self._env.render(depth=True, segmentation=segmentation)
+        self.depths.append(view.depth)
+        return view
+
+
+def run_expert_with_depth(env: TaskEnv, seed: int, **kwargs) -> RgbdDemonstration:
+    """:func:`robotics.experts.run_expert` that also renders the depth of every frame (float32 metres)."""
+    from dataclasses import fields
+
+    from robotics.experts import run_expert
+
+    recorder = _DepthRecorder(env)
+    demo = run_expert(recorder, seed, **kwargs)
+    depth = np.stack(recorder.depths).astype(np.float32)
+    if len(depth) != len(demo.frames):
+        raise RuntimeError(f"rendered {len(depth)} depth maps for {len(demo.frames)} frames")
+    return RgbdDemonstration(**{f.name: getattr(demo, f.name) for f in fields(Demonstration)}, depth=depth)
 
 
 def check_resolution(resolution) -> None:
@@ -43,33 +90,38 @@ def episode_path(root: str | Path, task: str, camera: str, seed: int) -> Path:
 
 
 def save_demonstration(demo: Demonstration, path: str | Path) -> Path:
-    """Write one episode atomically (temporary file, then rename)."""
+    """Write one episode atomically (temporary file, then rename); a demonstration's ``depth`` (when it
+    has one) is stored as float16 metres."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
+    depth = getattr(demo, "depth", None)
+    extra = {} if depth is None else {"depth": np.asarray(depth).astype(np.float16)}
     np.savez_compressed(
         tmp, frames=demo.frames, actions=demo.actions, states=demo.states, success=demo.success,
         success_step=demo.success_step, task=demo.task, camera=demo.camera, text=demo.text,
         seed=demo.seed, intrinsics=demo.intrinsics, world_to_camera=demo.world_to_camera,
         first_depth=demo.first_depth.astype(np.float32),
         first_segmentation=demo.first_segmentation.astype(np.int32),
-        object_geom_ids=demo.object_geom_ids.astype(np.int32))
+        object_geom_ids=demo.object_geom_ids.astype(np.int32), **extra)
     os.replace(tmp, path)
     return path
 
 
-def load_demonstration(path: str | Path) -> Demonstration:
-    """Read an episode file written by :func:`save_demonstration`."""
+def load_demonstration(path: str | Path) -> RgbdDemonstration:
+    """Read an episode file written by :func:`save_demonstration`; ``depth`` is None when the episode
+    was collected without depth."""
     with np.load(path, allow_pickle=False) as z:
         missing = [k for k in EPISODE_KEYS if k not in z.files]
         if missing:
             raise ValueError(f"{path} is not a {FORMAT} episode: missing {', '.join(missing)}")
-        return Demonstration(
+        return RgbdDemonstration(
             task=str(z["task"]), camera=str(z["camera"]), seed=int(z["seed"]), frames=z["frames"],
             actions=z["actions"], states=z["states"], success=bool(z["success"]),
             success_step=int(z["success_step"]), intrinsics=z["intrinsics"],
             world_to_camera=z["world_to_camera"], first_depth=z["first_depth"],
-            first_segmentation=z["first_segmentation"], object_geom_ids=z["object_geom_ids"])
+            first_segmentation=z["first_segmentation"], object_geom_ids=z["object_geom_ids"],
+            depth=z["depth"] if "depth" in z.files else None)
 
 
 def _index_entry(root: Path, path: Path, demo_or_file) -> dict:
@@ -82,12 +134,13 @@ def _index_entry(root: Path, path: Path, demo_or_file) -> dict:
                 "seed": int(z["seed"]), "steps": int(len(z["actions"])), "success": bool(z["success"])}
 
 
-def write_index(root: str | Path, resolution: tuple[int, int]) -> dict:
-    """Rebuild ``index.json`` from the episode files present under ``root``."""
+def write_index(root: str | Path, resolution: tuple[int, int], depth: bool = False) -> dict:
+    """Rebuild ``index.json`` from the episode files present under ``root``; ``depth``: the episodes
+    hold every frame's depth."""
     root = Path(root)
     entries = [_index_entry(root, p, p) for p in sorted(root.glob("*/*/seed_*.npz"))
                if not p.name.endswith(".tmp.npz")]
-    index = {"format": FORMAT, "resolution": list(resolution), "episodes": entries}
+    index = {"format": FORMAT, "resolution": list(resolution), "depth": bool(depth), "episodes": entries}
     tmp = root / "index.json.tmp"
     tmp.write_text(json.dumps(index, indent=1))
     os.replace(tmp, root / "index.json")
@@ -107,11 +160,11 @@ def read_index(root: str | Path) -> dict:
 
 
 def collect(root: str | Path, tasks, cameras, seeds, resolution: int = 128,
-            progress: bool = True) -> dict:
-    """Run the experts for tasks x cameras x seeds into ``root``; finished episodes are skipped."""
+            progress: bool = True, depth: bool = False) -> dict:
+    """Run the experts for tasks x cameras x seeds into ``root``; finished episodes are skipped.
+    ``depth``: also store every frame's metric depth (a dataset is collected with or without it)."""
     from tqdm import tqdm
 
-    from robotics.envs import TaskEnv
     from robotics.experts import run_expert
 
     check_resolution(resolution)
@@ -120,9 +173,15 @@ def collect(root: str | Path, tasks, cameras, seeds, resolution: int = 128,
     cameras = [check_camera(c) for c in cameras]
     if not (tasks and cameras and len(seeds)):
         raise UserError("no episodes to collect: the task, camera or seed list is empty")
-    old = read_index(root)["resolution"] if (root / "index.json").exists() else [resolution] * 2
+    index = read_index(root) if (root / "index.json").exists() else None
+    old = index["resolution"] if index else [resolution] * 2
     if old != [resolution] * 2:  # resuming must not mix image sizes in one dataset
         raise UserError(f"{root} holds a dataset at {old[0]} pixels, not {resolution}; use another --out")
+    old_depth = bool(index.get("depth", False)) if index else depth
+    if old_depth != depth:  # nor episodes with and without depth
+        fix = "pass --depth to add to it" if old_depth else "drop --depth to add to it"
+        raise UserError(f"{root} holds a dataset collected {'with' if old_depth else 'without'} per-frame "
+                        f"depth; {fix}, or use another --out")
     todo = [(t, c, s) for t in tasks for c in cameras for s in seeds
             if not episode_path(root, t, c, s).exists()]
     total = len(tasks) * len(cameras) * len(seeds)
@@ -133,7 +192,7 @@ def collect(root: str | Path, tasks, cameras, seeds, resolution: int = 128,
             if env is not None:
                 env.close()
             env = TaskEnv(task, camera, resolution)
-        demo = run_expert(env, seed)
+        demo = run_expert_with_depth(env, seed) if depth else run_expert(env, seed)
         save_demonstration(demo, episode_path(root, task, camera, seed))
         failures += not demo.success
         bar.set_postfix(task=task, camera=camera, failed=failures)
@@ -141,7 +200,7 @@ def collect(root: str | Path, tasks, cameras, seeds, resolution: int = 128,
     bar.close()
     if env is not None:
         env.close()
-    return write_index(root, (resolution, resolution))
+    return write_index(root, (resolution, resolution), depth)
 
 
 def load_dataset(root: str | Path, tasks=None, cameras=None, successful_only: bool = True):

@@ -17,13 +17,16 @@ import cv2
 import numpy as np
 
 from robotics.envs import MAX_EPISODE_STEPS, CameraFrame, TaskEnv, task_text
-from robotics.planners import PlanError, validate_plan
+from robotics.planners import Plan, PlanError, RgbdPlan, plan_rgb, resize_frames, validate_plan
 
 
 class PlanFollower(Protocol):
     #: what ``start`` needs rendered: RGB always; depth and segmentation when these are True
     needs_depth: bool
     needs_rgb_every_step: bool
+    #: optional (default False): ``start`` is given RGB-D plans as :class:`~robotics.planners.RgbdPlan`;
+    #: followers without it get the plan's RGB frames only
+    # uses_plan_depth: bool
 
     def start(self, env: TaskEnv, view: CameraFrame, plan: np.ndarray) -> None: ...
 
@@ -49,8 +52,11 @@ class EpisodeResult:
                 "error": self.error}
 
 
-def fit_plan_to_view(plan: np.ndarray, view_shape: tuple[int, int]) -> np.ndarray:
-    """Resize plan frames to the camera resolution (plans may come at any resolution)."""
+def fit_plan_to_view(plan: Plan, view_shape: tuple[int, int]) -> Plan:
+    """Resize plan frames to the camera resolution (plans may come at any resolution); an
+    :class:`RgbdPlan`'s depth follows (see :func:`robotics.planners.resize_frames`)."""
+    if isinstance(plan, RgbdPlan):
+        return RgbdPlan(fit_plan_to_view(plan.rgb, view_shape), resize_frames(plan.depth, view_shape, depth=True))
     if plan.shape[1:3] == tuple(view_shape):
         return plan
     height, width = view_shape
@@ -72,8 +78,10 @@ def run_episode(env: TaskEnv, planner, follower: PlanFollower, seed: int,
         def new_plan(view: CameraFrame) -> None:
             plan = validate_plan(planner.plan(view.rgb, text, env.camera))
             plan = fit_plan_to_view(plan, view.rgb.shape[:2])
-            if record:
-                result.plans.append((env.steps, plan))
+            if record:  # videos show the RGB
+                result.plans.append((env.steps, plan_rgb(plan)))
+            if not getattr(follower, "uses_plan_depth", False):  # e.g. inverse dynamics: RGB only
+                plan = plan_rgb(plan)
             follower.start(env, view, plan)
 
         view = env.render(depth=True, segmentation=True)

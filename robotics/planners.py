@@ -1,12 +1,15 @@
 """Video planners: (observation frame, task text, camera) -> plan frames.
 
-A plan is a uint8 array (T+1, H, W, 3): the observation itself followed by T predicted frames. The video
-model implements the same :class:`Planner` protocol. ``begin_episode`` is an optional hook the evaluator
-calls at the start of each episode; planners that do not need it simply do not define it.
+A plan is a uint8 array (T+1, H, W, 3): the observation itself followed by T predicted frames, or an
+:class:`RgbdPlan` that also carries each frame's metric depth (T+1, H, W) (a video model predicting a
+depth channel). The video model implements the same :class:`Planner` protocol. ``begin_episode`` is an
+optional hook the evaluator calls at the start of each episode; planners that do not need it simply do
+not define it.
 """
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Protocol, Union, runtime_checkable
 
 import numpy as np
 
@@ -17,8 +20,9 @@ from robotics.envs import TaskEnv, task_text
 
 @runtime_checkable
 class Planner(Protocol):
-    def plan(self, frame: np.ndarray, task: str, camera: str) -> np.ndarray:
-        """Plan frames (T+1, H, W, 3) uint8 starting at ``frame`` for the instruction ``task``."""
+    def plan(self, frame: np.ndarray, task: str, camera: str) -> "Plan":
+        """Plan frames (T+1, H, W, 3) uint8 starting at ``frame`` for the instruction ``task`` (or an
+        :class:`RgbdPlan` of them with their depth)."""
         ...
 
 
@@ -26,10 +30,63 @@ class PlanError(UserError):
     """A planner returned something that is not a valid plan (wrong type, shape or dtype)."""
 
 
-def validate_plan(plan) -> np.ndarray:
-    """Return ``plan`` as a checked array, or raise a one-line error saying what is wrong."""
+@dataclass
+class RgbdPlan:
+    """An RGB-D plan: frames (T+1, H, W, 3) uint8 and their metric depth (T+1, H, W) float32 metres
+    (depth along the camera's optical axis, as :meth:`robotics.envs.TaskEnv.render` gives it)."""
+
+    rgb: np.ndarray
+    depth: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rgb)
+
+
+Plan = Union[np.ndarray, RgbdPlan]
+
+
+def plan_rgb(plan: Plan) -> np.ndarray:
+    """The RGB frames of a plan of either form."""
+    return plan.rgb if isinstance(plan, RgbdPlan) else plan
+
+
+def plan_depth(plan: Plan) -> np.ndarray | None:
+    """The depth of an RGB-D plan, None for an RGB plan."""
+    return plan.depth if isinstance(plan, RgbdPlan) else None
+
+
+def validate_plan(plan) -> Plan:
+    """Return ``plan`` checked (an RGB array, or an :class:`RgbdPlan` with float32 depth), or raise a
+    one-line error saying what is wrong."""
+    if isinstance(plan, RgbdPlan):
+        rgb = _validate_rgb(plan.rgb)
+        depth = plan.depth
+        if not isinstance(depth, np.ndarray):
+            raise PlanError(f"an RgbdPlan's depth must be a numpy array of shape (T+1, H, W), "
+                            f"got {type(depth).__name__}")
+        if depth.shape != rgb.shape[:3]:
+            raise PlanError(f"an RgbdPlan's depth must have shape {rgb.shape[:3]} (one (H, W) map per RGB "
+                            f"frame), got {depth.shape}")
+        if not np.issubdtype(depth.dtype, np.floating):
+            raise PlanError(f"an RgbdPlan's depth must be floating-point metres, got dtype {depth.dtype}")
+        depth = depth.astype(np.float32, copy=False)
+        finite = np.isfinite(depth)
+        if not finite.all():
+            frame = int(np.argwhere(~finite)[0, 0])
+            raise PlanError(f"an RgbdPlan's depth must be finite: {int((~finite).sum())} NaN or infinite "
+                            f"values (first in frame {frame})")
+        if depth.min() <= 0:
+            frame = int(np.argwhere(depth <= 0)[0, 0])
+            raise PlanError(f"an RgbdPlan's depth must be positive metres: {int((depth <= 0).sum())} values "
+                            f"<= 0 (min {float(depth.min()):.3g}, first in frame {frame})")
+        return RgbdPlan(rgb, depth)
+    return _validate_rgb(plan)
+
+
+def _validate_rgb(plan) -> np.ndarray:
     if not isinstance(plan, np.ndarray):
-        raise PlanError(f"a plan must be a numpy array of shape (T+1, H, W, 3), got {type(plan).__name__}")
+        raise PlanError(f"a plan must be a numpy array of shape (T+1, H, W, 3) or an RgbdPlan, "
+                        f"got {type(plan).__name__}")
     if plan.ndim != 4 or plan.shape[-1] != 3:
         raise PlanError(f"a plan must have shape (T+1, H, W, 3) (first frame + T future frames), "
                          f"got {plan.shape}")
@@ -43,10 +100,28 @@ def validate_plan(plan) -> np.ndarray:
     return plan
 
 
+def subsample_indices(length: int, count: int) -> np.ndarray:
+    """``count`` indices evenly spaced from 0 to ``length - 1`` (the last one repeated if too few)."""
+    return np.round(np.linspace(0, length - 1, count)).astype(int)
+
+
 def subsample(frames: np.ndarray, count: int) -> np.ndarray:
     """``count`` frames evenly spaced from first to last (the last one repeated if there are too few)."""
-    idx = np.round(np.linspace(0, len(frames) - 1, count)).astype(int)
-    return frames[idx]
+    return frames[subsample_indices(len(frames), count)]
+
+
+def resize_frames(frames: np.ndarray, size: tuple[int, int], depth: bool = False) -> np.ndarray:
+    """Frames (T, H, W[, 3]) resized to ``size`` = (height, width). RGB and shrinking use area averaging;
+    depth is enlarged by nearest neighbour (interpolating depth across an object's edge would make points
+    that lie on neither the object nor what is behind it)."""
+    import cv2
+
+    if frames.shape[1:3] == tuple(size):
+        return frames
+    height, width = size
+    shrink = height <= frames.shape[1] and width <= frames.shape[2]
+    method = cv2.INTER_NEAREST if depth and not shrink else cv2.INTER_AREA
+    return np.stack([cv2.resize(f, (width, height), interpolation=method) for f in frames])
 
 
 class RepeatFirstFramePlanner:
@@ -68,17 +143,28 @@ class OraclePlanner:
     At ``begin_episode`` the expert is rolled out from the episode's scene and its frames are kept.
     A plan starts at the expert frame closest (in pixels) to the observation, so a replan from a later
     state continues the expert's video from where the scene looks most alike.
+
+    ``depth``: plans are :class:`RgbdPlan` with the depth rendered with each expert frame.
+    ``plan_resolution``: plans come at this square size (frames rendered at ``resolution``, the camera's,
+    then shrunk by area averaging, depth too), as a video model trained at that size would deliver them;
+    the evaluation enlarges them back to the camera view. None: at the camera's resolution.
     """
 
-    def __init__(self, num_frames: int = 8, resolution: int | tuple[int, int] = 128):
+    def __init__(self, num_frames: int = 8, resolution: int | tuple[int, int] = 128, depth: bool = False,
+                 plan_resolution: int | None = None):
         self.num_frames = num_frames
         self.resolution = resolution
+        self.depth = depth
+        self.plan_resolution = plan_resolution
         self._key = None
         self._frames: np.ndarray | None = None
+        self._depths: np.ndarray | None = None
         self._env: TaskEnv | None = None
 
     def __repr__(self) -> str:
-        return f"OraclePlanner(num_frames={self.num_frames}, resolution={self.resolution})"
+        extra = (", depth=True" if self.depth else "") + \
+            (f", plan_resolution={self.plan_resolution}" if self.plan_resolution else "")
+        return f"OraclePlanner(num_frames={self.num_frames}, resolution={self.resolution}{extra})"
 
     def begin_episode(self, task: str, camera: str, seed: int) -> None:
         from robotics.experts import run_expert
@@ -88,10 +174,16 @@ class OraclePlanner:
         if self._env is None or (self._env.task, self._env.camera) != (task, camera):
             self.close()
             self._env = TaskEnv(task, camera, self.resolution)
-        self._frames = run_expert(self._env, seed).frames
+        if self.depth:
+            from robotics.collect import run_expert_with_depth
+
+            demo = run_expert_with_depth(self._env, seed)
+            self._frames, self._depths = demo.frames, demo.depth
+        else:
+            self._frames, self._depths = run_expert(self._env, seed).frames, None
         self._key = (task, camera, seed)
 
-    def plan(self, frame: np.ndarray, task: str, camera: str) -> np.ndarray:
+    def plan(self, frame: np.ndarray, task: str, camera: str) -> Plan:
         if self._frames is None or camera != self._key[1] or \
                 task not in (self._key[0], task_text(self._key[0])):
             raise RuntimeError("OraclePlanner.plan called before begin_episode(task, camera, seed) "
@@ -101,7 +193,14 @@ class OraclePlanner:
             raise ValueError(f"observation is {frame.shape[:2]} but the oracle renders {frames.shape[1:3]}")
         dist = np.abs(frames.astype(np.int16) - frame.astype(np.int16)).mean(axis=(1, 2, 3))
         start = int(np.argmin(dist))
-        return subsample(frames[start:], self.num_frames)
+        idx = start + subsample_indices(len(frames) - start, self.num_frames)
+        rgb = frames[idx]
+        depth = self._depths[idx] if self._depths is not None else None
+        if self.plan_resolution:
+            size = (self.plan_resolution, self.plan_resolution)
+            rgb = resize_frames(rgb, size)
+            depth = resize_frames(depth, size, depth=True) if depth is not None else None
+        return RgbdPlan(rgb, depth) if depth is not None else rgb
 
     def close(self) -> None:
         if self._env is not None:

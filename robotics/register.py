@@ -11,7 +11,7 @@ from gencond.registry import register_command, register_task
 
 from robotics.idm_config import IdmConfig
 
-PLANNERS = ("oracle", "repeat-first")
+PLANNERS = ("oracle", "oracle-rgbd", "repeat-first")
 EXTRACTORS = ("avdc", "idm")
 
 
@@ -53,6 +53,8 @@ def _common_arguments(p: argparse.ArgumentParser, default_out: str, default_seed
 
 def add_collect_arguments(p: argparse.ArgumentParser) -> None:
     _common_arguments(p, "runs/robotics/demos", "0-4")
+    p.add_argument("--depth", action="store_true",
+                   help="also store every frame's metric depth (float16 metres; for RGB-D video planners)")
 
 
 def collect_command(args: argparse.Namespace) -> dict:
@@ -60,7 +62,7 @@ def collect_command(args: argparse.Namespace) -> dict:
     from robotics.envs import BENCHMARK_TASKS, CAMERAS
 
     index = collect(args.out, parse_list(args.tasks, BENCHMARK_TASKS), parse_list(args.cameras, CAMERAS),
-                    parse_seeds(args.seeds), args.resolution, progress=not args.quiet)
+                    parse_seeds(args.seeds), args.resolution, progress=not args.quiet, depth=args.depth)
     ok = sum(e["success"] for e in index["episodes"])
     print(f"{len(index['episodes'])} episodes ({ok} successful) in {args.out}")
     return index
@@ -73,17 +75,30 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--extractor", default="avdc", help=f"one of: {', '.join(EXTRACTORS)}")
     p.add_argument("--idm", default=None, help="run directory of a trained inverse-dynamics model (--extractor idm)")
     p.add_argument("--plan-frames", type=int, default=8, help="frames per plan, first included (default 8)")
+    p.add_argument("--plan-resolution", type=int, default=None,
+                   help="oracle planners: plans at this square size (expert frames shrunk to it; the execution "
+                        "enlarges them to --resolution), as a video model of that size delivers them "
+                        "(default: --resolution)")
     p.add_argument("--max-replans", type=int, default=5)
     p.add_argument("--videos", type=int, default=1, help="episodes per task and camera saved as videos")
     p.add_argument("--video-format", default="gif", help="gif or mp4")
 
 
-def make_planner(name: str, plan_frames: int, resolution: int):
+def check_plan_resolution(plan_resolution: int | None) -> None:
+    if plan_resolution is not None and plan_resolution < 8:
+        raise UserError(f"--plan-resolution {plan_resolution} is too small; use at least 8 pixels")
+
+
+def make_planner(name: str, plan_frames: int, resolution: int, plan_resolution: int | None = None):
+    """A planner by its command-line name; ``oracle-rgbd`` gives RGB-D plans (the expert's rendered depth)."""
     from robotics.planners import OraclePlanner, RepeatFirstFramePlanner
 
-    if name == "oracle":
-        return OraclePlanner(plan_frames, resolution)
+    check_plan_resolution(plan_resolution)
+    if name in ("oracle", "oracle-rgbd"):
+        return OraclePlanner(plan_frames, resolution, depth=name == "oracle-rgbd", plan_resolution=plan_resolution)
     if name == "repeat-first":
+        if plan_resolution is not None:
+            raise UserError("--plan-resolution applies to the oracle planners, not 'repeat-first'")
         return RepeatFirstFramePlanner(plan_frames)
     raise UserError(f"unknown planner '{name}'; valid planners: {', '.join(PLANNERS)}")
 
@@ -108,9 +123,13 @@ def make_follower_factory(name: str, idm_path: str | None):
     raise UserError(f"unknown extractor '{name}'; valid extractors: {', '.join(EXTRACTORS)}")
 
 
-def evaluation_identity(planner: str, extractor: str, plan_frames: int, idm_path: str | None) -> dict:
-    """What the command-line settings add to an evaluation's identity (see robotics.evaluate.evaluate)."""
+def evaluation_identity(planner: str, extractor: str, plan_frames: int, idm_path: str | None,
+                        plan_resolution: int | None = None) -> dict:
+    """What the command-line settings add to an evaluation's identity (see robotics.evaluate.evaluate).
+    ``plan_resolution`` is recorded only when set, so earlier evaluations (without it) still resume."""
     identity = {"planner": planner, "plan_frames": plan_frames, "extractor": extractor, "idm": None}
+    if plan_resolution is not None:
+        identity["plan_resolution"] = plan_resolution
     if extractor == "idm":
         from robotics.idm import describe_idm
 
@@ -122,13 +141,14 @@ def evaluate_command(args: argparse.Namespace) -> dict:
     from robotics.envs import BENCHMARK_TASKS, CAMERAS
     from robotics.evaluate import evaluate
 
-    planner = make_planner(args.planner, args.plan_frames, args.resolution)
+    planner = make_planner(args.planner, args.plan_frames, args.resolution, args.plan_resolution)
     factory = make_follower_factory(args.extractor, args.idm)
     table = evaluate(planner, factory, parse_list(args.tasks, BENCHMARK_TASKS), parse_list(args.cameras, CAMERAS),
                      parse_seeds(args.seeds), args.out, resolution=args.resolution,
                      max_replans=args.max_replans, videos=args.videos, video_format=args.video_format,
                      title=f"{args.planner} planner + {args.extractor} extractor", progress=not args.quiet,
-                     identity=evaluation_identity(args.planner, args.extractor, args.plan_frames, args.idm))
+                     identity=evaluation_identity(args.planner, args.extractor, args.plan_frames, args.idm,
+                                                  args.plan_resolution))
     ran = table["episodes_run_now"]
     speed = (f"{ran} run now, {table['episodes_per_minute']} episodes/min" if ran else
              f"all {table['episodes']} episodes resumed from {args.out}/episodes.jsonl")

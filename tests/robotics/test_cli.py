@@ -38,6 +38,6 @@ def test_collect_then_evaluate_oracle(tmp_path, capsys):
 
 def test_unknown_planner_and_missing_idm(capsys, tmp_path):
     assert main(["evaluate-planner", "--planner", "dream", "--out", str(tmp_path), "--quiet"]) == 2
-    assert "unknown planner 'dream'; valid planners: oracle, repeat-first" in capsys.readouterr().err
+    assert "unknown planner 'dream'; valid planners: oracle, oracle-rgbd, repeat-first" in capsys.readouterr().err
     assert main(["evaluate-planner", "--extractor", "idm", "--out", str(tmp_path), "--quiet"]) == 2
     assert "--extractor idm needs --idm RUN_DIR" in capsys.readouterr().err
