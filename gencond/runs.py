@@ -132,6 +132,18 @@ def weights_folder(run_dir: Path, which: str = "best") -> Path:
                     f"run `gencond train {run_dir}` to finish training")
 
 
+def weights_fingerprint(folder: Path) -> str:
+    """The first 12 hex digits of a SHA-256 over the folder's weight files (which weights a result used)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:12]
+
+
 def run_task(run_dir: str | Path) -> str:
     """The task a run was trained for (read from its config, without validating it)."""
     from omegaconf import OmegaConf

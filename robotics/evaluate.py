@@ -145,21 +145,22 @@ def evaluate(planner, make_follower: Callable[[], object], tasks, cameras=CAMERA
              out_dir: str | Path = "runs/robotics/eval", resolution: int = 128,
              max_steps: int = MAX_EPISODE_STEPS, max_replans: int = 5, videos: int = 1,
              video_format: str = "gif", title: str = "", progress: bool = True,
-             identity: dict | None = None) -> dict:
+             identity: dict | None = None, workers: int = 1) -> dict:
     """Run the protocol; returns the results dict also written to ``out_dir/results.json``.
 
-    ``make_follower()`` returns a fresh action extractor per episode (e.g. ``AvdcFollower``).
+    ``planner``: a Planner, or a picklable zero-argument function that makes one (needed for
+    ``workers > 1``: every worker process makes its own). ``make_follower()`` returns a fresh action
+    extractor per episode (e.g. ``AvdcFollower``; picklable for ``workers > 1``).
     ``videos``: how many episodes per task and camera (the first seeds) to save as side-by-side videos.
     ``identity``: what else defines the evaluation (e.g. ``{"planner": "video:runs/x", "idm": ...}``); it
     extends or replaces the defaults (:func:`describe` of planner and factory, resolution, max steps and
     replans, gencond version). Episodes in ``out_dir`` are resumed only under the same identity.
+    ``workers``: episodes run in that many processes (one torch thread each); the main process alone
+    writes ``episodes.jsonl``, so an interruption loses at most the episodes in flight.
     """
     from importlib.metadata import version
 
     from tqdm import tqdm
-
-    from robotics.envs import TaskEnv
-    from robotics.execution import run_episode
 
     tasks = [check_task(t) for t in tasks]
     cameras = [check_camera(c) for c in cameras]
@@ -169,6 +170,14 @@ def evaluate(planner, make_follower: Callable[[], object], tasks, cameras=CAMERA
         raise UserError("no episodes to evaluate: the task, camera or seed list is empty")
     if video_format not in ("gif", "mp4"):
         raise UserError(f"unknown video format '{video_format}'; valid formats: gif, mp4")
+    if workers < 1:
+        raise UserError(f"--workers {workers}: use 1 or more processes")
+    is_factory = isinstance(planner, type) or (callable(planner) and not hasattr(planner, "plan"))
+    make_planner = planner if is_factory else None
+    if workers > 1 and make_planner is None:
+        raise ValueError("workers > 1 needs a planner factory (a picklable function returning a planner), "
+                         "not a planner object")
+    planner = make_planner() if make_planner is not None else planner
     out = Path(out_dir)
     identity = {"planner": describe(planner), "extractor": describe(make_follower), "resolution": resolution,
                 "max_steps": max_steps, "max_replans": max_replans, "gencond": version("gencond"),
@@ -176,36 +185,40 @@ def evaluate(planner, make_follower: Callable[[], object], tasks, cameras=CAMERA
     check_identity(out, identity)
     episodes_path = out / EPISODES_FILE
     done = _read_done(episodes_path)
-    todo = [(t, c, s) for t in tasks for c in cameras for s in seeds if (t, c, s) not in done]
+    todo = [(t, c, s, seeds.index(s) < videos) for t in tasks for c in cameras for s in seeds
+            if (t, c, s) not in done]
     total = len(tasks) * len(cameras) * len(seeds)
     bar = tqdm(total=total, initial=total - len(todo), desc="evaluate", unit="ep", disable=not progress)
-    started, env = time.perf_counter(), None
-    ran, ran_seconds = 0, 0.0
-    for task, camera, seed in todo:
-        if env is None or (env.task, env.camera) != (task, camera):
-            if env is not None:
-                env.close()
-            env = TaskEnv(task, camera, resolution)
-        record = seeds.index(seed) < videos
-        result = run_episode(env, planner, make_follower(), seed, max_steps=max_steps,
-                             max_replans=max_replans, record=record)
-        rec = result.summary()
-        if record and result.frames:
-            video = out / "videos" / f"{task}_{camera}_seed{seed}.{video_format}"
-            write_side_by_side(video, result.frames, result.plans)
-            rec["video"] = str(video.relative_to(out))
-        with episodes_path.open("a") as f:
-            f.write(json.dumps(rec) + "\n")
-        done[(task, camera, seed)] = rec
-        ran, ran_seconds = ran + 1, ran_seconds + result.seconds
-        successes = sum(r["success"] for r in done.values())
-        bar.set_postfix(task=task, success=f"{successes}/{len(done)}")
-        bar.update()
-    bar.close()
-    if env is not None:
-        env.close()
-    if hasattr(planner, "close"):
-        planner.close()
+    settings = dict(resolution=resolution, max_steps=max_steps, max_replans=max_replans, out=str(out),
+                    video_format=video_format)
+    started, ran = time.perf_counter(), 0
+    if workers == 1 or len(todo) <= 1:
+        runner = _EpisodeRunner(planner, make_follower, **settings)
+        results = (runner(*episode) for episode in todo)
+        pool = None
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        del planner  # each worker makes its own
+        pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_start_worker, initargs=(make_planner, make_follower, settings))
+        results = (f.result() for f in as_completed([pool.submit(_run_in_worker, e) for e in todo]))
+    try:
+        for rec in results:
+            with episodes_path.open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+            done[(rec["task"], rec["camera"], rec["seed"])] = rec
+            ran += 1
+            successes = sum(r["success"] for r in done.values())
+            bar.set_postfix(task=rec["task"], success=f"{successes}/{len(done)}")
+            bar.update()
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        else:
+            runner.close()
     records = [done[(t, c, s)] for t in tasks for c in cameras for s in seeds]
     table = success_table(records, tasks, cameras)
     wall = time.perf_counter() - started
@@ -216,3 +229,54 @@ def evaluate(planner, make_follower: Callable[[], object], tasks, cameras=CAMERA
     (out / "results.json").write_text(json.dumps(table, indent=1))
     (out / "results.md").write_text(markdown_table(table, cameras, title))
     return table
+
+
+class _EpisodeRunner:
+    """Runs one episode at a time, keeping the last task and camera's environment open."""
+
+    def __init__(self, planner, make_follower, resolution: int, max_steps: int, max_replans: int, out: str,
+                 video_format: str):
+        self.planner, self.make_follower, self.env = planner, make_follower, None
+        self.resolution, self.max_steps, self.max_replans = resolution, max_steps, max_replans
+        self.out, self.video_format = Path(out), video_format
+
+    def __call__(self, task: str, camera: str, seed: int, record: bool) -> dict:
+        from robotics.envs import TaskEnv
+        from robotics.execution import run_episode
+
+        if self.env is None or (self.env.task, self.env.camera) != (task, camera):
+            if self.env is not None:
+                self.env.close()
+            self.env = TaskEnv(task, camera, self.resolution)
+        result = run_episode(self.env, self.planner, self.make_follower(), seed, max_steps=self.max_steps,
+                             max_replans=self.max_replans, record=record)
+        rec = result.summary()
+        if record and result.frames:
+            video = self.out / "videos" / f"{task}_{camera}_seed{seed}.{self.video_format}"
+            write_side_by_side(video, result.frames, result.plans)
+            rec["video"] = str(video.relative_to(self.out))
+        return rec
+
+    def close(self) -> None:
+        if self.env is not None:
+            self.env.close()
+        if hasattr(self.planner, "close"):
+            self.planner.close()
+
+
+_worker_runner: _EpisodeRunner | None = None
+
+
+def _start_worker(make_planner, make_follower, settings: dict) -> None:
+    import atexit
+
+    import torch
+
+    global _worker_runner
+    torch.set_num_threads(1)  # one process per core
+    _worker_runner = _EpisodeRunner(make_planner(), make_follower, **settings)
+    atexit.register(_worker_runner.close)
+
+
+def _run_in_worker(episode: tuple) -> dict:
+    return _worker_runner(*episode)

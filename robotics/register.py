@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import argparse
 
+from gencond.cli import positive_int
 from gencond.errors import UserError
 from gencond.registry import register_command, register_task
 
 from robotics.idm_config import IdmConfig
 
-PLANNERS = ("oracle", "oracle-rgbd", "repeat-first")
+PLANNERS = ("oracle", "oracle-rgbd", "repeat-first", "video:RUN_DIR", "MODULE:ATTR")
+PLANNER_PLUGINS = {"video": "video.planner:VideoPlanner"}
+"""``--planner NAME:ARG`` -> ``module:attr`` called with ARG (the domain is imported only when used)."""
 EXTRACTORS = ("avdc", "idm")
 
 
@@ -71,7 +74,11 @@ def collect_command(args: argparse.Namespace) -> dict:
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     # evaluation seeds default to ones no collected demonstration (seeds 0-4) used
     _common_arguments(p, "runs/robotics/eval", "100-104")
-    p.add_argument("--planner", default="oracle", help=f"one of: {', '.join(PLANNERS)}")
+    p.add_argument("--planner", default="oracle",
+                   help="oracle, oracle-rgbd, repeat-first, video:RUN_DIR (a trained video planner) or MODULE:ATTR "
+                        "(a Planner, or a function of no arguments returning one, importable from Python)")
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="processes the episodes are split across (one torch thread each; default 1)")
     p.add_argument("--extractor", default="avdc", help=f"one of: {', '.join(EXTRACTORS)}")
     p.add_argument("--idm", default=None, help="run directory of a trained inverse-dynamics model (--extractor idm)")
     p.add_argument("--plan-frames", type=int, default=8, help="frames per plan, first included (default 8)")
@@ -90,7 +97,11 @@ def check_plan_resolution(plan_resolution: int | None) -> None:
 
 
 def make_planner(name: str, plan_frames: int, resolution: int, plan_resolution: int | None = None):
-    """A planner by its command-line name; ``oracle-rgbd`` gives RGB-D plans (the expert's rendered depth)."""
+    """A planner by its command-line name; ``oracle-rgbd`` gives RGB-D plans (the expert's rendered depth),
+    ``video:RUN_DIR`` plans with a trained ``video-planner`` run, ``MODULE:ATTR`` is any importable Planner
+    (or a function of no arguments returning one)."""
+    import importlib
+
     from robotics.planners import OraclePlanner, RepeatFirstFramePlanner
 
     check_plan_resolution(plan_resolution)
@@ -100,7 +111,25 @@ def make_planner(name: str, plan_frames: int, resolution: int, plan_resolution: 
         if plan_resolution is not None:
             raise UserError("--plan-resolution applies to the oracle planners, not 'repeat-first'")
         return RepeatFirstFramePlanner(plan_frames)
-    raise UserError(f"unknown planner '{name}'; valid planners: {', '.join(PLANNERS)}")
+    if ":" not in name:
+        raise UserError(f"unknown planner '{name}'; valid planners: {', '.join(PLANNERS)}")
+    if plan_resolution is not None:
+        raise UserError("--plan-resolution applies to the oracle planners; a trained planner plans at its own size")
+    prefix, arg = name.split(":", 1)
+    if prefix in PLANNER_PLUGINS:
+        module_name, attr = PLANNER_PLUGINS[prefix].split(":")
+        if not arg:
+            raise UserError(f"--planner {prefix}: needs a run folder, e.g. {prefix}:runs/metaworld_small")
+        return getattr(importlib.import_module(module_name), attr)(arg)
+    try:
+        found = getattr(importlib.import_module(prefix), arg)
+    except (ImportError, AttributeError) as e:
+        raise UserError(f"--planner {name}: cannot import '{arg}' from module '{prefix}' ({e})") from None
+    planner = found() if isinstance(found, type) or (callable(found) and not hasattr(found, "plan")) else found
+    if not hasattr(planner, "plan"):
+        raise UserError(f"--planner {name} is a {type(planner).__name__}, not a planner (it needs a "
+                        "plan(frame, task, camera) method)")
+    return planner
 
 
 def make_follower_factory(name: str, idm_path: str | None):
@@ -109,6 +138,8 @@ def make_follower_factory(name: str, idm_path: str | None):
 
         return AvdcFollower
     if name == "idm":
+        import functools
+
         if not idm_path:
             raise UserError("--extractor idm needs --idm RUN_DIR (a model trained with "
                             "`gencond train configs/robotics/idm.yaml`)")
@@ -118,8 +149,7 @@ def make_follower_factory(name: str, idm_path: str | None):
 
         # a small CNN gains nothing from threads, and on a shared CPU extra OpenMP threads thrash
         torch.set_num_threads(1)
-        model = load_idm(idm_path)
-        return lambda: IdmFollower(model)
+        return functools.partial(IdmFollower, load_idm(idm_path))
     raise UserError(f"unknown extractor '{name}'; valid extractors: {', '.join(EXTRACTORS)}")
 
 
@@ -128,6 +158,8 @@ def evaluation_identity(planner: str, extractor: str, plan_frames: int, idm_path
     """What the command-line settings add to an evaluation's identity (see robotics.evaluate.evaluate).
     ``plan_resolution`` is recorded only when set, so earlier evaluations (without it) still resume."""
     identity = {"planner": planner, "plan_frames": plan_frames, "extractor": extractor, "idm": None}
+    if ":" in planner:  # a trained or user planner: its own description (run, weights, sampler) identifies it
+        del identity["planner"]
     if plan_resolution is not None:
         identity["plan_resolution"] = plan_resolution
     if extractor == "idm":
@@ -138,17 +170,20 @@ def evaluation_identity(planner: str, extractor: str, plan_frames: int, idm_path
 
 
 def evaluate_command(args: argparse.Namespace) -> dict:
+    import functools
+
     from robotics.envs import BENCHMARK_TASKS, CAMERAS
     from robotics.evaluate import evaluate
 
-    planner = make_planner(args.planner, args.plan_frames, args.resolution, args.plan_resolution)
+    planner = functools.partial(make_planner, args.planner, args.plan_frames, args.resolution, args.plan_resolution)
     factory = make_follower_factory(args.extractor, args.idm)
     table = evaluate(planner, factory, parse_list(args.tasks, BENCHMARK_TASKS), parse_list(args.cameras, CAMERAS),
                      parse_seeds(args.seeds), args.out, resolution=args.resolution,
                      max_replans=args.max_replans, videos=args.videos, video_format=args.video_format,
                      title=f"{args.planner} planner + {args.extractor} extractor", progress=not args.quiet,
                      identity=evaluation_identity(args.planner, args.extractor, args.plan_frames, args.idm,
-                                                  args.plan_resolution))
+                                                  args.plan_resolution),
+                     workers=args.workers)
     ran = table["episodes_run_now"]
     speed = (f"{ran} run now, {table['episodes_per_minute']} episodes/min" if ran else
              f"all {table['episodes']} episodes resumed from {args.out}/episodes.jsonl")

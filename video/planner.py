@@ -16,7 +16,7 @@ import torch
 
 from gencond.diffusion import DiffusionProcess
 from gencond.errors import UserError
-from gencond.runs import load_run
+from gencond.runs import load_run, weights_fingerprint, weights_folder
 from gencond.sampling import sample
 
 from .data import frames_to_unit, resize_frames, unit_to_depth, unit_to_frames
@@ -45,11 +45,12 @@ class VideoPlanner:
         self.generator = torch.Generator().manual_seed(seed)
         self._texts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.weights, self.seed = weights, seed
+        self.fingerprint = weights_fingerprint(weights_folder(self.run_dir, weights))
 
     def __repr__(self) -> str:  # an evaluation's identity (robotics.evaluate)
         s = self.cfg.sampling
         return (f"VideoPlanner({self.run_dir.resolve()}, weights={self.weights}, scheduler={s.scheduler}, "
-                f"steps={s.num_steps}, cfg_scale={s.cfg_scale}, seed={self.seed})")
+                f"steps={s.num_steps}, cfg_scale={s.cfg_scale}, seed={self.seed}, sha256={self.fingerprint})")
 
     def begin_episode(self, task: str, camera: str, seed: int) -> None:
         """Plans of an episode depend on its seed only (not on what ran before): resumable evaluations."""
