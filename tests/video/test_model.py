@@ -116,16 +116,18 @@ def test_first_frame_reaches_the_output():
     assert (changed - out.detach()).abs().max() > 1e-3
 
 
-def test_every_parameter_gets_a_gradient():
-    model = tiny(previous_plan=True)
+@pytest.mark.parametrize("scale_shift_norm", [True, False])
+def test_every_parameter_gets_a_gradient(scale_shift_norm):
+    model = tiny(previous_plan=True, scale_shift_norm=scale_shift_norm)
     x, t, cond = inputs(model, plan=True)
     model(x, t, cond=cond).square().mean().backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert missing == []
 
 
-def test_text_changes_the_output_and_padding_does_not():
-    model = tiny()
+@pytest.mark.parametrize("scale_shift_norm", [True, False])
+def test_text_changes_the_output_and_padding_does_not(scale_shift_norm):
+    model = tiny(scale_shift_norm=scale_shift_norm)
     x, t, cond = inputs(model)
     with torch.no_grad():
         ref = model(x, t, cond=cond)
