@@ -20,6 +20,7 @@ from gencond.errors import UserError
 
 from robotics.collect import check_resolution
 from robotics.envs import CAMERAS, MAX_EPISODE_STEPS, check_camera, check_task
+from robotics.planners import is_planner_factory
 
 EPISODES_FILE = "episodes.jsonl"
 IDENTITY_FILE = "evaluation.json"
@@ -172,8 +173,7 @@ def evaluate(planner, make_follower: Callable[[], object], tasks, cameras=CAMERA
         raise UserError(f"unknown video format '{video_format}'; valid formats: gif, mp4")
     if workers < 1:
         raise UserError(f"--workers {workers}: use 1 or more processes")
-    is_factory = isinstance(planner, type) or (callable(planner) and not hasattr(planner, "plan"))
-    make_planner = planner if is_factory else None
+    make_planner = planner if is_planner_factory(planner) else None
     if workers > 1 and make_planner is None:
         raise ValueError("workers > 1 needs a planner factory (a picklable function returning a planner), "
                          "not a planner object")
@@ -200,7 +200,8 @@ def evaluate(planner, make_follower: Callable[[], object], tasks, cameras=CAMERA
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        del planner  # each worker makes its own
+        if hasattr(planner, "close"):  # made here for the identity only: each worker makes its own
+            planner.close()
         pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_start_worker, initargs=(make_planner, make_follower, settings))
         results = (f.result() for f in as_completed([pool.submit(_run_in_worker, e) for e in todo]))

@@ -45,6 +45,11 @@ class RgbdPlan:
 Plan = Union[np.ndarray, RgbdPlan]
 
 
+def is_planner_factory(obj) -> bool:
+    """True for a class or a function that makes a planner, False for a planner itself."""
+    return isinstance(obj, type) or (callable(obj) and not hasattr(obj, "plan"))
+
+
 def plan_rgb(plan: Plan) -> np.ndarray:
     """The RGB frames of a plan of either form."""
     return plan.rgb if isinstance(plan, RgbdPlan) else plan

@@ -100,9 +100,7 @@ def make_planner(name: str, plan_frames: int, resolution: int, plan_resolution: 
     """A planner by its command-line name; ``oracle-rgbd`` gives RGB-D plans (the expert's rendered depth),
     ``video:RUN_DIR`` plans with a trained ``video-planner`` run, ``MODULE:ATTR`` is any importable Planner
     (or a function of no arguments returning one)."""
-    import importlib
-
-    from robotics.planners import OraclePlanner, RepeatFirstFramePlanner
+    from robotics.planners import OraclePlanner, RepeatFirstFramePlanner, is_planner_factory
 
     check_plan_resolution(plan_resolution)
     if name in ("oracle", "oracle-rgbd"):
@@ -117,19 +115,26 @@ def make_planner(name: str, plan_frames: int, resolution: int, plan_resolution: 
         raise UserError("--plan-resolution applies to the oracle planners; a trained planner plans at its own size")
     prefix, arg = name.split(":", 1)
     if prefix in PLANNER_PLUGINS:
-        module_name, attr = PLANNER_PLUGINS[prefix].split(":")
         if not arg:
             raise UserError(f"--planner {prefix}: needs a run folder, e.g. {prefix}:runs/metaworld_small")
-        return getattr(importlib.import_module(module_name), attr)(arg)
-    try:
-        found = getattr(importlib.import_module(prefix), arg)
-    except (ImportError, AttributeError) as e:
-        raise UserError(f"--planner {name}: cannot import '{arg}' from module '{prefix}' ({e})") from None
-    planner = found() if isinstance(found, type) or (callable(found) and not hasattr(found, "plan")) else found
+        return _import(PLANNER_PLUGINS[prefix], name)(arg)
+    found = _import(name, name)
+    planner = found() if is_planner_factory(found) else found
     if not hasattr(planner, "plan"):
         raise UserError(f"--planner {name} is a {type(planner).__name__}, not a planner (it needs a "
                         "plan(frame, task, camera) method)")
     return planner
+
+
+def _import(spec: str, flag: str):
+    """``module:attr`` imported, or a one-line error naming the ``--planner`` value ``flag``."""
+    import importlib
+
+    module, attr = spec.split(":", 1)
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise UserError(f"--planner {flag}: cannot import '{attr}' from module '{module}' ({e})") from None
 
 
 def make_follower_factory(name: str, idm_path: str | None):
@@ -157,9 +162,9 @@ def evaluation_identity(planner: str, extractor: str, plan_frames: int, idm_path
                         plan_resolution: int | None = None) -> dict:
     """What the command-line settings add to an evaluation's identity (see robotics.evaluate.evaluate).
     ``plan_resolution`` is recorded only when set, so earlier evaluations (without it) still resume."""
-    identity = {"planner": planner, "plan_frames": plan_frames, "extractor": extractor, "idm": None}
-    if ":" in planner:  # a trained or user planner: its own description (run, weights, sampler) identifies it
-        del identity["planner"]
+    # a trained or user planner (NAME:ARG) is identified by its own description (run, weights, sampler)
+    identity = {} if ":" in planner else {"planner": planner}
+    identity.update(plan_frames=plan_frames, extractor=extractor, idm=None)
     if plan_resolution is not None:
         identity["plan_resolution"] = plan_resolution
     if extractor == "idm":

@@ -57,21 +57,17 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return 99.0 if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
 
 
-def rgb_of(plan) -> np.ndarray:
-    return plan.rgb if hasattr(plan, "rgb") else plan
-
-
 def sample_command(args: argparse.Namespace) -> Path:
     from robotics.envs import check_camera, check_task, task_text
 
-    from .data import resize_frames
+    from robotics.planners import plan_rgb, resize_frames
     from .gif import write_labelled_gif
 
     task, camera = check_task(args.task), check_camera(args.camera)
     planner = _planner(args)
     first, expert, _ = expert_clip(task, camera, args.seed, planner.model.config.frames + 1, args.render)
-    plan = rgb_of(planner.plan(first, task_text(task), camera))
-    truth = resize_frames(expert, planner.resolution)
+    plan = plan_rgb(planner.plan(first, task_text(task), camera))
+    truth = resize_frames(expert, (planner.resolution,) * 2)
     out = Path(args.out) if args.out else Path(args.run_dir) / "samples" / f"{task}_{camera}_seed{args.seed}.gif"
     write_labelled_gif(out, {"plan": plan, "expert": truth})
     scores = [psnr(p, t) for p, t in zip(plan[1:], truth[1:])]
@@ -112,7 +108,7 @@ def evaluate_plans(planner, tasks, cameras, seeds, out: Path, render: int = 128,
     from robotics.envs import TaskEnv, task_text
     from robotics.evaluate import check_identity, describe
 
-    from .data import resize_frames
+    from robotics.planners import plan_rgb, resize_frames
 
     check_identity(out, {"planner": describe(planner), "render": render, "metric": "plan-quality/1"})
     log = out / "episodes.jsonl"
@@ -124,10 +120,10 @@ def evaluate_plans(planner, tasks, cameras, seeds, out: Path, render: int = 128,
         if hasattr(planner, "begin_episode"):
             planner.begin_episode(task, camera, seed)
         plan = planner.plan(first, task_text(task), camera)
-        truth = resize_frames(expert, planner.resolution)
+        truth = resize_frames(expert, (planner.resolution,) * 2)
         floor = np.repeat(truth[:1], n, axis=0)
         rec = {"task": task, "camera": camera, "seed": seed,
-               "psnr": float(np.mean([psnr(p, t) for p, t in zip(rgb_of(plan)[1:], truth[1:])])),
+               "psnr": float(np.mean([psnr(p, t) for p, t in zip(plan_rgb(plan)[1:], truth[1:])])),
                "psnr_floor": float(np.mean([psnr(p, t) for p, t in zip(floor[1:], truth[1:])]))}
         with TaskEnv(task, camera, render) as env:
             for key, p in (("track_cm", plan), ("track_cm_floor", floor), ("track_cm_oracle", truth)):

@@ -42,16 +42,6 @@ def unit_to_depth(x: torch.Tensor) -> np.ndarray:
     return ((x.detach().float().clamp(-1, 1) + 1) / 2 * (DEPTH_FAR - DEPTH_NEAR) + DEPTH_NEAR).cpu().numpy()
 
 
-def resize_frames(frames: np.ndarray, size: int, interpolation=None) -> np.ndarray:
-    """(N, H, W[, C]) images resized to size x size (area averaging when shrinking)."""
-    import cv2
-
-    if frames.shape[1:3] == (size, size):
-        return frames
-    inter = cv2.INTER_AREA if interpolation is None else interpolation
-    return np.stack([cv2.resize(f, (size, size), interpolation=inter) for f in frames])
-
-
 def clip_indices(length: int, start: int, count: int) -> np.ndarray:
     """``count`` frame indices evenly spaced from ``start`` to the last frame (AVDC's clips)."""
     return np.round(np.linspace(start, length - 1, count)).astype(int)
@@ -94,7 +84,9 @@ class DemoClips:
     def _episode(demo, resolution: int, depth: bool, root: Path) -> Episode:
         from robotics.envs import task_text
 
-        video = frames_to_unit(resize_frames(demo.frames, resolution))
+        from robotics.planners import resize_frames
+
+        video = frames_to_unit(resize_frames(demo.frames, (resolution, resolution)))
         if depth:
             per_frame = getattr(demo, "depth", None)
             if per_frame is None:
@@ -102,7 +94,9 @@ class DemoClips:
                                 f"`gencond collect --out {root} --depth` (into a new folder)")
             import cv2
 
-            video = torch.cat([video, depth_to_unit(resize_frames(per_frame, resolution, cv2.INTER_NEAREST))], 1)
+            # nearest neighbour also when shrinking: an average across an object's edge is on neither side
+            near = np.stack([cv2.resize(d, (resolution, resolution), interpolation=cv2.INTER_NEAREST) for d in per_frame])
+            video = torch.cat([video, depth_to_unit(near)], 1)
         return Episode(video.half(), task_text(demo.task), demo.task, demo.camera, demo.seed)
 
     def __len__(self) -> int:

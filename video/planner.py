@@ -18,8 +18,9 @@ from gencond.diffusion import DiffusionProcess
 from gencond.errors import UserError
 from gencond.runs import load_run, weights_fingerprint, weights_folder
 from gencond.sampling import sample
+from robotics.planners import RgbdPlan, resize_frames
 
-from .data import frames_to_unit, resize_frames, unit_to_depth, unit_to_frames
+from .data import frames_to_unit, unit_to_depth, unit_to_frames
 from .task import plan_condition
 
 TASK = "video-planner"
@@ -73,7 +74,7 @@ class VideoPlanner:
         if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[-1] != 3 or frame.dtype != np.uint8:
             got = type(frame).__name__ if not isinstance(frame, np.ndarray) else f"{frame.dtype} {frame.shape}"
             raise UserError(f"a first frame must be a uint8 RGB array (H, W, 3), got {got}")
-        x = frames_to_unit(resize_frames(frame[None], self.resolution))
+        x = frames_to_unit(resize_frames(frame[None], (self.resolution, self.resolution)))
         if self.depth:  # the observation's depth is not given: the model predicts every frame's depth
             x = torch.cat([x, torch.zeros_like(x[:, :1])], 1)
         return x.to(self.device)
@@ -91,12 +92,10 @@ class VideoPlanner:
 
     def to_plan(self, frame: np.ndarray, predicted: torch.Tensor):
         """The observation (at the model's resolution) followed by the predicted frames, as a robotics plan."""
-        rgb = np.concatenate([resize_frames(frame[None], self.resolution),
+        rgb = np.concatenate([resize_frames(frame[None], (self.resolution, self.resolution)),
                               unit_to_frames(predicted[0, :3].movedim(1, 0))])
         if not self.depth:
             return rgb
-        from robotics.planners import RgbdPlan
-
         depth = unit_to_depth(predicted[0, 3])
         return RgbdPlan(rgb, np.concatenate([depth[:1], depth]))
 

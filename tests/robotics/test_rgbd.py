@@ -11,19 +11,7 @@ from robotics.envs import backproject, project_points
 from robotics.execution import fit_plan_to_view, run_episode
 from robotics.planners import OraclePlanner, PlanError, RgbdPlan, plan_depth, plan_rgb, validate_plan
 
-K = np.array([[150.0, 0, 64], [0, 150.0, 64], [0, 0, 1]])
-
-
-def look_at(eye, target):
-    """OpenCV world->camera matrix of a camera at ``eye`` looking at ``target`` (world z up)."""
-    z = (target - eye) / np.linalg.norm(target - eye)
-    x = np.cross(z, [0, 0, 1.0])
-    x /= np.linalg.norm(x)
-    y = np.cross(z, x)
-    ext = np.eye(4)
-    ext[:3, :3] = np.stack([x, y, z])
-    ext[:3, 3] = -ext[:3, :3] @ eye
-    return ext
+from .cameras import K, look_at
 
 
 def rotation(axis, degrees):
