@@ -30,6 +30,7 @@ class VideoModelConfig:
     head_channels: int = 32
     text_latents: int = 8  # Perceiver-resampler latents over the text's token states (AVDC: 64)
     text_max_tokens: int = 16
+    text_pooled_skip: bool = True  # add the tokens' masked mean to the resampler's output (AVDC: no)
     dropout: float = 0.0
     scale_shift_norm: bool = True  # time+text vector as a scale and shift after the norm (AVDC: added before it)
     previous_plan: bool = False  # VideoAgent: also conditioned on an earlier plan (plan self-conditioning)

@@ -38,7 +38,8 @@ def build_model(cfg: DictConfig, instructions=()):
                      base_channels=m.base_channels, channel_mult=tuple(m.channel_mult),
                      num_res_blocks=m.num_res_blocks, attention_resolutions=tuple(m.attention_resolutions),
                      head_channels=m.head_channels, text_latents=m.text_latents,
-                     text_max_tokens=m.text_max_tokens, dropout=m.dropout, previous_plan=m.previous_plan,
+                     text_max_tokens=m.text_max_tokens,
+                     text_pooled_skip=m.text_pooled_skip, dropout=m.dropout, previous_plan=m.previous_plan,
                      scale_shift_norm=m.scale_shift_norm,
                      instructions=tuple(instructions))
 

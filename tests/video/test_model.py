@@ -141,6 +141,29 @@ def test_text_changes_the_output_and_padding_does_not(scale_shift_norm):
     assert torch.isfinite(no_text).all()
 
 
+def test_the_pooled_skip_keeps_two_instructions_apart_at_initialisation():
+    """Two texts that differ in one token of four (as "door open" / "door close" do): the learned latents,
+    the same for every text, swamp the difference unless the tokens' mean skips the attention."""
+    from video.model import TextResampler
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(1, TOKENS, TEXT_DIM, generator=g) * 10
+    b = a.clone()
+    b[0, 2] = torch.randn(TEXT_DIM, generator=g) * 10
+    mask = torch.zeros(1, TOKENS, dtype=torch.bool)
+    mask[0, :4] = True
+    gaps = {}
+    for skip in (False, True):
+        torch.manual_seed(0)
+        resampler = TextResampler(TEXT_DIM, 64, 64, num_latents=8, max_tokens=TOKENS, pooled_skip=skip)
+        with torch.no_grad():
+            va, vb = resampler(a, mask), resampler(b, mask)
+            empty = resampler(a, torch.zeros_like(mask))
+        gaps[skip] = float((va - vb).norm() / va.norm())
+        assert torch.isfinite(empty).all()
+    assert gaps[True] > 0.1 and gaps[True] > 3 * gaps[False], gaps
+
+
 def test_null_condition_drops_only_the_text():
     model = tiny(previous_plan=True)
     assert isinstance(model, GuidableDenoiser)

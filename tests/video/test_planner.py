@@ -14,25 +14,23 @@ RES = 16
 CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "video" / "metaworld_small.yaml")
 
 
-def moving_square(direction: int, start: int, steps: int = 12) -> np.ndarray:
-    """A white square on grey moving right (+1) or left (-1) by one pixel a frame: (steps, RES, RES, 3)."""
+def moving_square(direction: int, start: int, steps: int = 12, speed: int = 1) -> np.ndarray:
+    """A white square on grey moving right (+1) or left (-1) by ``speed`` pixels a frame: (steps, RES, RES, 3)."""
     frames = np.full((steps, RES, RES, 3), 90, np.uint8)
     for k in range(steps):
-        x = int(np.clip(start + direction * k, 0, RES - 4))
+        x = int(np.clip(start + speed * direction * k, 0, RES - 4))
         frames[k, 6:10, x:x + 4] = 255
     return frames
 
 
-@pytest.fixture(scope="module")
-def demos(tmp_path_factory):
+def write_square_demos(root: Path, starts, steps: int = 12, speed: int = 1) -> Path:
     """'door open' moves the square right, 'door close' moves it left, from the same start frames."""
     from robotics.collect import save_demonstration, write_index
     from robotics.experts import Demonstration
 
-    root = tmp_path_factory.mktemp("demos")
     for task, direction in (("door-open", 1), ("door-close", -1)):
-        for seed, start in enumerate((5, 6, 7)):
-            frames = moving_square(direction, start)
+        for seed, start in enumerate(starts):
+            frames = moving_square(direction, start, steps, speed)
             n = len(frames)
             demo = Demonstration(task=task, camera="corner", seed=seed, frames=frames,
                                  actions=np.zeros((n - 1, 4), np.float32), states=np.zeros((n, 39), np.float32),
@@ -42,6 +40,22 @@ def demos(tmp_path_factory):
             save_demonstration(demo, root / task / "corner" / f"seed_{seed}.npz")
     write_index(root, (RES, RES))
     return root
+
+
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory):
+    return write_square_demos(tmp_path_factory.mktemp("demos"), (5, 6, 7))
+
+
+def train_tiny(demos: Path, runs: Path, steps: int, *extra: str) -> Path:
+    torch.manual_seed(0)
+    assert cli.main(["train", CONFIG, f"runs_dir={runs}", "name=tiny",
+                     f"data.root={demos}", f"data.resolution={RES}", "data.frames=4", "model.base_channels=8",
+                     "model.channel_mult=[1,2]", "model.attention_resolutions=[]", "model.head_channels=8",
+                     f"train.max_steps={steps}", "train.batch_size=8", "train.lr=3e-3", "train.warmup_steps=5",
+                     f"train.checkpoint_every={steps}", "train.log_every=10", "sampling.num_steps=10", *extra,
+                     "--quiet"]) == 0
+    return runs / "tiny"
 
 
 def test_clips_follow_avdc_sampling(demos):
@@ -64,15 +78,7 @@ def test_missing_demos_name_the_collect_command(tmp_path):
 
 @pytest.fixture(scope="module")
 def trained(demos, tmp_path_factory):
-    runs = tmp_path_factory.mktemp("runs")
-    torch.manual_seed(0)
-    assert cli.main(["train", CONFIG, f"runs_dir={runs}", "name=tiny",
-                     f"data.root={demos}", f"data.resolution={RES}", "data.frames=4", "model.base_channels=8",
-                     "model.channel_mult=[1,2]", "model.attention_resolutions=[]", "model.head_channels=8",
-                     "train.max_steps=40", "train.batch_size=8", "train.lr=3e-3", "train.warmup_steps=5",
-                     "train.ema_decay=0.9", "train.checkpoint_every=40", "train.log_every=10", "sampling.num_steps=5",
-                     "--quiet"]) == 0
-    return runs / "tiny"
+    return train_tiny(demos, tmp_path_factory.mktemp("runs"), 40, "train.ema_decay=0.9", "sampling.num_steps=5")
 
 
 def test_training_lowers_the_loss_and_the_planner_returns_plans(trained):
@@ -117,3 +123,27 @@ def test_planner_input_errors(trained, tmp_path):
     (tmp_path / "checkpoints").mkdir()
     with pytest.raises(UserError, match="is a 'tsdiff' run; a video planner needs a 'video-planner' run"):
         VideoPlanner(tmp_path)
+
+
+def square_x(frame: np.ndarray) -> float:
+    """Column centroid of the white square in a uint8 frame."""
+    bright = frame.min(-1) > 200
+    return float(np.nonzero(bright)[1].mean())
+
+
+def test_the_trained_planner_moves_the_way_the_instruction_says(tmp_path):
+    """Both instructions' episodes start from the same frame, so from that frame only the text tells the
+    planner which way to go (clips starting later show the way in their first frame)."""
+    from video.planner import VideoPlanner
+
+    demos = write_square_demos(tmp_path / "demos", (6,), steps=5, speed=2)
+    run = train_tiny(demos, tmp_path / "runs", 800, "train.ema_decay=0.99")
+    first = moving_square(1, 6)[0]
+    start = square_x(first)
+    ends = []
+    for seed in range(4):
+        planner = VideoPlanner(run, seed=seed)
+        ends.append([square_x(planner.plan(first, text, "corner")[-1]) for text in ("door open", "door close")])
+    ends = np.array(ends)  # (seed, [open, close]): the square's x in the plan's last frame
+    assert (ends[:, 0] > start + 1).all() and (ends[:, 1] < start - 1).all(), ends
+    assert ends[:, 0].mean() > start + 3 and ends[:, 1].mean() < start - 3, ends
