@@ -7,6 +7,7 @@
     python benchmarks/robotics_bench.py evaluate --plan-resolution 32              # 32x32 oracle plans
     python benchmarks/robotics_bench.py evaluate --extractor idm --idm runs/robotics-idm
     python benchmarks/robotics_bench.py evaluate --planner repeat-first --seeds 100-101  # the floor
+    python benchmarks/robotics_bench.py evaluate --planner video:runs/metaworld_small --workers 2 [--max-replans 0]
 
 Evaluation seeds default to 100-104, which no collected demonstration (seeds 0-4) used, so the
 inverse-dynamics model is tested on scenes it was not trained on.
@@ -89,15 +90,23 @@ def bench_collect(args) -> None:
                      "seconds": round(seconds, 1), "out": args.out})
 
 
-EVALUATE_DEFAULTS = {"tasks": None, "cameras": None, "plan_frames": 8, "resolution": 128, "plan_resolution": None,
-                     "seeds": "100-104"}
+EVALUATE_DEFAULTS = {"tasks": None, "cameras": None, "plan_frames": None, "resolution": 128, "plan_resolution": None,
+                     "seeds": "100-104", "max_replans": 5}
 NAME_PARTS = {"tasks": "_tasks-{}", "cameras": "_cameras-{}", "plan_frames": "_frames{}", "resolution": "_res{}",
-              "plan_resolution": "_plan{}px", "seeds": "_seeds{}"}
+              "plan_resolution": "_plan{}px", "seeds": "_seeds{}", "max_replans": "_replans{}"}
+
+
+def planner_name(planner: str) -> str:
+    """A file-name part for --planner: 'video:runs/metaworld_small' -> 'video-metaworld_small'."""
+    if ":" not in planner:
+        return planner
+    prefix, arg = planner.split(":", 1)
+    return f"{prefix}-{Path(arg.rstrip('/')).name or arg}".replace(":", "-").replace(".", "-")
 
 
 def evaluate_name(args) -> str:
     """The result's name: planner, extractor, each setting that is not the default, and the tag."""
-    name = f"evaluate_{args.planner}_{args.extractor}"
+    name = f"evaluate_{planner_name(args.planner)}_{args.extractor}"
     for key, part in NAME_PARTS.items():
         value = getattr(args, key)
         if value != EVALUATE_DEFAULTS[key]:
@@ -118,14 +127,20 @@ def bench_evaluate(args) -> None:
     out = args.out or f"runs/robotics/bench_{name}"
     start = time.perf_counter()
     seeds = parse_seeds(args.seeds)
+    if args.workers > 1:  # workers build their own planner
+        import functools
+
+        planner = functools.partial(make_planner, args.planner, args.plan_frames, args.resolution, args.plan_resolution)
     table = evaluate(planner, factory, tasks, cameras, seeds, out, resolution=args.resolution,
-                     videos=args.videos, title=f"{args.planner} planner + {args.extractor} extractor",
+                     max_replans=args.max_replans, videos=args.videos,
+                     title=f"{args.planner} planner + {args.extractor} extractor",
                      identity=evaluation_identity(args.planner, args.extractor, args.plan_frames, args.idm,
-                                                  args.plan_resolution))
+                                                  args.plan_resolution), workers=args.workers)
     seconds = time.perf_counter() - start
     print((Path(out) / "results.md").read_text())
     save(name, {"planner": args.planner, "extractor": args.extractor, "plan_frames": args.plan_frames,
-                "plan_resolution": args.plan_resolution, "seeds": args.seeds, "wall_seconds": round(seconds, 1),
+                "plan_resolution": args.plan_resolution, "seeds": args.seeds, "max_replans": args.max_replans,
+                "workers": args.workers, "wall_seconds": round(seconds, 1),
                 "out": out, **table})
 
 
@@ -149,10 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cameras", default=EVALUATE_DEFAULTS["cameras"])
     p.add_argument("--seeds", default=EVALUATE_DEFAULTS["seeds"], help="count, range or list (default 100-104: "
                    "seeds that no training demo used)")
-    p.add_argument("--plan-frames", type=int, default=EVALUATE_DEFAULTS["plan_frames"])
+    p.add_argument("--plan-frames", type=int, help="frames per plan of the built-in planners (default 8)")
     p.add_argument("--resolution", type=int, default=EVALUATE_DEFAULTS["resolution"])
     p.add_argument("--plan-resolution", type=int, default=EVALUATE_DEFAULTS["plan_resolution"],
                    help="oracle plans at this square size, enlarged back to --resolution (a video model's size)")
+    p.add_argument("--max-replans", type=int, default=EVALUATE_DEFAULTS["max_replans"],
+                   help="0: AVDC without replanning; 5: AVDC-Replan (default)")
+    p.add_argument("--workers", type=int, default=1, help="processes the episodes are split across")
     p.add_argument("--videos", type=int, default=1)
     p.add_argument("--out", default=None)
     p.add_argument("--tag", default="")

@@ -119,6 +119,7 @@ class CameraRenderer:
         model.vis.quality.offsamples = 0
         model.vis.global_.offwidth = max(model.vis.global_.offwidth, self.width)
         model.vis.global_.offheight = max(model.vis.global_.offheight, self.height)
+        robotics.load_triton_before_gl()
         self._renderer = mujoco.Renderer(model, self.height, self.width)
         flags = self._renderer.scene.flags
         flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False

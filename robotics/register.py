@@ -16,6 +16,7 @@ PLANNERS = ("oracle", "oracle-rgbd", "repeat-first", "video:RUN_DIR", "MODULE:AT
 PLANNER_PLUGINS = {"video": "video.planner:VideoPlanner"}
 """``--planner NAME:ARG`` -> ``module:attr`` called with ARG (the domain is imported only when used)."""
 EXTRACTORS = ("avdc", "idm")
+PLAN_FRAMES = 8  # frames per plan of the built-in planners, first included (AVDC: 8)
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -81,7 +82,8 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
                    help="processes the episodes are split across (one torch thread each; default 1)")
     p.add_argument("--extractor", default="avdc", help=f"one of: {', '.join(EXTRACTORS)}")
     p.add_argument("--idm", default=None, help="run directory of a trained inverse-dynamics model (--extractor idm)")
-    p.add_argument("--plan-frames", type=int, default=8, help="frames per plan, first included (default 8)")
+    p.add_argument("--plan-frames", type=int, help=f"frames per plan, first included (default {PLAN_FRAMES}); the "
+                   "built-in planners only: a trained planner plans as many frames as its model")
     p.add_argument("--plan-resolution", type=int, default=None,
                    help="oracle planners: plans at this square size (expert frames shrunk to it; the execution "
                         "enlarges them to --resolution), as a video model of that size delivers them "
@@ -96,13 +98,17 @@ def check_plan_resolution(plan_resolution: int | None) -> None:
         raise UserError(f"--plan-resolution {plan_resolution} is too small; use at least 8 pixels")
 
 
-def make_planner(name: str, plan_frames: int, resolution: int, plan_resolution: int | None = None):
+def make_planner(name: str, plan_frames: int | None, resolution: int, plan_resolution: int | None = None):
     """A planner by its command-line name; ``oracle-rgbd`` gives RGB-D plans (the expert's rendered depth),
     ``video:RUN_DIR`` plans with a trained ``video-planner`` run, ``MODULE:ATTR`` is any importable Planner
     (or a function of no arguments returning one)."""
     from robotics.planners import OraclePlanner, RepeatFirstFramePlanner, is_planner_factory
 
     check_plan_resolution(plan_resolution)
+    if ":" in name and plan_frames is not None:
+        raise UserError(f"--plan-frames applies to the built-in planners; --planner {name} plans as many frames "
+                        "as its model does (drop --plan-frames)")
+    plan_frames = PLAN_FRAMES if plan_frames is None else plan_frames
     if name in ("oracle", "oracle-rgbd"):
         return OraclePlanner(plan_frames, resolution, depth=name == "oracle-rgbd", plan_resolution=plan_resolution)
     if name == "repeat-first":
@@ -158,13 +164,14 @@ def make_follower_factory(name: str, idm_path: str | None):
     raise UserError(f"unknown extractor '{name}'; valid extractors: {', '.join(EXTRACTORS)}")
 
 
-def evaluation_identity(planner: str, extractor: str, plan_frames: int, idm_path: str | None,
+def evaluation_identity(planner: str, extractor: str, plan_frames: int | None, idm_path: str | None,
                         plan_resolution: int | None = None) -> dict:
     """What the command-line settings add to an evaluation's identity (see robotics.evaluate.evaluate).
     ``plan_resolution`` is recorded only when set, so earlier evaluations (without it) still resume."""
-    # a trained or user planner (NAME:ARG) is identified by its own description (run, weights, sampler)
-    identity = {} if ":" in planner else {"planner": planner}
-    identity.update(plan_frames=plan_frames, extractor=extractor, idm=None)
+    # a trained or user planner (NAME:ARG) is identified by its own description (run, weights, sampler,
+    # and so its frame count)
+    identity = {} if ":" in planner else {"planner": planner, "plan_frames": plan_frames or PLAN_FRAMES}
+    identity.update(extractor=extractor, idm=None)
     if plan_resolution is not None:
         identity["plan_resolution"] = plan_resolution
     if extractor == "idm":

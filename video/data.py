@@ -43,8 +43,11 @@ def unit_to_depth(x: torch.Tensor) -> np.ndarray:
 
 
 def clip_indices(length: int, start: int, count: int) -> np.ndarray:
-    """``count`` frame indices evenly spaced from ``start`` to the last frame (AVDC's clips)."""
-    return np.round(np.linspace(start, length - 1, count)).astype(int)
+    """``count`` frame indices evenly spaced from ``start`` to the last frame (AVDC's clips); the same
+    spacing as the oracle planner's plans from ``start`` (``robotics.planners.subsample_indices``)."""
+    from robotics.planners import subsample_indices
+
+    return start + subsample_indices(length - start, count)
 
 
 @dataclass

@@ -116,3 +116,18 @@ def test_object_body_holds_the_handle_and_more():
     handle, door = env.object_mask(view), env.object_body_mask(view)
     assert handle.any() and not (handle & ~door).any() and door.sum() > 3 * handle.sum()
     env.close()
+
+
+def test_importing_diffusers_after_rendering_does_not_crash():
+    """libtriton (imported by torch._dynamo, which diffusers imports) and Mesa's llvmpipe both carry LLVM;
+    loaded in that order after a GL context exists, the process died with a segmentation fault."""
+    import subprocess
+    import sys
+
+    code = ("from robotics.envs import make_env\n"
+            "env = make_env('door-open', camera='corner', resolution=32, seed=0)\n"
+            "assert env.render().rgb.shape == (32, 32, 3)\n"
+            "import diffusers.models.modeling_utils\n"
+            "print('ok')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]

@@ -166,3 +166,12 @@ def test_collect_into_a_dataset_of_another_resolution_is_refused(tmp_path):
     collect(tmp_path, ["handle-press"], ["corner"], [0], resolution=32, progress=False)
     with pytest.raises(UserError, match="holds a dataset at 32 pixels, not 64"):
         collect(tmp_path, ["handle-press"], ["corner"], [1], resolution=64, progress=False)
+
+
+def test_plan_frames_is_refused_for_planners_that_choose_their_own():
+    from robotics.register import evaluation_identity, make_planner
+
+    with pytest.raises(UserError, match="--plan-frames applies to the built-in planners"):
+        make_planner("video:runs/nowhere", 4, 128)
+    assert make_planner("repeat-first", None, 128).num_frames == 8
+    assert "plan_frames" not in evaluation_identity("video:runs/x", "avdc", None, None)
