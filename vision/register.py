@@ -6,6 +6,7 @@ from gencond.registry import register_task, register_task_verb
 
 from .cli import add_eval_arguments, add_sample_arguments, eval_command, sample_command
 from .config import ImageDiffusionConfig
+from .interact.config import InteractConfig
 
 
 def _build(cfg):
@@ -25,3 +26,18 @@ register_task_verb("ddae", "sample", "draw images from a trained ddae run into a
                    add_sample_arguments, sample_command)
 register_task_verb("ddae", "eval", "linear-probe accuracy (DDAE grid over blocks and t) and Fréchet distance",
                    add_eval_arguments, eval_command)
+
+
+def _build_interact(cfg):
+    from .interact.task import build
+
+    return build(cfg)
+
+
+def _load_interact(folder):
+    from .interact.task import load_model
+
+    return load_model(folder)
+
+
+register_task("interact", InteractConfig, _build_interact, load_model=_load_interact)
