@@ -74,15 +74,21 @@ def test_null_condition_drops_caption_and_grounding(base):
         assert torch.isfinite(grounded(torch.randn(2, 3, 16, 16), torch.tensor([5, 5]), null)).all()
 
 
-def test_base_then_interact_trains_only_the_new_layers(tmp_path):
-    runs = tmp_path / "runs"
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A tiny base (30 steps from scratch) and an InteractDiffusion run on it (6 steps, a large lr)."""
+    runs = tmp_path_factory.mktemp("runs")
     assert cli.main(["train", str(CONFIGS / "hoi_shapes_base.yaml"), f"runs_dir={runs}", "name=base",
                      "train.max_steps=30", "train.lr=2e-3", "train.checkpoint_every=30", *TINY]) == 0
-    losses = [json.loads(line)["loss"] for line in (runs / "base" / "metrics.jsonl").read_text().splitlines()]
-    assert losses[-1] < losses[0]
     assert cli.main(["train", str(CONFIGS / "hoi_shapes_interact.yaml"), f"runs_dir={runs}", "name=inter",
                      f"model.base={runs / 'base'}", "train.max_steps=6", "train.lr=1e-2", "train.checkpoint_every=6",
                      *TINY]) == 0
+    return runs
+
+
+def test_base_then_interact_trains_only_the_new_layers(runs):
+    losses = [json.loads(line)["loss"] for line in (runs / "base" / "metrics.jsonl").read_text().splitlines()]
+    assert losses[-1] < losses[0]
     before = load_file(str(next((runs / "base" / "model").glob("*.safetensors"))))
     after = load_file(str(next((runs / "inter" / "model").glob("*.safetensors"))))
     changed = {k for k in after if k not in before or not torch.equal(after[k], before[k])}
@@ -99,3 +105,63 @@ def test_interact_config_errors(tmp_path, capsys):
     assert cli.main(["train", str(CONFIGS / "hoi_shapes_interact.yaml"), f"runs_dir={tmp_path}/r",
                      f"model.base={tmp_path}", *TINY]) != 0
     assert "is a 'tsdiff' run; model.base needs a 'interact' run" in capsys.readouterr().err
+
+
+PROMPT = {"caption": "a person kicking a red ball",
+          "triplets": [{"subject": "person", "action": "kicking", "object": "red ball",
+                        "subject_box": [0.1, 0.2, 0.45, 0.95], "object_box": [0.5, 0.7, 0.7, 0.9]}]}
+
+
+def sampled(run, tmp_path, name, prompt, *flags):
+    import numpy as np
+    from PIL import Image
+
+    (tmp_path / f"{name}.json").write_text(json.dumps(prompt))
+    out = tmp_path / name
+    assert cli.main(["sample", str(run), "--triplets", str(tmp_path / f"{name}.json"), "--num", "2", "--steps", "4",
+                     "--out", str(out), "--quiet", *flags]) == 0
+    assert (out / "prompt0_boxes.png").is_file()
+    return np.asarray(Image.open(out / "prompt0.png"))
+
+
+@pytest.fixture(scope="module")
+def opened(runs, tmp_path_factory):
+    """The interact run with every gate at 1 (six training steps barely open them): grounding then
+    visibly steers sampling."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    run = tmp_path_factory.mktemp("opened") / "inter"
+    shutil.copytree(runs / "inter", run)
+    path = next((run / "model").glob("*.safetensors"))
+    state = load_file(str(path))
+    save_file({k: torch.ones_like(v) if k.endswith(("alpha_attn", "alpha_dense")) else v for k, v in state.items()},
+              str(path), metadata={"format": "pt"})
+    return run
+
+
+def test_sample_with_triplets_and_scheduled_sampling(opened, tmp_path):
+    moved = {**PROMPT, "triplets": [{"subject": "robot", "action": "holding", "object": "blue kite",
+                                     "subject_box": [0.5, 0.1, 0.9, 0.9], "object_box": [0.05, 0.05, 0.3, 0.3]}]}
+    a = sampled(opened, tmp_path, "a", PROMPT)
+    b = sampled(opened, tmp_path, "b", moved)
+    assert a.shape == (128, 256, 3) and not np_equal(a, b)  # the grounding steers the image
+    # beta 0: the gated layers are off for every step, so the boxes no longer matter
+    assert np_equal(sampled(opened, tmp_path, "c", PROMPT, "--beta", "0"),
+                    sampled(opened, tmp_path, "d", moved, "--beta", "0"))
+    text_only = sampled(opened, tmp_path, "e", {"caption": "a person"})
+    assert text_only.shape == a.shape
+
+
+def np_equal(a, b) -> bool:
+    return bool((a == b).all())
+
+
+def test_sample_input_errors(runs, tmp_path, capsys):
+    bad = {**PROMPT, "triplets": [{**PROMPT["triplets"][0], "object_box": [0.5, 0.7, 1.3, 0.9]}]}
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    assert cli.main(["sample", str(runs / "inter"), "--triplets", str(tmp_path / "bad.json"), "--quiet"]) != 0
+    assert "prompt 0: triplet 0 object_box [0.5, 0.7, 1.3, 0.9] is outside [0, 1]" in capsys.readouterr().err
+    assert cli.main(["sample", str(runs / "inter"), "--triplets", str(tmp_path / "none.json"), "--quiet"]) != 0
+    assert "no such file" in capsys.readouterr().err
