@@ -147,3 +147,15 @@ def test_the_trained_planner_moves_the_way_the_instruction_says(tmp_path):
     ends = np.array(ends)  # (seed, [open, close]): the square's x in the plan's last frame
     assert (ends[:, 0] > start + 1).all() and (ends[:, 1] < start - 1).all(), ends
     assert ends[:, 0].mean() > start + 3 and ends[:, 1].mean() < start - 3, ends
+
+
+def test_evaluating_on_the_training_seeds_warns(trained, tmp_path):
+    from robotics.avdc import AvdcFollower
+    from robotics.evaluate import evaluate
+    from video.planner import VideoPlanner
+
+    planner = VideoPlanner(trained)
+    assert planner.training_seeds == [0, 1, 2]
+    with pytest.warns(UserWarning, match=r"seeds \[1\], which the planner's training demonstrations used"):
+        evaluate(planner, AvdcFollower, ["door-open"], ["corner"], [1, 100], tmp_path, resolution=64,
+                 max_steps=5, max_replans=0, videos=0, progress=False)

@@ -4,7 +4,9 @@ import pytest
 
 from gencond.config import ConfigError, load_config
 
-CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs" / "vision").glob("*.yaml"))
+ALL = sorted((Path(__file__).resolve().parents[2] / "configs" / "vision").glob("*.yaml"))
+HOI = [p for p in ALL if p.stem.startswith("hoi_shapes")]
+CONFIGS = [p for p in ALL if p not in HOI]  # DDAE / DDAE++
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -26,3 +28,16 @@ def test_selfcond_configs_differ_from_their_baseline_only_by_the_switch():
 def test_misspelt_switch_is_named():
     with pytest.raises(ConfigError, match="unknown key 'ddae.self_condition' \\(did you mean 'ddae.self_conditioning'\\?\\)"):
         load_config(CONFIGS[0].parent / "mnist_uvit.yaml", ["ddae.self_condition=true"])
+
+
+@pytest.mark.parametrize("path", HOI, ids=lambda p: p.stem)
+def test_hoi_shapes_configs_validate_and_differ_only_in_grounding(path):
+    cfg = load_config(path)
+    assert cfg.task == "interact"
+    grounding = {"hoi_shapes_base": "none", "hoi_shapes_gligen": "gligen"}.get(path.stem, "interact")
+    assert cfg.model.grounding == grounding
+    assert cfg.model.interaction_embedding == (path.stem != "hoi_shapes_interact_no_embedding")
+    if grounding != "none":  # the same data and training as InteractDiffusion, on the same base
+        interact = load_config(path.parent / "hoi_shapes_interact.yaml")
+        cfg.model.grounding, cfg.model.interaction_embedding, cfg.name = "interact", True, interact.name
+        assert cfg == interact

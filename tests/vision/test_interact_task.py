@@ -165,3 +165,15 @@ def test_sample_input_errors(runs, tmp_path, capsys):
     assert "prompt 0: triplet 0 object_box [0.5, 0.7, 1.3, 0.9] is outside [0, 1]" in capsys.readouterr().err
     assert cli.main(["sample", str(runs / "inter"), "--triplets", str(tmp_path / "none.json"), "--quiet"]) != 0
     assert "no such file" in capsys.readouterr().err
+
+
+def test_the_verb_evaluator_beats_chance_on_held_out_renders(tmp_path, monkeypatch):
+    from vision.interact.evaluators import box_mask, verb_classifier
+    from vision.interact.scenes import ACTIONS
+
+    mask = box_mask((0.25, 0.5, 0.75, 1.0), 4)
+    assert mask.tolist() == [[-1, -1, -1, -1], [-1, -1, -1, -1], [-1, 1, 1, -1], [-1, 1, 1, -1]]
+    monkeypatch.setenv("GENCOND_CACHE_DIR", str(tmp_path))
+    _, accuracy = verb_classifier(size=32, train_scenes=300, test_scenes=60, steps=100)
+    assert accuracy["single"] > 2.5 / len(ACTIONS) and accuracy["double"] > 1.5 / len(ACTIONS), accuracy
+    assert list(tmp_path.rglob("hoi-verbs-32px-*.safetensors"))  # cached for the next evaluation
