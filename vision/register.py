@@ -6,7 +6,9 @@ from gencond.registry import register_task, register_task_verb
 
 from .cli import add_eval_arguments, add_sample_arguments, eval_command, sample_command
 from .config import ImageDiffusionConfig
+from .interact.cli import add_eval_arguments as add_interact_eval_arguments
 from .interact.cli import add_sample_arguments as add_interact_sample_arguments
+from .interact.cli import eval_command as interact_eval_command
 from .interact.cli import sample_command as interact_sample_command
 from .interact.config import InteractConfig
 
@@ -45,3 +47,5 @@ def _load_interact(folder):
 register_task("interact", InteractConfig, _build_interact, load_model=_load_interact)
 register_task_verb("interact", "sample", "images for a caption and (subject, action, object) triplets with boxes, "
                    "clean and with the boxes overlaid", add_interact_sample_arguments, interact_sample_command)
+register_task_verb("interact", "eval", "HOI-shapes: interaction accuracy given the boxes and a Fréchet distance, "
+                   "against renders of the same scenes", add_interact_eval_arguments, interact_eval_command)

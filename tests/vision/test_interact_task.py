@@ -177,3 +177,19 @@ def test_the_verb_evaluator_beats_chance_on_held_out_renders(tmp_path, monkeypat
     _, accuracy = verb_classifier(size=32, train_scenes=300, test_scenes=60, steps=100)
     assert accuracy["single"] > 2.5 / len(ACTIONS) and accuracy["double"] > 1.5 / len(ACTIONS), accuracy
     assert list(tmp_path.rglob("hoi-verbs-32px-*.safetensors"))  # cached for the next evaluation
+
+
+def test_eval_scores_generated_images_beside_renders(opened, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("GENCOND_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "eval"
+    assert cli.main(["eval", str(opened), "--splits", "single,double", "--num", "4", "--batch-size", "4", "--steps", "2",
+                     "--evaluator-scenes", "100", "--evaluator-steps", "20", "--out", str(out), "--quiet"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["splits"]) == {"single", "double"} and results["grounding"] == "interact"
+    single, double = results["splits"]["single"], results["splits"]["double"]
+    assert single["pairs"] == 4 and double["pairs"] == 8  # double scenes hold two pairs each
+    for r in (single, double):
+        lo, hi = r["interval_95"]
+        assert 0 <= lo <= r["interaction_accuracy"] <= hi <= 1 and 0 <= r["renders_accuracy"] <= 1
+    assert cli.main(["eval", str(opened), "--splits", "train", "--quiet"]) != 0
+    assert "--splits: unknown split 'train'" in capsys.readouterr().err

@@ -130,3 +130,104 @@ def sample_command(args: argparse.Namespace) -> Path:
             picture.save(out / name)
         print(f"'{caption}', {len(triplets)} triplet(s): {out / f'prompt{k}.png'} and {out / f'prompt{k}_boxes.png'}")
     return out
+
+
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--splits", default="single,double,no_caption,unseen",
+                   help="HOI-shapes evaluation splits (default single,double,no_caption,unseen)")
+    p.add_argument("--num", type=positive_int, default=200, help="scenes per split (default 200)")
+    p.add_argument("--batch-size", type=positive_int, default=50, help="images generated at once (default 50)")
+    p.add_argument("--beta", type=unit_fraction, default=1.0, help="scheduled sampling (as for sample)")
+    p.add_argument("--cfg-scale", type=non_negative_float, help="classifier-free guidance (default: the run's)")
+    p.add_argument("--evaluator-scenes", type=positive_int, default=4000,
+                   help="renders the verb evaluator trains on (default 4000; cached)")
+    p.add_argument("--evaluator-steps", type=positive_int, default=1500, help="its training steps (default 1500)")
+    p.add_argument("--out", help="output folder (default RUN_DIR/eval/hoi_shapes)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_sampling_arguments(p)
+
+
+def bootstrap_interval(correct, draws: int = 1000, seed: int = 0) -> list[float]:
+    """95 % bootstrap interval of a mean of 0/1 outcomes."""
+    import numpy as np
+
+    values = np.asarray(correct, dtype=float)
+    if not len(values):
+        return [float("nan"), float("nan")]
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), (draws, len(values)))].mean(1)
+    return [round(float(np.quantile(means, 0.025)), 4), round(float(np.quantile(means, 0.975)), 4)]
+
+
+def eval_command(args: argparse.Namespace) -> dict:
+    """Interaction accuracy given the boxes of images generated for held-out HOI-shapes scenes, beside the
+    renders of the same scenes, and a Fréchet distance in the evaluator's features against those renders."""
+    import torch
+    from tqdm import tqdm
+
+    from gencond.diffusion import DiffusionProcess
+    from gencond.runs import apply_sampling_arguments, load_run
+    from gencond.sampling import sample
+    from vision.frechet import classifier_features, frechet_distance
+
+    from .adapter import set_gated_layers
+    from .evaluators import TEST_SEED, pair_inputs, rendered, verb_classifier
+    from .scenes import SPLITS
+    from .task import TASK, condition
+
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    unknown = [s for s in splits if s not in SPLITS or s == "train"]
+    if unknown or not splits:
+        raise UserError(f"--splits: unknown split '{unknown[0] if unknown else ''}'; evaluation splits: "
+                        + ", ".join(s for s in SPLITS if s != "train"))
+    cfg, model = load_run(args.run_dir, args.weights, task=TASK, needed_by="gencond eval")
+    apply_sampling_arguments(cfg, args, cfg_scale=args.cfg_scale)
+    process = DiffusionProcess(cfg.diffusion)
+    size = model.unet.config.sample_size
+    classifier, evaluator_accuracy = verb_classifier(size, args.evaluator_scenes, steps=args.evaluator_steps)
+    steps = cfg.sampling.num_steps or process.num_timesteps
+    cutoff = math.ceil(args.beta * steps) if model.grounded else steps
+
+    def scheduled(step, t, x_t, x0_hat):
+        if step + 1 == cutoff:
+            set_gated_layers(model.unet, False)
+
+    generator = torch.Generator().manual_seed(args.seed)
+    results = {"run": str(args.run_dir), "grounding": cfg.model.grounding, "sampling": dict(cfg.sampling),
+               "beta": args.beta, "evaluator_accuracy_on_renders": evaluator_accuracy, "splits": {}}
+    for split in splits:
+        renders, triplets = rendered(split, args.num, TEST_SEED, size)
+        from .scenes import HOIShapes
+
+        hoi = HOIShapes(split, TEST_SEED, size)
+        captions = [hoi.scene(i).caption for i in range(args.num)]
+        generated = []
+        for i in tqdm(range(0, args.num, args.batch_size), desc=f"generate {split}", disable=args.quiet):
+            cond = condition(captions[i:i + args.batch_size], triplets[i:i + args.batch_size], cfg.model.text_max_tokens,
+                             model.grounded, cfg.model.max_interactions)
+            set_gated_layers(model.unet, cutoff > 0)
+            try:
+                generated.append(sample(model, process, (len(cond["text"]), 3, size, size), cfg.sampling, cond=cond,
+                                        generator=generator, progress=False, callback=scheduled).clamp(-1, 1))
+            finally:
+                set_gated_layers(model.unet, True)
+        gen_inputs, labels = pair_inputs(torch.cat(generated), triplets)
+        real_inputs, _ = pair_inputs(renders, triplets)
+        with torch.no_grad():
+            correct = (torch.cat([classifier(gen_inputs[i:i + 500]).argmax(1) for i in range(0, len(gen_inputs), 500)])
+                       == labels).tolist()
+            real_correct = (classifier(real_inputs).argmax(1) == labels).tolist()
+            fd = frechet_distance(classifier_features(classifier, gen_inputs), classifier_features(classifier, real_inputs)) \
+                if len(gen_inputs) > 2 else float("nan")
+        results["splits"][split] = {
+            "pairs": len(labels), "interaction_accuracy": round(sum(correct) / max(len(correct), 1), 4),
+            "interval_95": bootstrap_interval(correct), "renders_accuracy": round(sum(real_correct) / max(len(real_correct), 1), 4),
+            "fd_evaluator_features": round(fd, 3)}
+        r = results["splits"][split]
+        print(f"{split}: interaction accuracy {r['interaction_accuracy']:.3f} {r['interval_95']} over {r['pairs']} pairs "
+              f"(renders {r['renders_accuracy']:.3f}); FD {r['fd_evaluator_features']:.2f}")
+    out = Path(args.out) if args.out else Path(args.run_dir) / "eval" / "hoi_shapes"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    print(f"results in {out / 'results.json'}")
+    return results
