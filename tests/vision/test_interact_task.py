@@ -193,3 +193,36 @@ def test_eval_scores_generated_images_beside_renders(opened, tmp_path, monkeypat
         assert 0 <= lo <= r["interaction_accuracy"] <= hi <= 1 and 0 <= r["renders_accuracy"] <= 1
     assert cli.main(["eval", str(opened), "--splits", "train", "--quiet"]) != 0
     assert "--splits: unknown split 'train'" in capsys.readouterr().err
+
+
+def test_hico_det_converter_on_a_tiny_fixture(tmp_path, capsys):
+    from PIL import Image
+
+    from vision.interact.annotations import load_annotations
+    from vision.interact.hico import main
+
+    (tmp_path / "images").mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        Image.new("RGB", (200, 100)).save(tmp_path / "images" / name)
+    boxes = [{"bbox": [20, 10, 100, 90], "category_id": 1}, {"bbox": [110, 50, 190, 95], "category_id": 2},
+             {"bbox": [0, 0, 30, 30], "category_id": 47}]
+    items = [{"file_name": "a.jpg", "annotations": boxes,
+              "hoi_annotation": [{"subject_id": 0, "object_id": 1, "category_id": 2},    # ride bicycle
+                                 {"subject_id": 0, "object_id": 2, "category_id": 1},    # hold cup
+                                 {"subject_id": 0, "object_id": 1, "category_id": 3}]},  # no interaction
+             {"file_name": "b.jpg", "annotations": boxes[:2],
+              "hoi_annotation": [{"subject_id": 0, "object_id": 1, "category_id": 3}]}]
+    (tmp_path / "trainval_hico.json").write_text(json.dumps(items))
+    (tmp_path / "verbs.txt").write_text("1 hold\n2 ride\n3 no_interaction\n")
+    out = tmp_path / "hico.jsonl"
+    main(["--annotations", str(tmp_path / "trainval_hico.json"), "--images", str(tmp_path / "images"),
+          "--verbs", str(tmp_path / "verbs.txt"), "--out", str(out)])
+    assert "1 images, 2 triplets (1 images without an interaction skipped)" in capsys.readouterr().out
+    (a,) = load_annotations(out)
+    ride, hold = a.triplets  # the larger pair first
+    assert (ride.subject, ride.action, ride.object) == ("person", "ride", "bicycle") and hold.object == "cup"
+    assert ride.subject_box == (0.1, 0.1, 0.5, 0.9) and ride.object_box == (0.55, 0.5, 0.95, 0.95)
+    assert a.caption == "a person ride a bicycle and a person hold a cup"
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(["--annotations", str(tmp_path / "trainval_hico.json"), "--images", str(tmp_path / "nowhere"),
+              "--verbs", str(tmp_path / "verbs.txt"), "--out", str(out)])
