@@ -142,6 +142,16 @@ def load_annotations(path: Union[str, Path], check_images: bool = True,
     return annotations
 
 
+def read_json(path: Union[str, Path], flag: str):
+    """The JSON document in ``path``, or a one-line UserError naming the command-line ``flag``."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{flag} {path}: no such file") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{flag} {path}: not valid JSON ({e})") from None
+
+
 def write_annotations(path: Union[str, Path], annotations: Iterable[Annotation]) -> None:
     """Write annotations as JSON lines, image paths relative to the file's folder when inside it."""
     path = Path(path)

@@ -42,18 +42,13 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
 
 def read_prompts(path, caption) -> list[tuple[str, list]]:
     """(caption, triplets) pairs from ``--triplets`` / ``--caption``; one-line errors naming the file."""
-    from .annotations import parse_triplets
+    from .annotations import parse_triplets, read_json
 
     if path is None:
         if caption is None:
             raise UserError("give --triplets FILE.json (caption and triplets) or at least --caption TEXT")
         return [(caption, [])]
-    try:
-        raw = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"--triplets {path}: no such file") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"--triplets {path}: not valid JSON ({e})") from None
+    raw = read_json(path, "--triplets")
     prompts = []
     for i, item in enumerate(raw if isinstance(raw, list) else [raw]):
         if not isinstance(item, dict):

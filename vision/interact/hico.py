@@ -16,13 +16,12 @@ object). Images without a kept interaction are skipped and counted.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Sequence
 
 from gencond.errors import UserError
 
-from .annotations import Annotation, Triplet, write_annotations
+from .annotations import Annotation, Triplet, read_json, write_annotations
 from .tokenizer import MAX_INTERACTIONS
 
 # COCO's 80 category names by their (non-contiguous) ids, as HICO-DET's object annotations use them.
@@ -91,12 +90,7 @@ def convert_image(item: dict, images: Path, verbs: Sequence[str], where: str) ->
 
 def convert(annotations: str | Path, images: str | Path, verbs: str | Path, out: str | Path) -> dict:
     """Write ``out`` (JSON lines); returns counts of written and skipped images."""
-    try:
-        items = json.loads(Path(annotations).read_text())
-    except FileNotFoundError:
-        raise UserError(f"--annotations {annotations}: no such file") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"--annotations {annotations}: not valid JSON ({e})") from None
+    items = read_json(annotations, "--annotations")
     if not isinstance(items, list):
         raise UserError(f"--annotations {annotations}: expected a list of images (PPDM / QPIC format)")
     names = read_verbs(verbs)
