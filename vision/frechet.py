@@ -40,6 +40,16 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
 
 
+def kernel_inception_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """KID (Bińkowski et al.): the unbiased squared MMD of two feature sets (N, D) under the polynomial
+    kernel k(x, y) = (x . y / D + 1)^3; unlike the Fréchet distance it has no bias at small N."""
+    d = a.shape[1]
+    kxx, kyy, kxy = ((x @ y.T / d + 1) ** 3 for x, y in ((a, a), (b, b), (a, b)))
+    m, n = len(a), len(b)
+    return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
+                 - 2 * kxy.mean())
+
+
 class FeatureClassifier(nn.Module):
     """A small CNN classifier; its 128-d penultimate activations are the Fréchet features."""
 

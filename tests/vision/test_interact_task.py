@@ -191,6 +191,7 @@ def test_eval_scores_generated_images_beside_renders(opened, tmp_path, monkeypat
     for r in (single, double):
         lo, hi = r["interval_95"]
         assert 0 <= lo <= r["interaction_accuracy"] <= hi <= 1 and 0 <= r["renders_accuracy"] <= 1
+        assert r["fd_evaluator_features"] >= 0 and "kid_evaluator_features" in r
     assert cli.main(["eval", str(opened), "--splits", "train", "--quiet"]) != 0
     assert "--splits: unknown split 'train'" in capsys.readouterr().err
 
@@ -226,3 +227,14 @@ def test_hico_det_converter_on_a_tiny_fixture(tmp_path, capsys):
     with pytest.raises(SystemExit, match="does not exist"):
         main(["--annotations", str(tmp_path / "trainval_hico.json"), "--images", str(tmp_path / "nowhere"),
               "--verbs", str(tmp_path / "verbs.txt"), "--out", str(out)])
+
+
+def test_kid_is_unbiased_near_zero_for_one_distribution_and_grows_with_a_shift():
+    import numpy as np
+
+    from vision.frechet import kernel_inception_distance
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(400, 8)), rng.normal(size=(400, 8))
+    same, shifted = kernel_inception_distance(a, b), kernel_inception_distance(a, b + 1.0)
+    assert abs(same) < 0.05 and shifted > 10 * max(abs(same), 1e-3)

@@ -156,14 +156,15 @@ def bootstrap_interval(correct, draws: int = 1000, seed: int = 0) -> list[float]
 
 def eval_command(args: argparse.Namespace) -> dict:
     """Interaction accuracy given the boxes of images generated for held-out HOI-shapes scenes, beside the
-    renders of the same scenes, and a Fréchet distance in the evaluator's features against those renders."""
+    renders of the same scenes, and a Fréchet distance and KID in the evaluator's features against those
+    renders (features of the image with the pair's box masks, one per triplet)."""
     import torch
     from tqdm import tqdm
 
     from gencond.diffusion import DiffusionProcess
     from gencond.runs import apply_sampling_arguments, load_run
     from gencond.sampling import sample
-    from vision.frechet import classifier_features, frechet_distance
+    from vision.frechet import classifier_features, frechet_distance, kernel_inception_distance
 
     from .adapter import set_gated_layers
     from .evaluators import TEST_SEED, pair_inputs, rendered, verb_classifier
@@ -212,15 +213,16 @@ def eval_command(args: argparse.Namespace) -> dict:
             correct = (torch.cat([classifier(gen_inputs[i:i + 500]).argmax(1) for i in range(0, len(gen_inputs), 500)])
                        == labels).tolist()
             real_correct = (classifier(real_inputs).argmax(1) == labels).tolist()
-            fd = frechet_distance(classifier_features(classifier, gen_inputs), classifier_features(classifier, real_inputs)) \
-                if len(gen_inputs) > 2 else float("nan")
+            fg, fr = classifier_features(classifier, gen_inputs), classifier_features(classifier, real_inputs)
+            fd = frechet_distance(fg, fr) if len(gen_inputs) > 2 else float("nan")
+            kid = kernel_inception_distance(fg, fr) if len(gen_inputs) > 1 else float("nan")
         results["splits"][split] = {
             "pairs": len(labels), "interaction_accuracy": round(sum(correct) / max(len(correct), 1), 4),
             "interval_95": bootstrap_interval(correct), "renders_accuracy": round(sum(real_correct) / max(len(real_correct), 1), 4),
-            "fd_evaluator_features": round(fd, 3)}
+            "fd_evaluator_features": round(fd, 3), "kid_evaluator_features": round(kid, 5)}
         r = results["splits"][split]
         print(f"{split}: interaction accuracy {r['interaction_accuracy']:.3f} {r['interval_95']} over {r['pairs']} pairs "
-              f"(renders {r['renders_accuracy']:.3f}); FD {r['fd_evaluator_features']:.2f}")
+              f"(renders {r['renders_accuracy']:.3f}); FD {r['fd_evaluator_features']:.2f}, KID {r['kid_evaluator_features']:.4f}")
     out = Path(args.out) if args.out else Path(args.run_dir) / "eval" / "hoi_shapes"
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
