@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -178,6 +179,11 @@ def evaluate(planner, make_follower: Callable[[], object], tasks, cameras=CAMERA
         raise ValueError("workers > 1 needs a planner factory (a picklable function returning a planner), "
                          "not a planner object")
     planner = make_planner() if make_planner is not None else planner
+    seen = sorted(set(seeds) & set(getattr(planner, "training_seeds", ())))
+    if seen:
+        warnings.warn(f"evaluating on scene seeds {seen}, which the planner's training demonstrations used; "
+                      "success there is not held-out success (the demos use 0-4 by default: evaluate on "
+                      "--seeds 100-104)", stacklevel=2)
     out = Path(out_dir)
     identity = {"planner": describe(planner), "extractor": describe(make_follower), "resolution": resolution,
                 "max_steps": max_steps, "max_replans": max_replans, "gencond": version("gencond"),

@@ -48,6 +48,18 @@ class VideoPlanner:
         self.weights, self.seed = weights, seed
         self.fingerprint = weights_fingerprint(weights_folder(self.run_dir, weights))
 
+    @property
+    def training_seeds(self) -> list[int]:
+        """The scene seeds of the demonstrations this planner was trained on (from its run's config and
+        the demos' index; empty when the demos are no longer there)."""
+        from robotics.collect import read_index
+
+        d = self.cfg.data
+        if not (Path(d.root) / "index.json").is_file():
+            return []
+        seeds = {int(e["seed"]) for e in read_index(d.root)["episodes"] if e["success"]}
+        return sorted(seeds if d.seeds is None else seeds & set(d.seeds))
+
     def __repr__(self) -> str:  # an evaluation's identity (robotics.evaluate)
         s = self.cfg.sampling
         return (f"VideoPlanner({self.run_dir.resolve()}, weights={self.weights}, scheduler={s.scheduler}, "
