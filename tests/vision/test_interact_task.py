@@ -238,3 +238,27 @@ def test_kid_is_unbiased_near_zero_for_one_distribution_and_grows_with_a_shift()
     a, b = rng.normal(size=(400, 8)), rng.normal(size=(400, 8))
     same, shifted = kernel_inception_distance(a, b), kernel_inception_distance(a, b + 1.0)
     assert abs(same) < 0.05 and shifted > 10 * max(abs(same), 1e-3)
+
+
+def test_interact_starts_from_a_gligen_run(runs, tmp_path, capsys):
+    assert cli.main(["train", str(CONFIGS / "hoi_shapes_gligen.yaml"), f"runs_dir={runs}", "name=gligen",
+                     f"model.base={runs / 'base'}", "train.max_steps=2", "train.lr=1e-2", "train.checkpoint_every=2",
+                     *TINY]) == 0
+    from omegaconf import OmegaConf
+
+    from gencond.config import load_config
+    from vision.interact.task import build_model
+
+    cfg = load_config(CONFIGS / "hoi_shapes_interact.yaml", [f"model.base={runs / 'base'}", f"model.from_gligen={runs / 'gligen'}",
+                                                            *[o for o in TINY if not o.startswith("--")]])
+    model = build_model(cfg)
+    gligen = GroundedUNet.from_pretrained(runs / "gligen" / "model")
+    g_state, i_state = gligen.unet.state_dict(), model.unet.state_dict()
+    fusers = [k for k in g_state if ".fuser." in k]
+    assert fusers and all(torch.equal(g_state[k], i_state[k]) for k in fusers)
+    mlp = gligen.unet.position_net.linears.state_dict()
+    for name in ("linears", "linear_action"):
+        assert all(torch.equal(v, getattr(model.unet.position_net, name).state_dict()[k]) for k, v in mlp.items())
+    assert cli.main(["train", str(CONFIGS / "hoi_shapes_gligen.yaml"), f"runs_dir={runs}", "name=bad",
+                     f"model.base={runs / 'base'}", f"model.from_gligen={runs / 'gligen'}", *TINY]) != 0
+    assert "model.from_gligen starts an InteractDiffusion run" in capsys.readouterr().err

@@ -21,6 +21,8 @@ class InteractDataConfig:
 class InteractModelConfig:
     grounding: str = "interact"  # none (text only: the base) | gligen (boxes + phrases) | interact (triplets)
     base: Optional[str] = None  # grounded runs: the base UNet, a gencond run of grounding none or a diffusers folder
+    from_gligen: Optional[str] = None  # interact: start from a GLIGEN-style run on the same base (its gated
+    # layers, and its MLP in both of the interaction tokenizer's MLPs: the official initialisation)
     interaction_embedding: bool = True  # interact: instance + role embeddings (False: the ablation)
     max_interactions: int = 30
     text_max_tokens: int = 24  # caption tokens (MiniLM, [CLS] and [SEP] included)

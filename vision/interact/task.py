@@ -80,11 +80,16 @@ def condition(captions: Sequence[str], triplets: Sequence[Sequence[Triplet]], ma
 def build_model(cfg: DictConfig) -> GroundedUNet:
     """From scratch (grounding none, or a grounded model on a fresh base) or grounded on ``model.base``."""
     m = cfg.model
+    if m.from_gligen is not None and m.grounding != "interact":
+        raise UserError("model.from_gligen starts an InteractDiffusion run (model.grounding interact) from a GLIGEN-style run")
     if m.base is not None:
         if m.grounding == "none":
             raise UserError("model.base is for grounded runs (model.grounding gligen or interact)")
-        return GroundedUNet.from_base(load_base(m.base), m.grounding, max_interactions=m.max_interactions,
-                                      interaction_embedding=m.interaction_embedding)
+        model = GroundedUNet.from_base(load_base(m.base), m.grounding, max_interactions=m.max_interactions,
+                                       interaction_embedding=m.interaction_embedding)
+        if m.from_gligen is not None:
+            init_from_gligen(model, m.from_gligen)
+        return model
     from .adapter import small_unet
 
     unet = small_unet(cfg.data.image_size, 3, tuple(m.block_out_channels), tuple(m.attention_levels),
@@ -92,6 +97,22 @@ def build_model(cfg: DictConfig) -> GroundedUNet:
     config = {k: v for k, v in unet.config.items() if not k.startswith("_")}
     return GroundedUNet(config, m.grounding, max_interactions=m.max_interactions,
                         interaction_embedding=m.interaction_embedding)
+
+
+def init_from_gligen(model: GroundedUNet, run_dir: str) -> None:
+    """InteractDiffusion's initialisation from a GLIGEN-style run of the same base: its gated layers copied,
+    its tokenizer MLP into both interaction MLPs (``InteractionTokenizer.init_from_gligen``)."""
+    from gencond.runs import load_run
+
+    cfg, gligen = load_run(run_dir, "best", task=TASK, needed_by="model.from_gligen")
+    if gligen.config.grounding != "gligen":
+        raise UserError(f"model.from_gligen: {run_dir} is a grounding '{gligen.config.grounding}' run, not 'gligen'")
+    fusers = {k: v for k, v in gligen.unet.state_dict().items() if ".fuser." in k}
+    own = model.unet.state_dict()
+    if set(fusers) != {k for k in own if ".fuser." in k} or any(own[k].shape != v.shape for k, v in fusers.items()):
+        raise UserError(f"model.from_gligen: {run_dir} was grounded on another base UNet (its gated layers do not fit)")
+    model.unet.load_state_dict(fusers, strict=False)
+    model.unet.position_net.init_from_gligen(gligen.unet.position_net)
 
 
 def load_base(spec: str):
