@@ -244,8 +244,6 @@ def test_interact_starts_from_a_gligen_run(runs, tmp_path, capsys):
     assert cli.main(["train", str(CONFIGS / "hoi_shapes_gligen.yaml"), f"runs_dir={runs}", "name=gligen",
                      f"model.base={runs / 'base'}", "train.max_steps=2", "train.lr=1e-2", "train.checkpoint_every=2",
                      *TINY]) == 0
-    from omegaconf import OmegaConf
-
     from gencond.config import load_config
     from vision.interact.task import build_model
 
