@@ -220,7 +220,7 @@ class TextResampler(nn.Module):
 
     The pooled skip carries the instruction from the first step. The learned latents are the same for
     every text and dominate the output at initialisation: without the skip "door open" and "door close"
-    gave vectors 2 % apart (with AVDC's 4 extra mean-pooled latents, 5 %), and a synthetic task where
+    gave vectors 2 % apart (with AVDC's 4 extra mean-pooled latents, about 5 %), and a synthetic task where
     only the text decides the motion was not learned in 900 steps; with it they are 20-40 % apart and
     the task is learned (``benchmarks/video_text_probe.py``)."""
 
