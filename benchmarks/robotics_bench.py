@@ -21,6 +21,7 @@ also leaves results.md, episodes.jsonl and videos under --out. Measurement only.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import statistics
@@ -121,16 +122,13 @@ def bench_evaluate(args) -> None:
 
     tasks = args.tasks.split(",") if args.tasks else list(BENCHMARK_TASKS)
     cameras = args.cameras.split(",") if args.cameras else list(CAMERAS)
-    planner = make_planner(args.planner, args.plan_frames, args.resolution, args.plan_resolution)
+    make = functools.partial(make_planner, args.planner, args.plan_frames, args.resolution, args.plan_resolution)
+    planner = make if args.workers > 1 else make()  # workers build their own planner
     factory = make_follower_factory(args.extractor, args.idm)
     name = evaluate_name(args)
     out = args.out or f"runs/robotics/bench_{name}"
     start = time.perf_counter()
     seeds = parse_seeds(args.seeds)
-    if args.workers > 1:  # workers build their own planner
-        import functools
-
-        planner = functools.partial(make_planner, args.planner, args.plan_frames, args.resolution, args.plan_resolution)
     table = evaluate(planner, factory, tasks, cameras, seeds, out, resolution=args.resolution,
                      max_replans=args.max_replans, videos=args.videos,
                      title=f"{args.planner} planner + {args.extractor} extractor",

@@ -76,15 +76,37 @@ def overlay(image, triplets, scale: int):
     return big
 
 
+def generate(model, process, sampling, cond: dict, count: int, generator, beta: float = 1.0,
+             progress: bool = False):
+    """``count`` images (B, 3, S, S) in [-1, 1] for ``cond``, with scheduled sampling: the gated layers are
+    on for the first ``beta`` of the steps (all of them for an ungrounded model), then switched off."""
+    from gencond.sampling import sample
+
+    from .adapter import set_gated_layers
+
+    steps = sampling.num_steps or process.num_timesteps
+    cutoff = math.ceil(beta * steps) if model.grounded else steps
+
+    def scheduled(step, t, x_t, x0_hat):  # runs after step `step`'s network call
+        if step + 1 == cutoff:
+            set_gated_layers(model.unet, False)
+
+    size = model.unet.config.sample_size
+    set_gated_layers(model.unet, cutoff > 0)
+    try:
+        return sample(model, process, (count, 3, size, size), sampling, cond=cond, generator=generator,
+                      progress=progress, callback=scheduled).clamp(-1, 1)
+    finally:
+        set_gated_layers(model.unet, True)
+
+
 def sample_command(args: argparse.Namespace) -> Path:
     import torch
     from PIL import Image
 
     from gencond.diffusion import DiffusionProcess
     from gencond.runs import apply_sampling_arguments, load_run
-    from gencond.sampling import sample
 
-    from .adapter import set_gated_layers
     from .task import TASK, condition
 
     prompts = read_prompts(args.triplets, args.caption)
@@ -94,13 +116,6 @@ def sample_command(args: argparse.Namespace) -> Path:
     size, grounded = model.unet.config.sample_size, model.grounded
     if not grounded and any(ts for _, ts in prompts):
         print(f"note: {args.run_dir} has no grounding (model.grounding none); the triplets only label the images")
-    steps = cfg.sampling.num_steps or process.num_timesteps
-    cutoff = math.ceil(args.beta * steps) if grounded else steps
-
-    def scheduled(step, t, x_t, x0_hat):  # runs after step `step`'s network call
-        if step + 1 == cutoff:
-            set_gated_layers(model.unet, False)
-
     out = Path(args.out) if args.out else Path(args.run_dir) / "samples"
     out.mkdir(parents=True, exist_ok=True)
     scale = max(1, math.ceil(128 / size))
@@ -108,13 +123,8 @@ def sample_command(args: argparse.Namespace) -> Path:
     for k, (caption, triplets) in enumerate(prompts):
         cond = condition([caption] * args.num, [triplets] * args.num, cfg.model.text_max_tokens, grounded,
                          cfg.model.max_interactions)
-        set_gated_layers(model.unet, cutoff > 0)
-        try:
-            x = sample(model, process, (args.num, 3, size, size), cfg.sampling, cond=cond, generator=generator,
-                       progress=not args.quiet, callback=scheduled)
-        finally:
-            set_gated_layers(model.unet, True)
-        images = [Image.fromarray(((im.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy())
+        x = generate(model, process, cfg.sampling, cond, args.num, generator, args.beta, progress=not args.quiet)
+        images = [Image.fromarray(((im + 1) * 127.5).round().byte().permute(1, 2, 0).numpy())
                   for im in x]
         clean = Image.new("RGB", (size * scale * len(images), size * scale))
         boxed = clean.copy()
@@ -163,11 +173,9 @@ def eval_command(args: argparse.Namespace) -> dict:
 
     from gencond.diffusion import DiffusionProcess
     from gencond.runs import apply_sampling_arguments, load_run
-    from gencond.sampling import sample
     from vision.frechet import classifier_features, frechet_distance, kernel_inception_distance
 
-    from .adapter import set_gated_layers
-    from .evaluators import TEST_SEED, pair_inputs, rendered, verb_classifier
+    from .evaluators import TEST_SEED, pair_inputs, predict_verbs, rendered, verb_classifier
     from .scenes import SPLITS
     from .task import TASK, condition
 
@@ -181,38 +189,23 @@ def eval_command(args: argparse.Namespace) -> dict:
     process = DiffusionProcess(cfg.diffusion)
     size = model.unet.config.sample_size
     classifier, evaluator_accuracy = verb_classifier(size, args.evaluator_scenes, steps=args.evaluator_steps)
-    steps = cfg.sampling.num_steps or process.num_timesteps
-    cutoff = math.ceil(args.beta * steps) if model.grounded else steps
-
-    def scheduled(step, t, x_t, x0_hat):
-        if step + 1 == cutoff:
-            set_gated_layers(model.unet, False)
-
     generator = torch.Generator().manual_seed(args.seed)
     results = {"run": str(args.run_dir), "grounding": cfg.model.grounding, "sampling": dict(cfg.sampling),
                "beta": args.beta, "evaluator_accuracy_on_renders": evaluator_accuracy, "splits": {}}
     for split in splits:
-        renders, triplets = rendered(split, args.num, TEST_SEED, size)
-        from .scenes import HOIShapes
-
-        hoi = HOIShapes(split, TEST_SEED, size)
-        captions = [hoi.scene(i).caption for i in range(args.num)]
+        renders, scenes = rendered(split, args.num, TEST_SEED, size)
+        triplets = [s.triplets for s in scenes]
         generated = []
         for i in tqdm(range(0, args.num, args.batch_size), desc=f"generate {split}", disable=args.quiet):
-            cond = condition(captions[i:i + args.batch_size], triplets[i:i + args.batch_size], cfg.model.text_max_tokens,
+            batch = scenes[i:i + args.batch_size]
+            cond = condition([s.caption for s in batch], [s.triplets for s in batch], cfg.model.text_max_tokens,
                              model.grounded, cfg.model.max_interactions)
-            set_gated_layers(model.unet, cutoff > 0)
-            try:
-                generated.append(sample(model, process, (len(cond["text"]), 3, size, size), cfg.sampling, cond=cond,
-                                        generator=generator, progress=False, callback=scheduled).clamp(-1, 1))
-            finally:
-                set_gated_layers(model.unet, True)
+            generated.append(generate(model, process, cfg.sampling, cond, len(batch), generator, args.beta))
         gen_inputs, labels = pair_inputs(torch.cat(generated), triplets)
         real_inputs, _ = pair_inputs(renders, triplets)
+        correct = (predict_verbs(classifier, gen_inputs) == labels).tolist()
+        real_correct = (predict_verbs(classifier, real_inputs) == labels).tolist()
         with torch.no_grad():
-            correct = (torch.cat([classifier(gen_inputs[i:i + 500]).argmax(1) for i in range(0, len(gen_inputs), 500)])
-                       == labels).tolist()
-            real_correct = (classifier(real_inputs).argmax(1) == labels).tolist()
             fg, fr = classifier_features(classifier, gen_inputs), classifier_features(classifier, real_inputs)
             fd = frechet_distance(fg, fr) if len(gen_inputs) > 2 else float("nan")
             kid = kernel_inception_distance(fg, fr) if len(gen_inputs) > 1 else float("nan")

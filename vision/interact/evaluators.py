@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 
 from .annotations import Triplet
-from .scenes import ACTIONS, HOIShapes
+from .scenes import ACTIONS, HOIShapes, Scene
 from .task import image_tensor
 
 TRAIN_SEED, TEST_SEED = 0, 1
@@ -42,11 +42,17 @@ def pair_inputs(images: torch.Tensor, triplets: Sequence[Sequence[Triplet]]) -> 
     return torch.stack(inputs), torch.tensor(labels)
 
 
-def rendered(split: str, count: int, seed: int, size: int) -> tuple[torch.Tensor, list[list[Triplet]]]:
-    """Renders and triplets of the first ``count`` scenes of a HOI-shapes split."""
+def rendered(split: str, count: int, seed: int, size: int) -> tuple[torch.Tensor, list[Scene]]:
+    """Renders (N, 3, size, size) of the first ``count`` scenes of a HOI-shapes split, and the scenes."""
     hoi = HOIShapes(split, seed, size)
     scenes = [hoi.scene(i) for i in range(count)]
-    return torch.stack([image_tensor(s.render(size)) for s in scenes]), [s.triplets for s in scenes]
+    return torch.stack([image_tensor(s.render(size)) for s in scenes]), scenes
+
+
+def rendered_pairs(split: str, count: int, seed: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The evaluator's inputs and verb labels for the renders of a split (:func:`pair_inputs`)."""
+    images, scenes = rendered(split, count, seed, size)
+    return pair_inputs(images, [s.triplets for s in scenes])
 
 
 def verb_classifier(size: int = 32, train_scenes: int = 4000, test_scenes: int = 500, steps: int = 1500):
@@ -54,17 +60,23 @@ def verb_classifier(size: int = 32, train_scenes: int = 4000, test_scenes: int =
     trained once per setting and cached."""
     from vision.frechet import trained_classifier
 
-    train = pair_inputs(*rendered("train", train_scenes, TRAIN_SEED, size))
-    tests = {split: pair_inputs(*rendered(split, test_scenes, TEST_SEED, size)) for split in ("single", "double")}
+    train = rendered_pairs("train", train_scenes, TRAIN_SEED, size)
+    tests = {split: rendered_pairs(split, test_scenes, TEST_SEED, size) for split in ("single", "double")}
     model, acc = trained_classifier(f"hoi-verbs-{size}px", train, tests["single"], len(ACTIONS), steps=steps)
     accuracy = {"single": acc, "double": interaction_accuracy(model, *tests["double"])}
     return model, accuracy
 
 
 @torch.no_grad()
+def predict_verbs(model, inputs: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """(M,) the verb the classifier names for each pair input."""
+    if not len(inputs):
+        return torch.zeros(0, dtype=torch.long)
+    return torch.cat([model(inputs[i:i + batch_size]).argmax(1) for i in range(0, len(inputs), batch_size)])
+
+
 def interaction_accuracy(model, inputs: torch.Tensor, labels: torch.Tensor) -> float:
     """Share of pairs whose verb the classifier names correctly."""
     if not len(inputs):
         return float("nan")
-    pred = torch.cat([model(inputs[i:i + 500]).argmax(1) for i in range(0, len(inputs), 500)])
-    return (pred == labels).float().mean().item()
+    return (predict_verbs(model, inputs) == labels).float().mean().item()
