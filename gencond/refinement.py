@@ -7,6 +7,8 @@ condition can hold an earlier sample can be refined with it.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Protocol, Union
 
@@ -38,27 +40,40 @@ class Refinement:
         return self.rounds[self.accepted if self.accepted is not None else -1]
 
 
-def judge(feedback: Optional[Feedback], sample: Any, round: int) -> Verdict:
-    """The feedback's verdict; a feedback that raises rejects, with the error as the reason."""
+def judge(feedback: Optional[Feedback], sample: Any, round: int, timeout_s: Optional[float] = None) -> Verdict:
+    """The feedback's verdict; a feedback that raises, or takes longer than ``timeout_s``, rejects
+    with the reason recorded (a timed-out call is left to finish in its thread, its verdict unused)."""
     if feedback is None:
         return Verdict(False, reason="no feedback")
     try:
-        verdict = feedback(sample, round)
+        if timeout_s is None:
+            verdict = feedback(sample, round)
+        else:
+            pool = ThreadPoolExecutor(1)
+            try:
+                verdict = pool.submit(feedback, sample, round).result(timeout=timeout_s)
+            except FutureTimeout:
+                return Verdict(False, reason=f"feedback timed out after {timeout_s:g} s")
+            finally:
+                pool.shutdown(wait=False)
     except Exception as e:  # a broken critic must not end the refinement
         return Verdict(False, reason=f"feedback failed: {type(e).__name__}: {e}")
     return verdict if isinstance(verdict, Verdict) else Verdict(bool(verdict))
 
 
 def refine(sample_fn: Callable[[Any, int], Any], feedback: Optional[Feedback], max_rounds: int,
-           previous: Any = None) -> Refinement:
+           previous: Any = None, timeout_s: Optional[float] = None, judge_last: bool = True) -> Refinement:
     """Sample up to ``max_rounds`` times, each round conditioned on the previous round's sample
-    (``previous`` seeds round 0), until ``feedback`` accepts; without feedback all rounds run."""
+    (``previous`` seeds round 0), until ``feedback`` accepts; without feedback all rounds run.
+    ``judge_last=False``: the last round's sample is returned unjudged (its verdict would change nothing)."""
     if max_rounds < 1:
         raise ValueError(f"max_rounds must be at least 1, got {max_rounds}")
     result = Refinement()
     for r in range(max_rounds):
         sample = sample_fn(previous, r)
-        verdict = judge(feedback, sample, r)
+        last = r == max_rounds - 1
+        verdict = (Verdict(False, reason="last round: not judged") if last and not judge_last
+                   else judge(feedback, sample, r, timeout_s))
         result.rounds.append(sample)
         result.verdicts.append(verdict)
         if verdict.accept:

@@ -116,7 +116,8 @@ def micro_batches(job: TrainingJob, seed: int, rank: int, start: int, stop: int,
 
 
 def init_weights(model: torch.nn.Module, spec: str) -> Path:
-    """Load another run's weights into ``model`` (``train.init_from=RUN_DIR[:best|last]``)."""
+    """Load another run's weights into ``model`` (``train.init_from=RUN_DIR[:best|last]``); a model with
+    ``adapt_state_dict(state) -> state`` may first fit them to itself (e.g. zero weights for a new input)."""
     from safetensors.torch import load_file
 
     from .runs import weights_folder
@@ -127,6 +128,9 @@ def init_weights(model: torch.nn.Module, spec: str) -> Path:
     if not files:
         raise UserError(f"train.init_from: {folder} holds no .safetensors weights")
     state = load_file(str(files[0]))
+    adapt = getattr(model, "adapt_state_dict", None)  # e.g. a model with an input added to the other run's
+    if adapt is not None:
+        state = adapt(state)
     own = model.state_dict()
     wrong = [k for k in state if k in own and state[k].shape != own[k].shape]
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))

@@ -258,6 +258,8 @@ class _EpisodeRunner:
         result = run_episode(self.env, self.planner, self.make_follower(), seed, max_steps=self.max_steps,
                              max_replans=self.max_replans, record=record)
         rec = result.summary()
+        if hasattr(self.planner, "episode_record"):  # e.g. VideoAgent's refinement rounds and verdicts
+            rec["planner"] = self.planner.episode_record()
         if record and result.frames:
             video = self.out / "videos" / f"{task}_{camera}_seed{seed}.{self.video_format}"
             write_side_by_side(video, result.frames, result.plans)

@@ -11,13 +11,16 @@ from __future__ import annotations
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import cv2
 import numpy as np
 
 from robotics.envs import MAX_EPISODE_STEPS, CameraFrame, TaskEnv, task_text
 from robotics.planners import Plan, PlanError, RgbdPlan, plan_rgb, resize_frames, validate_plan
+
+if TYPE_CHECKING:
+    from robotics.experts import Demonstration
 
 
 class PlanFollower(Protocol):
@@ -45,6 +48,24 @@ class EpisodeResult:
     error: str | None = None
     frames: list = field(default_factory=list, repr=False)   # executed RGB frames (when recorded)
     plans: list = field(default_factory=list, repr=False)    # (step, plan) pairs (when recorded)
+    actions: list = field(default_factory=list, repr=False)  # executed actions (when recorded)
+    states: list = field(default_factory=list, repr=False)   # states, one more than actions (when recorded)
+    first_view: CameraFrame | None = field(default=None, repr=False)  # the first RGB-D view (when recorded)
+
+    def demonstration(self, object_geom_ids) -> Demonstration:
+        """A recorded episode as a demonstration (the ``gencond collect`` format): e.g. a successful
+        execution that becomes training data."""
+        from robotics.experts import Demonstration
+
+        if self.first_view is None:
+            raise ValueError("the episode was not recorded (run_episode(record=True))")
+        v = self.first_view
+        return Demonstration(task=self.task, camera=self.camera, seed=self.seed, frames=np.stack(self.frames),
+                             actions=np.asarray(self.actions, np.float32).reshape(-1, 4),
+                             states=np.stack(self.states).astype(np.float32), success=self.success,
+                             success_step=len(self.actions) if self.success else -1, intrinsics=v.intrinsics,
+                             world_to_camera=v.world_to_camera, first_depth=v.depth,
+                             first_segmentation=v.segmentation, object_geom_ids=np.asarray(object_geom_ids))
 
     def summary(self) -> dict:
         return {"task": self.task, "camera": self.camera, "seed": self.seed, "success": self.success,
@@ -87,6 +108,8 @@ def run_episode(env: TaskEnv, planner, follower: PlanFollower, seed: int,
         view = env.render(depth=True, segmentation=True)
         if record:
             result.frames.append(view.rgb)
+            result.states.append(state)
+            result.first_view = view
         new_plan(view)
         rgb = view.rgb
         last_positions = [env.hand_position]
@@ -98,6 +121,8 @@ def run_episode(env: TaskEnv, planner, follower: PlanFollower, seed: int,
             rgb = env.render().rgb if want_rgb else None
             if record:
                 result.frames.append(rgb)
+                result.actions.append(np.asarray(action, np.float32))
+                result.states.append(state)
             if step.success:
                 result.success = True
                 break

@@ -12,8 +12,8 @@ from gencond.registry import register_command, register_task
 
 from robotics.idm_config import IdmConfig
 
-PLANNERS = ("oracle", "oracle-rgbd", "repeat-first", "video:RUN_DIR", "MODULE:ATTR")
-PLANNER_PLUGINS = {"video": "video.planner:VideoPlanner"}
+PLANNERS = ("oracle", "oracle-rgbd", "repeat-first", "video:RUN_DIR", "videoagent:RUN_DIR[,options]", "MODULE:ATTR")
+PLANNER_PLUGINS = {"video": "video.planner:VideoPlanner", "videoagent": "video.agent:make_videoagent_planner"}
 """``--planner NAME:ARG`` -> ``module:attr`` called with ARG (the domain is imported only when used)."""
 EXTRACTORS = ("avdc", "idm")
 PLAN_FRAMES = 8  # frames per plan of the built-in planners, first included (AVDC: 8)
@@ -76,7 +76,9 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     # evaluation seeds default to ones no collected demonstration (seeds 0-4) used
     _common_arguments(p, "runs/robotics/eval", "100-104")
     p.add_argument("--planner", default="oracle",
-                   help="oracle, oracle-rgbd, repeat-first, video:RUN_DIR (a trained video planner) or MODULE:ATTR "
+                   help="oracle, oracle-rgbd, repeat-first, video:RUN_DIR (a trained video planner), "
+                        "videoagent:RUN_DIR[,rounds=4,critic=CRITIC_RUN,from=noise|plan,strength=0.5,"
+                        "feedback=none|critic|simulator] (VideoAgent's refined plans) or MODULE:ATTR "
                         "(a Planner, or a function of no arguments returning one, importable from Python)")
     p.add_argument("--workers", type=positive_int, default=1,
                    help="processes the episodes are split across (one torch thread each; default 1)")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gencond.cli import non_negative_float
+from gencond.cli import non_negative_float, non_negative_int
 from gencond.runs import add_sampling_arguments
 
 EVAL_SEEDS = "100-104"  # no demonstration uses these (`gencond collect` defaults to 0-4)
@@ -21,7 +21,14 @@ def _planner(args):
         import torch
 
         torch.set_num_threads(args.threads)
-    return VideoPlanner(args.run_dir, args.weights, args.scheduler, args.steps, args.cfg_scale, args.seed)
+    sampler = dict(weights=args.weights, scheduler=args.scheduler, steps=args.steps, cfg_scale=args.cfg_scale,
+                   seed=args.seed)
+    if getattr(args, "rounds", 0):  # VideoAgent: every refinement round
+        from .agent import VideoAgentPlanner
+
+        return VideoAgentPlanner(args.run_dir, args.rounds, refine_from=args.refine_from, strength=args.strength,
+                                 **sampler)
+    return VideoPlanner(args.run_dir, **sampler)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -35,6 +42,11 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--camera", default="corner", help="corner, corner2 or corner3 (default corner)")
     p.add_argument("--render", type=int, default=128, help="render size of the scene (default 128)")
     p.add_argument("--out", help="GIF path (default RUN_DIR/samples/<task>_<camera>_seed<k>.gif)")
+    p.add_argument("--rounds", type=non_negative_int, default=0,
+                   help="VideoAgent refinement rounds after the base plan, each shown (a VideoAgent run; default 0)")
+    p.add_argument("--refine-from", default="noise", choices=("noise", "plan"),
+                   help="each round samples from noise (the paper) or from the previous plan noised to --strength")
+    p.add_argument("--strength", type=float, default=0.5, help="noise strength of --refine-from plan (default 0.5)")
     _common(p)
     p.set_defaults(seed=7)
 
@@ -66,13 +78,20 @@ def sample_command(args: argparse.Namespace) -> Path:
     task, camera = check_task(args.task), check_camera(args.camera)
     planner = _planner(args)
     first, expert, _ = expert_clip(task, camera, args.seed, planner.model.config.frames + 1, args.render)
-    plan = plan_rgb(planner.plan(first, task_text(task), camera))
     truth = resize_frames(expert, (planner.resolution,) * 2)
-    out = Path(args.out) if args.out else Path(args.run_dir) / "samples" / f"{task}_{camera}_seed{args.seed}.gif"
-    write_labelled_gif(out, {"plan": plan, "expert": truth})
-    scores = [psnr(p, t) for p, t in zip(plan[1:], truth[1:])]
-    print(f"wrote {out}: '{task_text(task)}' from {camera}, seed {args.seed}; "
-          f"PSNR of the {len(scores)} predicted frames vs. the expert's: {np.mean(scores):.1f} dB")
+    if args.rounds:
+        rounds = planner.refine_plan(first, task_text(task)).rounds
+        columns = {("base plan" if r == 0 else f"round {r}"): plan_rgb(planner.to_plan(first, p))
+                   for r, p in enumerate(rounds)}
+    else:
+        columns = {"plan": plan_rgb(planner.plan(first, task_text(task), camera))}
+    suffix = f"_rounds{args.rounds}" if args.rounds else ""
+    out = Path(args.out) if args.out else Path(args.run_dir) / "samples" / f"{task}_{camera}_seed{args.seed}{suffix}.gif"
+    write_labelled_gif(out, {**columns, "expert": truth})
+    for name, plan in columns.items():
+        scores = [psnr(p, t) for p, t in zip(plan[1:], truth[1:])]
+        print(f"{name}: PSNR of the {len(scores)} predicted frames vs. the expert's: {np.mean(scores):.1f} dB")
+    print(f"wrote {out}: '{task_text(task)}' from {camera}, seed {args.seed}")
     return out
 
 

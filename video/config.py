@@ -17,6 +17,7 @@ class VideoDataConfig:
     tasks: Optional[List[str]] = None  # None = every task in the demos
     cameras: Optional[List[str]] = None  # None = every camera in the demos
     seeds: Optional[List[int]] = None  # demo seeds to train on (None = all); evaluation seeds must differ
+    extra_roots: List[str] = field(default_factory=list)  # more demo folders (e.g. VideoAgent-Online's successes)
 
 
 @dataclass
@@ -34,6 +35,17 @@ class VideoModelConfig:
     dropout: float = 0.0
     scale_shift_norm: bool = True  # time+text vector as a scale and shift after the norm (AVDC: added before it)
     previous_plan: bool = False  # VideoAgent: also conditioned on an earlier plan (plan self-conditioning)
+
+
+@dataclass
+class ConsistencyConfig:
+    """VideoAgent's self-conditioning consistency: a planner's own plans condition training, the real
+    future is the target (plan self-conditioning; needs ``model.previous_plan: true``)."""
+
+    plans_from: Optional[str] = None  # RUN_DIR[:best|last] whose plans are the condition (None: AVDC training)
+    starts_per_episode: int = 4  # cached clips per demonstration: its first frame and k-1 seeded random starts
+    plan_prob: float = 0.5  # fraction of training clips given a cached plan; the rest first-frame-only (slot empty)
+    batch_size: int = 8  # plans generated per sampler call while filling the cache
 
 
 def _video_diffusion() -> DiffusionConfig:
@@ -58,3 +70,37 @@ class VideoPlannerConfig(RunConfig):
     sampling: SamplingConfig = field(default_factory=_video_sampling)
     data: VideoDataConfig = field(default_factory=VideoDataConfig)
     model: VideoModelConfig = field(default_factory=VideoModelConfig)
+    consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
+
+
+@dataclass
+class CriticDataConfig:
+    executions: List[str] = field(default_factory=list)  # folders written by video.executions (training seeds only)
+    val_executions: List[str] = field(default_factory=list)  # held-out scenes: validation accuracy, best checkpoint
+    resolution: int = 32  # the critic's square frame size
+    frames: int = 8  # plan frames, observation first
+
+
+@dataclass
+class CriticModelConfig:
+    """A factorized-conv video classifier over (observation + plan, instruction) (video.critic.PlanCritic)."""
+
+    base_channels: int = 32
+    channel_mult: List[int] = field(default_factory=lambda: [1, 2, 2])
+    dropout: float = 0.1
+
+
+def _critic_train() -> TrainConfig:
+    return TrainConfig(max_steps=1500, batch_size=32, lr=5e-4, weight_decay=1e-2, grad_clip=1.0, ema_decay=0.0,
+                       warmup_steps=50, checkpoint_every=250, log_every=25, validate_every=100, keep_checkpoints=2,
+                       threads=1)
+
+
+@dataclass
+class VideoCriticConfig(RunConfig):
+    """A learned feedback for VideoAgent: P(success) of executing a plan, trained on executed plans' outcomes."""
+
+    task: str = "video-critic"
+    train: TrainConfig = field(default_factory=_critic_train)
+    data: CriticDataConfig = field(default_factory=CriticDataConfig)
+    model: CriticModelConfig = field(default_factory=CriticModelConfig)

@@ -64,14 +64,17 @@ class DemoClips:
 
     def __init__(self, root: str | Path, resolution: int, frames: int = 8, depth: bool = False,
                  tasks: Optional[Sequence[str]] = None, cameras: Optional[Sequence[str]] = None,
-                 seeds: Optional[Sequence[int]] = None):
+                 seeds: Optional[Sequence[int]] = None, extra_roots: Sequence[str | Path] = ()):
         from robotics.collect import load_dataset
 
         root = Path(root)
-        if not (root / "index.json").is_file():
-            raise UserError(f"no demonstrations at {root}; make them with "
-                            f"`gencond collect --out {root}{' --depth' if depth else ''}` (about 3 minutes)")
+        for folder in (root, *map(Path, extra_roots)):
+            if not (folder / "index.json").is_file():
+                raise UserError(f"no demonstrations at {folder}; make them with "
+                                f"`gencond collect --out {folder}{' --depth' if depth else ''}` (about 3 minutes)")
         demos = [d for d in load_dataset(root, tasks, cameras) if seeds is None or d.seed in set(seeds)]
+        for folder in extra_roots:  # ``seeds`` selects from ``root`` only
+            demos += load_dataset(folder, tasks, cameras)
         if not demos:
             raise UserError(f"{root} holds no successful demonstration of the chosen tasks/cameras/seeds; "
                             f"collect some with `gencond collect --out {root}`")

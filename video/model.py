@@ -325,6 +325,16 @@ class VideoUNet(ModelMixin, ConfigMixin):
         self.norm_out = group_norm(ch)
         self.conv_out = FactorizedConv(ch, channels)
 
+    def adapt_state_dict(self, state: dict) -> dict:
+        """A planner's weights (no previous-plan input) for this VideoAgent model: the input conv gets
+        zero weights for the previous-plan channels, so training starts from the planner exactly."""
+        key = "conv_in.spatial.weight"
+        w = state.get(key)
+        if self.config.previous_plan and w is not None and w.shape[1] == 2 * self.config.channels:
+            state = dict(state)
+            state[key] = torch.cat([w, torch.zeros_like(w[:, : self.config.channels])], dim=1)
+        return state
+
     # ---- conditions ----------------------------------------------------------------------------------
     def null_condition(self, cond: dict) -> dict:
         """The same dict with the text dropped ("text" zeroed, "text_mask" all False); the first frame and

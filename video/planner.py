@@ -46,6 +46,7 @@ class VideoPlanner:
         self.generator = torch.Generator().manual_seed(seed)
         self._texts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.weights, self.seed = weights, seed
+        self.draw = 0  # which independent plan of a scene (video.executions draws several per scene)
         self.fingerprint = weights_fingerprint(weights_folder(self.run_dir, weights))
 
     @property
@@ -66,8 +67,9 @@ class VideoPlanner:
                 f"steps={s.num_steps}, cfg_scale={s.cfg_scale}, seed={self.seed}, sha256={self.fingerprint})")
 
     def begin_episode(self, task: str, camera: str, seed: int) -> None:
-        """Plans of an episode depend on its seed only (not on what ran before): resumable evaluations."""
-        self.generator = torch.Generator().manual_seed(self.seed * 1_000_003 + seed)
+        """Plans of an episode depend on its seed (and :attr:`draw`) only, not on what ran before:
+        resumable evaluations."""
+        self.generator = torch.Generator().manual_seed(self.seed * 1_000_003 + seed + 7_919_009 * self.draw)
 
     def _text(self, text: str):
         if text not in self._texts:

@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig
 
 from gencond.diffusion import DiffusionProcess
+from gencond.errors import UserError
 from gencond.training import TrainingJob
 
 from .data import DemoClips
@@ -20,13 +21,14 @@ from .data import DemoClips
 def plan_condition(first_frame: torch.Tensor, text_tokens: torch.Tensor, text_mask: torch.Tensor,
                    previous_plan: Optional[torch.Tensor] = None) -> dict:
     """The condition dict of :class:`video.model.VideoUNet`; every video tensor in [-1, 1]:
-    first_frame (B, C, H, W), text (B, L, D) token states, text_mask (B, L), previous_plan (B, C, T, H, W)."""
+    first_frame (B, C, H, W), text (B, L, D) token states, text_mask (B, L), previous_plan (B, C, T, H, W)
+    (clamped to [-1, 1]: a sampled plan may overshoot the range of a real video)."""
     cond = {"first_frame": first_frame, "text": text_tokens, "text_mask": text_mask}
     if previous_plan is not None:
         if previous_plan.shape[:2] != first_frame.shape[:2] or previous_plan.shape[-2:] != first_frame.shape[-2:]:
             raise ValueError(f"previous plan {tuple(previous_plan.shape)} does not fit first frame "
                              f"{tuple(first_frame.shape)}; it must be (B, C, T, H, W) of the same B, C, H, W")
-        cond["previous_plan"] = previous_plan
+        cond["previous_plan"] = previous_plan.clamp(-1, 1)  # a sample may overshoot; a video does not
     return cond
 
 
@@ -46,7 +48,7 @@ def build_model(cfg: DictConfig, instructions=()):
 
 def load_clips(cfg: DictConfig) -> DemoClips:
     d = cfg.data
-    return DemoClips(d.root, d.resolution, d.frames, d.depth, d.tasks, d.cameras, d.seeds)
+    return DemoClips(d.root, d.resolution, d.frames, d.depth, d.tasks, d.cameras, d.seeds, d.extra_roots)
 
 
 def build(cfg: DictConfig) -> TrainingJob:
@@ -58,11 +60,21 @@ def build(cfg: DictConfig) -> TrainingJob:
     model = build_model(cfg, clips.texts)
     process = DiffusionProcess(cfg.diffusion)
     batch_size = cfg.train.batch_size
+    sc = cfg.consistency
+    if sc.plans_from:  # VideoAgent: self-conditioning consistency on the planner's own cached plans
+        from .consistency import ConsistencyClips, cached_plans
+
+        if not cfg.model.previous_plan:
+            raise UserError("consistency.plans_from needs model.previous_plan: true (the network's previous-plan input)")
+        clips = ConsistencyClips(clips, cached_plans(clips, sc.plans_from, sc.starts_per_episode, cfg.seed,
+                                                     sc.batch_size), sc.plan_prob)
 
     def loss_fn(model, batch, generator):
         device = next(model.parameters()).device
         idx = batch["text_index"]
-        cond = plan_condition(batch["first_frame"].to(device), text.tokens[idx].to(device), text.mask[idx].to(device))
+        previous = batch.get("previous_plan")
+        cond = plan_condition(batch["first_frame"].to(device), text.tokens[idx].to(device), text.mask[idx].to(device),
+                              None if previous is None else previous.to(device))
         return process.training_loss(model, batch["video"].to(device), cond=cond, generator=generator)
 
     return TrainingJob(model, lambda step, g: clips.batch(batch_size, g), loss_fn)

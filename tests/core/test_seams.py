@@ -143,6 +143,25 @@ def test_a_failing_feedback_rejects_with_its_reason_and_refinement_goes_on():
     assert len(result.rounds) == 3 and "critic offline" in result.verdicts[0].reason
 
 
+def test_a_feedback_that_times_out_rejects_and_the_last_round_can_go_unjudged():
+    import time
+
+    judged = []
+
+    def slow(sample, r):
+        judged.append(r)
+        if r == 0:
+            time.sleep(2.0)
+        return False
+
+    started = time.perf_counter()
+    result = refine(lambda p, r: r, slow, max_rounds=3, timeout_s=0.2, judge_last=False)
+    assert time.perf_counter() - started < 1.5  # the slow verdict was not waited for
+    assert "timed out after 0.2 s" in result.verdicts[0].reason and not result.verdicts[0].accept
+    assert judged == [0, 1] and result.verdicts[2].reason == "last round: not judged"
+    assert result.final == 2 and result.accepted is None
+
+
 # ---- trainer ---------------------------------------------------------------------------------------
 
 def make_cfg(**train_keys):

@@ -1,0 +1,123 @@
+"""VideoAgent: a video plan refined by plan self-conditioning until a feedback accepts it.
+
+``VideoAgentPlanner(run_dir, max_rounds=4, feedback=...)`` plans like :class:`VideoPlanner` (round 0:
+first frame and text, the previous-plan slot empty), then refines: each round is a sampling pass
+conditioned on the first frame, the text and the previous round's plan, either from noise (the
+paper) or from the previous plan noised to ``strength`` (SDEdit), until the feedback accepts. It
+uses the core refine loop; every round's plan and verdict of the last ``plan`` call are in
+:attr:`last_refinement`, and a per-episode summary in :meth:`episode_record`.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from gencond.errors import UserError
+from gencond.refinement import Refinement, Verdict, refine
+
+from .planner import VideoPlanner
+
+REFINE_FROM = ("noise", "plan")
+
+
+class VideoAgentPlanner(VideoPlanner):
+    """A robotics Planner: VideoAgent's refined plans from a run trained with ``model.previous_plan``."""
+
+    def __init__(self, run_dir: str | Path, max_rounds: int = 4, feedback=None, refine_from: str = "noise",
+                 strength: float = 0.5, feedback_timeout: Optional[float] = 60.0, **planner):
+        super().__init__(run_dir, **planner)
+        if not self.model.config.previous_plan:
+            raise UserError(f"{run_dir} is a planner without the previous-plan input; VideoAgent refines with a run "
+                            "trained by self-conditioning consistency (configs/video/metaworld_small_videoagent.yaml)")
+        if max_rounds < 0:
+            raise UserError(f"max_rounds is {max_rounds}; use 0 (the base plan only) or more refinement rounds")
+        if refine_from not in REFINE_FROM:
+            raise UserError(f"refine_from '{refine_from}' is not one of: {', '.join(REFINE_FROM)}")
+        if not 0.0 < strength <= 1.0:
+            raise UserError(f"strength {strength} is not in (0, 1]")
+        if feedback is not None and not callable(feedback):
+            raise UserError(f"feedback must be callable as feedback(first_frame, plan, task), got {type(feedback).__name__}")
+        self.max_rounds, self.feedback, self.refine_from = max_rounds, feedback, refine_from
+        self.strength, self.feedback_timeout = strength, feedback_timeout
+        self.last_refinement: Optional[Refinement] = None
+        self._episode: list[dict] = []
+
+    def __repr__(self) -> str:
+        base = super().__repr__()
+        return (f"VideoAgent{base[:-1]}, max_rounds={self.max_rounds}, refine_from={self.refine_from}, "
+                f"strength={self.strength}, feedback={self.feedback!r})")
+
+    def begin_episode(self, task: str, camera: str, seed: int) -> None:
+        super().begin_episode(task, camera, seed)
+        self._episode = []
+        if hasattr(self.feedback, "begin_episode"):
+            self.feedback.begin_episode(task, camera, seed)
+
+    def refine_plan(self, frame: np.ndarray, task: str) -> Refinement:
+        """Every round's predicted frames ((1, C, T, res, res) in [-1, 1]) and verdict."""
+        def sample_round(previous, r):
+            if previous is None:  # round 0: the base plan, first-frame-only mode
+                return self.sample_plan(frame, task)
+            if self.refine_from == "plan":
+                return self.sample_plan(frame, task, previous, x_init=previous, strength=self.strength)
+            return self.sample_plan(frame, task, previous)
+
+        judge = None if self.feedback is None else (lambda predicted, r: self.feedback(frame, self.to_plan(frame, predicted), task))
+        return refine(sample_round, judge, self.max_rounds + 1, timeout_s=self.feedback_timeout, judge_last=False)
+
+    def plan(self, frame: np.ndarray, task: str, camera: str):
+        started = time.perf_counter()
+        result = self.refine_plan(frame, task)
+        self.last_refinement = result
+        self._episode.append({"rounds": len(result.rounds), "accepted": result.accepted,
+                              "seconds": round(time.perf_counter() - started, 2),
+                              "verdicts": [_verdict(v) for v in result.verdicts]})
+        return self.to_plan(frame, result.final)
+
+    def episode_record(self) -> dict:
+        """What the plans of the current episode took: rounds, accepted round and verdicts per plan."""
+        return {"plans": list(self._episode)}
+
+    def close(self) -> None:
+        if hasattr(self.feedback, "close"):
+            self.feedback.close()
+
+
+def _verdict(v: Verdict) -> dict:
+    return {"accept": v.accept, "score": None if v.score is None else round(float(v.score), 4), "reason": v.reason}
+
+
+def make_videoagent_planner(spec: str) -> VideoAgentPlanner:
+    """``--planner videoagent:RUN_DIR[,rounds=4][,critic=RUN_DIR][,threshold=0.5][,from=noise|plan]
+    [,strength=0.5][,feedback=none|critic|simulator]`` on the command line."""
+    run, *options = spec.split(",")
+    opts = {}
+    for o in options:
+        key, eq, value = o.partition("=")
+        if not eq:
+            raise UserError(f"--planner videoagent:{spec}: option '{o}' is not key=value")
+        opts[key.strip()] = value.strip()
+    known = {"rounds", "critic", "threshold", "from", "strength", "feedback"}
+    unknown = sorted(set(opts) - known)
+    if unknown:
+        raise UserError(f"--planner videoagent: unknown option {unknown[0]}; options: {', '.join(sorted(known))}")
+    kind = opts.get("feedback", "critic" if "critic" in opts else "none")
+    if kind == "critic":
+        from .feedback import CriticFeedback
+
+        if "critic" not in opts:
+            raise UserError("--planner videoagent:RUN,feedback=critic needs critic=CRITIC_RUN_DIR")
+        feedback = CriticFeedback(opts["critic"], float(opts.get("threshold", 0.5)))
+    elif kind == "simulator":
+        from .feedback import SimulatorFeedback
+
+        feedback = SimulatorFeedback()
+    elif kind == "none":
+        feedback = None
+    else:
+        raise UserError(f"--planner videoagent: feedback={kind}; use none, critic or simulator")
+    return VideoAgentPlanner(run, max_rounds=int(opts.get("rounds", 4)), feedback=feedback,
+                             refine_from=opts.get("from", "noise"), strength=float(opts.get("strength", 0.5)))

@@ -1,0 +1,132 @@
+"""Plan self-conditioning data: VideoAgent's self-conditioning consistency.
+
+A planner run's own plans for a fixed set of training clips (each demonstration's first frame and
+``starts_per_episode - 1`` seeded random starts) are generated once and cached in that run's folder
+(``plan_cache/<key>/``, chunk by chunk, so an interrupted fill resumes). Training then conditions on
+a cached plan and targets the real future of the same clip; the rest of each batch keeps the
+first-frame-only mode (previous-plan slot empty, i.e. zeros). Plans stay in the sampler's [-1, 1]
+floats, as the refinement rounds at inference pass them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from gencond.errors import UserError
+
+from .data import DemoClips
+
+CACHE_FORMAT = "gencond-video-plan-cache/1"
+
+
+@dataclass
+class PlanCache:
+    plans: torch.Tensor  # (N, C, T, H, W) float16 in [-1, 1]
+    episode: torch.Tensor  # (N,) index into DemoClips.episodes
+    start: torch.Tensor  # (N,) the clip's start frame
+
+    def __len__(self) -> int:
+        return len(self.episode)
+
+
+def clip_starts(clips: DemoClips, per_episode: int, seed: int) -> list[tuple[int, int]]:
+    """(episode, start) of every cached clip: start 0 and ``per_episode - 1`` seeded random starts."""
+    if per_episode < 1:
+        raise UserError(f"consistency.starts_per_episode is {per_episode}; use 1 or more")
+    out = []
+    for e, episode in enumerate(clips.episodes):
+        g = torch.Generator().manual_seed(seed * 1_000_003 + e)
+        length = len(episode.video)
+        out += [(e, 0)] + [(e, int(s)) for s in torch.randint(0, length, (per_episode - 1,), generator=g)]
+    return out
+
+
+def _condition(clips: DemoClips, text, items: list[tuple[int, int]]) -> dict:
+    from .task import plan_condition
+
+    first = torch.stack([clips.clip(e, s)[0] for e, s in items])
+    first[:, 3:] = 0  # the observation's depth is not an input (as in training)
+    idx = clips.text_index[[e for e, _ in items]]
+    return plan_condition(first, text.tokens[idx], text.mask[idx])
+
+
+def cached_plans(clips: DemoClips, plans_from: str, per_episode: int, seed: int = 0, batch_size: int = 8,
+                 progress: bool = True) -> PlanCache:
+    """The plans of run ``plans_from`` (``RUN_DIR[:best|last]``) for :func:`clip_starts`, from its cache
+    or generated now (resumable by chunk; each chunk's noise depends on its index only)."""
+    from omegaconf import OmegaConf
+    from safetensors.torch import load_file, save_file
+    from tqdm import tqdm
+
+    from gencond.diffusion import DiffusionProcess
+    from gencond.runs import load_run, weights_fingerprint, weights_folder
+    from gencond.sampling import sample
+    from gencond.text import text_encoder
+
+    run, _, which = plans_from.partition(":")
+    which = which or "best"
+    folder = weights_folder(Path(run), which)
+    cfg, model = load_run(run, which, task="video-planner", needed_by="consistency.plans_from")
+    c, frames, size = model.config.channels, model.config.frames, model.config.image_size
+    clip_c = clips.episodes[0].video.shape[1]
+    if (c, frames + 1, size) != (clip_c, clips.frames, clips.episodes[0].video.shape[-1]):
+        raise UserError(f"consistency.plans_from {run} plans {frames + 1} frames of {c} channels at {size} px, "
+                        f"but this run's clips are {clips.frames} frames of {clip_c} channels at "
+                        f"{clips.episodes[0].video.shape[-1]} px; use a planner trained on the same data settings")
+    items = clip_starts(clips, per_episode, seed)
+    identity = {"format": CACHE_FORMAT, "weights": weights_fingerprint(folder), "seed": seed,
+                "sampling": OmegaConf.to_container(cfg.sampling, resolve=True), "batch_size": batch_size,
+                "clips": [[clips.episodes[e].task, clips.episodes[e].camera, clips.episodes[e].seed,
+                           len(clips.episodes[e].video), s] for e, s in items]}
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+    out = Path(run) / "plan_cache" / key
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "identity.json").write_text(json.dumps(identity))
+    text = text_encoder(model.config.text_max_tokens).encode(clips.texts)
+    process = DiffusionProcess(cfg.diffusion)
+    chunks = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
+    todo = [i for i in range(len(chunks)) if not (out / f"chunk_{i:05d}.safetensors").is_file()]
+    for i in tqdm(todo, desc=f"plans of {Path(run).name} for consistency training", unit="chunk",
+                  disable=not progress or not todo):
+        chunk = chunks[i]
+        cond = _condition(clips, text, chunk)
+        g = torch.Generator().manual_seed(seed * 1_000_003 + i)
+        plans = sample(model, process, (len(chunk), c, frames, size, size), cfg.sampling, cond=cond,
+                       generator=g, progress=False)
+        tmp = out / f"chunk_{i:05d}.tmp"
+        save_file({"plans": plans.half().contiguous()}, str(tmp))
+        tmp.rename(out / f"chunk_{i:05d}.safetensors")
+    plans = torch.cat([load_file(str(out / f"chunk_{i:05d}.safetensors"))["plans"] for i in range(len(chunks))])
+    return PlanCache(plans, torch.tensor([e for e, _ in items]), torch.tensor([s for _, s in items]))
+
+
+class ConsistencyClips:
+    """Training batches of self-conditioning consistency: a fraction ``plan_prob`` of the clips are
+    cached ones with their plan as ``previous_plan``; the others are random clips with the slot empty."""
+
+    def __init__(self, clips: DemoClips, cache: PlanCache, plan_prob: float):
+        if not 0.0 <= plan_prob <= 1.0:
+            raise UserError(f"consistency.plan_prob is {plan_prob}; it is a fraction in [0, 1]")
+        self.clips, self.cache, self.plan_prob = clips, cache, plan_prob
+        self.texts = clips.texts
+
+    def batch(self, size: int, generator: torch.Generator) -> dict:
+        out = self.clips.batch(size, generator)
+        use_plan = torch.rand(size, generator=generator) < self.plan_prob
+        pick = torch.randint(0, len(self.cache), (size,), generator=generator)
+        previous = torch.zeros_like(out["video"])
+        for i in torch.nonzero(use_plan).flatten().tolist():
+            j = int(pick[i])
+            e, s = int(self.cache.episode[j]), int(self.cache.start[j])
+            clip = self.clips.clip(e, s)
+            out["video"][i] = clip[1:].movedim(0, 1)
+            out["first_frame"][i] = clip[0]
+            out["first_frame"][i, 3:] = 0
+            out["text_index"][i] = self.clips.text_index[e]
+            previous[i] = self.cache.plans[j].float()
+        out["previous_plan"] = previous
+        return out

@@ -1,0 +1,105 @@
+"""Executed plans and their outcomes: the learned critic's training data and VideoAgent-Online's new clips.
+
+``execute_plans(planner, tasks, cameras, seeds, out)`` runs the robotics protocol on each scene
+(``draws`` independent plans per scene) and keeps, per episode::
+
+    <out>/episodes.jsonl                           one record per episode (resumable: finished ones are skipped)
+    <out>/plans/<task>_<camera>_seed<k>_draw<d>.npz  first plan at the planner's resolution (uint8, observation
+                                                    first), text, success
+    <out>/successes/                               every scene's first successful execution, a ``gencond collect``
+                                                    dataset (index.json): new training clips
+
+Each episode's plans depend only on the planner's seed, the scene and the draw, so an interrupted
+run resumed gives the same data as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from gencond.errors import UserError
+
+EPISODES = "episodes.jsonl"
+PLANS = "plans"
+SUCCESSES = "successes"
+
+
+def plan_path(out: Path, task: str, camera: str, seed: int, draw: int) -> Path:
+    return Path(out) / PLANS / f"{task}_{camera}_seed{seed}_draw{draw}.npz"
+
+
+def read_episodes(out: str | Path) -> list[dict]:
+    path = Path(out) / EPISODES
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def execute_plans(planner, tasks: Sequence[str], cameras: Sequence[str], seeds: Sequence[int], out: str | Path,
+                  draws: int = 1, resolution: int = 128, max_replans: int = 0, extractor: str = "avdc",
+                  progress: bool = True, identity: Optional[dict] = None) -> list[dict]:
+    """Execute the planner's plans and keep outcomes, first plans and successful executions (see module)."""
+    from tqdm import tqdm
+
+    from robotics.collect import episode_path, save_demonstration, write_index
+    from robotics.envs import TaskEnv, check_camera, check_task, task_text
+    from robotics.evaluate import check_identity, describe
+    from robotics.execution import run_episode
+    from robotics.planners import resize_frames
+    from robotics.register import make_follower_factory
+
+    if draws < 1:
+        raise UserError(f"draws is {draws}; execute at least 1 plan per scene")
+    if getattr(getattr(planner, "model", None), "config", None) is not None and planner.depth:
+        raise UserError("executing RGB-D planners to keep their executions as clips is not supported; "
+                        "use an RGB planner (data.depth: false)")
+    tasks, cameras = [check_task(t) for t in tasks], [check_camera(c) for c in cameras]
+    out = Path(out)
+    check_identity(out, {"planner": describe(planner), "extractor": extractor, "resolution": resolution,
+                         "max_replans": max_replans, **(identity or {})})
+    make_follower = make_follower_factory(extractor, None)
+    done = {(r["task"], r["camera"], r["seed"], r["draw"]): r for r in read_episodes(out)}
+    todo = [(t, c, s, d) for t in tasks for c in cameras for s in seeds for d in range(draws) if (t, c, s, d) not in done]
+    env = None
+    bar = tqdm(todo, desc="execute plans", unit="ep", disable=not progress or not todo)
+    try:
+        for task, camera, seed, draw in bar:
+            if env is None or (env.task, env.camera) != (task, camera):
+                if env is not None:
+                    env.close()
+                env = TaskEnv(task, camera, resolution)
+            if hasattr(planner, "draw"):  # which independent plan of this scene (its begin_episode seeds by it)
+                planner.draw = draw
+            result = run_episode(env, planner, make_follower(), seed, max_replans=max_replans, record=True)
+            rec = {**result.summary(), "draw": draw}
+            if hasattr(planner, "episode_record"):
+                rec["planner"] = planner.episode_record()
+            if result.plans:
+                size = getattr(planner, "resolution", None)
+                first = result.plans[0][1]
+                first = resize_frames(first, (size, size)) if size else first
+                path = plan_path(out, task, camera, seed, draw)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                np.savez_compressed(path, plan=first, text=task_text(task), success=result.success,
+                                    replans=result.replans)
+                rec["plan"] = str(path.relative_to(out))
+            # a scene's first successful draw becomes a clip (a rerun writes the same file again)
+            rec["kept_as_clip"] = result.success and not any(
+                done.get((task, camera, seed, d), {}).get("success") for d in range(draw))
+            if rec["kept_as_clip"]:
+                save_demonstration(result.demonstration(env.object_geom_ids), episode_path(out / SUCCESSES, task, camera, seed))
+                write_index(out / SUCCESSES, (resolution, resolution))
+            with (out / EPISODES).open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+            done[(task, camera, seed, draw)] = rec
+            bar.set_postfix(success=f"{sum(r['success'] for r in done.values())}/{len(done)}")
+    finally:
+        bar.close()
+        if env is not None:
+            env.close()
+    if not (out / SUCCESSES / "index.json").exists():
+        (out / SUCCESSES).mkdir(parents=True, exist_ok=True)
+        write_index(out / SUCCESSES, (resolution, resolution))
+    return [done[(t, c, s, d)] for t in tasks for c in cameras for s in seeds for d in range(draws)]
+
