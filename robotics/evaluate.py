@@ -81,6 +81,24 @@ def success_table(records: list[dict], tasks, cameras) -> dict:
             "errors": len(errors), "mean_steps": float(np.mean([r["steps"] for r in records])) if records else None}
 
 
+def paired_test(a: list[dict], b: list[dict]) -> dict:
+    """Exact two-sided McNemar test of two evaluations on the same episodes (task, camera, seed):
+    the difference in success (points), the discordant counts and the p-value."""
+    from math import comb
+
+    ka = {(r["task"], r["camera"], r["seed"]): bool(r["success"]) for r in a}
+    kb = {(r["task"], r["camera"], r["seed"]): bool(r["success"]) for r in b}
+    common = sorted(set(ka) & set(kb))
+    if not common:
+        raise UserError("the two evaluations share no episode (task, camera, seed); evaluate the same seeds")
+    only_a = sum(ka[k] and not kb[k] for k in common)
+    only_b = sum(kb[k] and not ka[k] for k in common)
+    n, low = only_a + only_b, min(only_a, only_b)
+    p = 1.0 if n == 0 else min(1.0, 2 * sum(comb(n, i) for i in range(low + 1)) / 2 ** n)
+    return {"episodes": len(common), "difference_points": round(100.0 * (only_a - only_b) / len(common), 1),
+            "only_first": only_a, "only_second": only_b, "p_value": round(p, 4)}
+
+
 def markdown_table(table: dict, cameras, title: str = "") -> str:
     """The success table as Markdown: one row per task, one column per camera, and the overall row."""
     head = "| task | " + " | ".join(cameras) + " | all | episodes |"

@@ -4,6 +4,8 @@ import json
 import numpy as np
 import pytest
 
+from gencond.errors import UserError
+
 from robotics.avdc import AvdcFollower
 from robotics.envs import TaskEnv
 from robotics.evaluate import evaluate
@@ -102,3 +104,20 @@ def test_side_by_side_video_has_plan_left_and_execution_right(tmp_path, suffix):
     assert len(frames) == 6 and frames[0].shape[:2] == (LABEL_HEIGHT + 32, 98)
     below = frames[0][LABEL_HEIGHT:]
     assert below[:, :48, :3].mean() < 20 and below[:, 50:, :3].mean() > 180
+
+
+def test_paired_test_is_exact_mcnemar_on_shared_episodes():
+    from robotics.evaluate import paired_test
+
+    def recs(successes):
+        return [{"task": "door-open", "camera": "corner", "seed": i, "success": s} for i, s in enumerate(successes)]
+
+    a = recs([True] * 8 + [False] * 2 + [True] * 10)
+    b = recs([False] * 8 + [True] * 2 + [True] * 10)
+    r = paired_test(a, b)
+    # 8 vs 2 discordant: p = 2 * P(X <= 2), X ~ Bin(10, 1/2) = 2 * 56 / 1024
+    assert (r["only_first"], r["only_second"], r["episodes"]) == (8, 2, 20)
+    assert r["p_value"] == round(2 * 56 / 1024, 4) and r["difference_points"] == 30.0
+    assert paired_test(a, a)["p_value"] == 1.0
+    with pytest.raises(UserError, match="share no episode"):
+        paired_test(a, [{**a[0], "seed": 99}])
