@@ -13,6 +13,7 @@ where it stopped: finished episodes are not rerun, training resumes from its che
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -85,12 +86,16 @@ def online(run_dir: str | Path, out: str | Path, iterations: int, tasks: Sequenc
     previous, successes = run_dir, []
     for k in range(1, iterations + 1):
         folder = out / f"iter_{k}"
+        clock = time.perf_counter()
         records = execute_plans(planner(previous), tasks, cameras, seeds, folder / "executions",
                                 resolution=resolution, max_replans=max_replans, progress=progress,
                                 identity={"online_iteration": k})
         successes.append(folder / "executions" / "successes")
+        seconds = {"execute": time.perf_counter() - clock}
         model_dir = folder / "model"
+        clock = time.perf_counter()
         result = train_run(finetune_config(run_dir, previous, model_dir, successes, steps), model_dir, progress)
+        seconds["finetune"], clock = time.perf_counter() - clock, time.perf_counter()
         table = evaluate(functools.partial(planner, model_dir), AvdcFollower, tasks, cameras, eval_seeds,
                          folder / "evaluation", resolution=resolution, max_replans=max_replans, progress=progress,
                          title=f"VideoAgent-Online iteration {k}", workers=workers)
@@ -98,8 +103,10 @@ def online(run_dir: str | Path, out: str | Path, iterations: int, tasks: Sequenc
                  "clips_added": sum(bool(r.get("kept_as_clip")) for r in read_episodes(folder / "executions")),
                  "finetune_steps": result.step, "eval_success": table["overall"], "eval_episodes": table["episodes"],
                  "model": str(model_dir)}
-        if done.get(k) != entry:
-            done[k] = entry
+        seconds["evaluate"] = time.perf_counter() - clock
+        if k not in done or {**done[k], "seconds_this_call": None} != {**entry, "seconds_this_call": None}:
+            # seconds spent in the call that finished the iteration (resumed steps cost ~0 here)
+            done[k] = {**entry, "seconds_this_call": {key: round(v, 1) for key, v in seconds.items()}}
             log_path.write_text("".join(json.dumps(done[i]) + "\n" for i in sorted(done)))
         previous = model_dir
     return [done[k] for k in range(1, iterations + 1)]
