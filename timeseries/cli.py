@@ -26,7 +26,25 @@ def add_forecast_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--missing", choices=MISSING_SCENARIOS, help="hide context points first: at random (RM), "
                    "a block at the beginning (BM-B) or end (BM-E) of the context (default: the config's forecast.missing)")
     p.add_argument("--missing-points", type=positive_int, help="how many context points to hide (default: the config's data.missing_points)")
+    p.add_argument("--series", type=series_slice, help="forecast entries START:END only (0-based, END excluded; START a "
+                   "multiple of batch-size // samples); slices written into one --out add up to the whole forecast")
+    p.add_argument("--allow-negative", action="store_true", help="keep negative samples even when every training "
+                   "value is ≥ 0 (by default such data gets non-negative forecasts)")
     _common_arguments(p, "forecast only the first N test entries", "RUN_DIR/forecasts/<settings>")
+
+
+def series_slice(text: str) -> slice:
+    """'START:END' (either may be omitted) -> slice; a reversed or malformed one is an argparse error."""
+    start, colon, end = text.partition(":")
+    try:
+        if not colon:
+            raise ValueError
+        s = slice(int(start) if start else 0, int(end) if end else None)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not START:END (e.g. 0:100, 100:)") from None
+    if s.start < 0 or (s.stop is not None and s.stop <= s.start):
+        raise argparse.ArgumentTypeError(f"'{text}': need 0 <= START < END")
+    return s
 
 
 def _common_arguments(p: argparse.ArgumentParser, max_series_help: str, out_default: str, sampler: bool = True) -> None:
@@ -54,6 +72,9 @@ def _load_run(args: argparse.Namespace):
 
 
 def forecast_command(args: argparse.Namespace) -> dict:
+    import numpy as np
+    from omegaconf import OmegaConf
+
     from .data import load_dataset
     from .forecast import fan_chart, forecast_and_evaluate
     from .task import check_missing, load_data, make_forecaster, window_builder
@@ -72,26 +93,39 @@ def forecast_command(args: argparse.Namespace) -> dict:
         data = load_data(cfg)
     builder = window_builder(cfg, data)
     overrides = {k: v for k, v in {"guidance": args.guidance, "scale": args.scale, "num_samples": args.samples}.items() if v is not None}
-    forecaster = make_forecaster(cfg, model, builder, seed=args.seed, progress=not args.quiet, **overrides)
+    non_negative = not args.allow_negative and all(float(np.nanmin(e["target"])) >= 0 for e in data.train if len(e["target"]))
+    forecaster = make_forecaster(cfg, model, builder, seed=args.seed, progress=not args.quiet, non_negative=non_negative,
+                                 **overrides)
     entries = _full_history(data) if args.future else data.test
     entries = entries[: args.max_series] if args.max_series else entries
+    series = args.series or slice(0, None)
+    if series.start >= len(entries):
+        raise UserError(f"--series {series.start}:…: there are only {len(entries)} entries (0-{len(entries) - 1})")
     how = "cond" if forecaster.conditional else f"{forecaster.guidance}_s{forecaster.scale:g}"
     tag = f"{how}_{cfg.sampling.scheduler}{cfg.sampling.num_steps or cfg.diffusion.num_train_timesteps}_n{forecaster.num_samples}"
     tag += f"_{cfg.forecast.missing}{cfg.data.missing_points}" if cfg.forecast.missing else ""
     out = Path(args.out) if args.out else Path(args.run_dir) / "forecasts" / (tag + ("_future" if args.future else ""))
     out.mkdir(parents=True, exist_ok=True)
+    store = out / "samples"
+    _check_store(store, {"run": str(Path(args.run_dir).resolve()), "weights": args.weights, "settings": tag,
+                         "seed": args.seed, "chunk_size": forecaster.chunk_size, "non_negative": non_negative,
+                         "future": bool(args.future), "data": data.name, "entries": len(entries),
+                         "sampling": OmegaConf.to_container(cfg.sampling, resolve=True)})
 
     start = time.perf_counter()
     if args.future:
-        forecasts = forecaster.predict(entries, data.freq)
+        entries = entries[series]
+        forecasts = forecaster.predict(entries, data.freq, store, offset=series.start)
         metrics = {}
     else:
         forecasts, metrics = forecast_and_evaluate(forecaster, entries, data.freq, data.prediction_length,
                                                    missing=cfg.forecast.missing, missing_points=cfg.data.missing_points,
-                                                   seed=args.seed)
+                                                   seed=args.seed, store=store, series=series)
+        entries = entries[series]
     seconds = time.perf_counter() - start
     metrics.update(method=forecaster.method, missing=cfg.forecast.missing, series=len(entries), seconds=seconds,
-                   seconds_per_series=seconds / max(1, len(entries)), settings=tag)
+                   seconds_per_series=seconds / max(1, len(entries)), settings=tag, non_negative=non_negative,
+                   slice=None if args.series is None else f"{series.start}:{series.start + len(entries)}")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     _write_quantiles(forecasts, out / "forecasts.csv", data.freq)
     title = f"{data.name}: {forecaster.method}" + (f" ({cfg.forecast.missing} missing)" if cfg.forecast.missing else "") + (
@@ -101,6 +135,19 @@ def forecast_command(args: argparse.Namespace) -> dict:
     print(json.dumps(shown))
     print(f"wrote {out}/metrics.json, forecasts.csv, fan_chart.png")
     return metrics
+
+
+def _check_store(store: Path, identity: dict) -> None:
+    """Chunks in ``store`` are reused only by the same forecast; another one into the same --out is refused."""
+    path = store / "identity.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old != identity:
+            changed = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
+            raise UserError(f"{store.parent} holds samples of another forecast ({', '.join(changed)} differ); "
+                            "pass another --out, or delete the folder to start over")
+    store.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(identity))
 
 
 def _full_history(data) -> list[dict]:

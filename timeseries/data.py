@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -44,10 +45,24 @@ class TimeSeriesData:
     train: list[dict]
     test: list[dict]
 
+    def __post_init__(self):
+        self.freq = canonical_freq(self.freq)
+
     def validation_entries(self, max_series: int) -> list[dict]:
         """The last ``prediction_length`` values of (up to ``max_series``) training series, as
         evaluation entries for periodic validation."""
         return [e for e in self.train if len(e["target"]) > self.prediction_length][:max_series]
+
+
+def canonical_freq(freq: str) -> str:
+    """pandas' current spelling of a period frequency ('H' -> 'h', 'T' -> 'min'), so that the deprecated
+    aliases GluonTS datasets carry do not print a FutureWarning at every period built from them."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return pd.Period("2000-01-03", freq).freqstr
+    except (ValueError, TypeError):
+        return freq  # not a period frequency: the checks that need one say so
 
 
 # ---------------------------------------------------------------- loading
@@ -127,6 +142,7 @@ def read_series_file(path: Path, freq: Optional[str], timestamp_column: Optional
     """Series from a CSV (a timestamp column, one column per series) or GluonTS JSON lines."""
     if not path.is_file():
         raise UserError(f"data file not found: {path}")
+    freq = canonical_freq(freq) if freq else freq
     if path.suffix.lower() == ".csv":
         return _read_csv(path, freq, timestamp_column, coerce_non_numeric)
     if path.suffix.lower() in (".jsonl", ".json"):

@@ -8,6 +8,7 @@ i/(N+1), so the N samples spread like the predictive distribution. A conditional
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
@@ -26,6 +27,7 @@ from .data import WindowBuilder, hide_context
 GUIDANCE_KINDS = ("quantile", "mse")
 MAX_CONTEXT_MISFIT = 1.0  # samples further than this from the observed context mean guidance failed
 EVAL_QUANTILES = tuple(np.round(np.arange(1, 10) / 10, 1))
+PLACEHOLDER_YEAR = 1800  # series starting this early carry no real dates (GluonTS uses 1750-01-01)
 
 
 class TSDiffForecaster:
@@ -45,6 +47,7 @@ class TSDiffForecaster:
         seed: int = 0,
         device: torch.device | str = "cpu",
         progress: bool = True,
+        non_negative: bool = False,
     ):
         if guidance not in GUIDANCE_KINDS:
             raise UserError(f"unknown guidance '{guidance}'; use one of {GUIDANCE_KINDS}")
@@ -55,39 +58,60 @@ class TSDiffForecaster:
         self.model, self.process, self.builder, self.sampling = model, process, builder, sampling
         self.guidance, self.scale, self.num_samples = guidance, scale, num_samples
         self.batch_size, self.seed, self.device, self.progress = batch_size, seed, device, progress
+        self.non_negative = non_negative  # clip samples at 0 (for data that is never negative)
         self.conditional = getattr(model, "cond_channels", 0) > 0
+
+    @property
+    def chunk_size(self) -> int:
+        """Series sampled together: ``batch_size // num_samples`` (at least 1)."""
+        return max(1, self.batch_size // self.num_samples)
 
     @property
     def method(self) -> str:
         """TSDiff-Q, TSDiff-MS or TSDiff-Cond."""
         return "TSDiff-Cond" if self.conditional else "TSDiff-" + ("Q" if self.guidance == "quantile" else "MS")
 
-    def sample_futures(self, pasts: Sequence[np.ndarray]) -> np.ndarray:
-        """Forecast samples (S, num_samples, prediction_length) for S past series (raw values, NaN = missing)."""
+    def sample_futures(self, pasts: Sequence[np.ndarray], store: Optional[Path] = None, offset: int = 0) -> np.ndarray:
+        """Forecast samples (S, num_samples, prediction_length) for S past series (raw values, NaN = missing).
+
+        Series are sampled in chunks of :attr:`chunk_size`, each with noise seeded by the seed and the
+        chunk's first series only (its index ``offset + i``: ``pasts`` may be a slice of a longer list
+        that starts at a chunk boundary). ``store``: a folder where every finished chunk is written
+        (``chunk_<first>.npz``) and from which it is read back instead of sampled again, so an
+        interrupted forecast resumes without redoing finished series.
+        """
+        if offset % self.chunk_size:
+            raise UserError(f"a slice must start at a multiple of the chunk size {self.chunk_size} "
+                            f"(batch size // samples), got {offset}")
         windows = [self.builder.past_window(np.asarray(p, dtype=np.float32)) for p in pasts]
-        per_batch = max(1, self.batch_size // self.num_samples)
-        generator = torch.Generator().manual_seed(self.seed)
+        per_batch = self.chunk_size
         out, misfits = [], []
         chunks = range(0, len(windows), per_batch)
-        for start in tqdm(chunks, desc="forecast", disable=not self.progress or len(chunks) == 1):
+        todo = [s for s in chunks if store is None or not (Path(store) / f"chunk_{offset + s:06d}.npz").is_file()]
+        bar = tqdm(total=len(windows), initial=len(windows) - sum(len(windows[s:s + per_batch]) for s in todo),
+                   desc="forecast", unit="series", disable=not self.progress or len(chunks) == 1)
+        for start in chunks:
+            path = None if store is None else Path(store) / f"chunk_{offset + start:06d}.npz"
             group = windows[start : start + per_batch]
-            vals = np.stack([v for v, _ in group])
-            obs = np.stack([o for _, o in group])
-            x, mask, scale = self.builder.features(vals, obs)
-            n = self.num_samples
-            x, mask = x.repeat_interleave(n, 0).to(self.device), mask.repeat_interleave(n, 0).to(self.device)
-            if self.conditional:
-                options = dict(cond=known_condition(x, mask))
-            else:
-                quantiles = evenly_spaced_quantiles(n).repeat(len(group)) if self.guidance == "quantile" else None
-                options = dict(guidance=ObservationGuidance(x, mask, quantiles), guidance_scale=self.scale)
-            draws = sample(
-                self.model, self.process, tuple(x.shape), self.sampling, generator=generator,
-                device=self.device, progress=self.progress and len(chunks) == 1, **options,
-            )
-            misfits.append(context_misfit(draws, x, mask, self.builder.context_length))
-            future = draws[:, self.builder.context_length :, 0].float().cpu().reshape(len(group), n, -1)
-            out.append((future * scale[:, None, None]).numpy())
+            if path is not None and path.is_file():
+                with np.load(path, allow_pickle=False) as z:
+                    if len(z["samples"]) == len(group):
+                        out.append(z["samples"])
+                        misfits.append(torch.from_numpy(z["misfit"]))
+                        continue
+            future, misfit = self._sample_chunk(group, torch.Generator().manual_seed(self.seed * 1_000_003 + offset + start),
+                                                show_steps=self.progress and len(chunks) == 1)
+            if self.non_negative:
+                future = np.maximum(future, 0.0)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(path.stem + ".tmp.npz")
+                np.savez(tmp, samples=future, misfit=misfit.numpy())
+                tmp.replace(path)
+            out.append(future)
+            misfits.append(misfit)
+            bar.update(len(group))
+        bar.close()
         misfit = float(torch.cat(misfits).median())
         if not np.isfinite(misfit) or misfit > MAX_CONTEXT_MISFIT:
             remedy = "train longer" if self.conditional else (
@@ -98,12 +122,31 @@ class TSDiffForecaster:
             )
         return np.concatenate(out)
 
-    def predict(self, entries: Iterable[dict], freq: str):
-        """GluonTS ``SampleForecast``s for entries whose ``target`` is the past to forecast from."""
+    def _sample_chunk(self, group, generator: torch.Generator, show_steps: bool) -> tuple[np.ndarray, torch.Tensor]:
+        """(raw-scale future samples (G, num_samples, prediction_length), per-sample context misfit)."""
+        vals = np.stack([v for v, _ in group])
+        obs = np.stack([o for _, o in group])
+        x, mask, scale = self.builder.features(vals, obs)
+        n = self.num_samples
+        x, mask = x.repeat_interleave(n, 0).to(self.device), mask.repeat_interleave(n, 0).to(self.device)
+        if self.conditional:
+            options = dict(cond=known_condition(x, mask))
+        else:
+            quantiles = evenly_spaced_quantiles(n).repeat(len(group)) if self.guidance == "quantile" else None
+            options = dict(guidance=ObservationGuidance(x, mask, quantiles), guidance_scale=self.scale)
+        draws = sample(self.model, self.process, tuple(x.shape), self.sampling, generator=generator,
+                       device=self.device, progress=show_steps, **options)
+        misfit = context_misfit(draws, x, mask, self.builder.context_length)
+        future = draws[:, self.builder.context_length :, 0].float().cpu().reshape(len(group), n, -1)
+        return (future * scale[:, None, None]).numpy(), misfit
+
+    def predict(self, entries: Iterable[dict], freq: str, store: Optional[Path] = None, offset: int = 0):
+        """GluonTS ``SampleForecast``s for entries whose ``target`` is the past to forecast from
+        (``store``: see :meth:`sample_futures`)."""
         from gluonts.model.forecast import SampleForecast
 
         entries = list(entries)
-        samples = self.sample_futures([e["target"] for e in entries])
+        samples = self.sample_futures([e["target"] for e in entries], store, offset)
         return [
             SampleForecast(s, start_date=pd.Period(e["start"], freq) + len(e["target"]), item_id=e.get("item_id"))
             for e, s in zip(entries, samples)
@@ -140,15 +183,18 @@ def evaluate(entries: Sequence[dict], forecasts: Sequence, freq: str) -> dict[st
 
 
 def forecast_and_evaluate(forecaster: TSDiffForecaster, entries: Sequence[dict], freq: str, prediction_length: int,
-                          *, missing: Optional[str] = None, missing_points: int = 0, seed: int = 0):
+                          *, missing: Optional[str] = None, missing_points: int = 0, seed: int = 0,
+                          store: Optional[Path] = None, series: slice = slice(None)):
     """Forecast the last ``prediction_length`` values of each entry from the values before them;
-    ``missing`` (RM, BM-B, BM-E) first hides ``missing_points`` of each context (seeded)."""
+    ``missing`` (RM, BM-B, BM-E) first hides ``missing_points`` of each context (seeded, over all
+    entries); ``series`` forecasts and evaluates a slice of them (``store``: see ``sample_futures``)."""
     rng = np.random.default_rng(seed)
     pasts = [{**e, "target": e["target"][:-prediction_length]} for e in entries]
     if missing:
         ctx = forecaster.builder.context_length
         pasts = [{**p, "target": hide_context(p["target"], missing, missing_points, ctx, rng)} for p in pasts]
-    forecasts = forecaster.predict(pasts, freq)
+    entries, pasts = list(entries)[series], pasts[series]
+    forecasts = forecaster.predict(pasts, freq, store, offset=series.start or 0)
     return forecasts, evaluate(entries, forecasts, freq)
 
 
@@ -160,6 +206,7 @@ def fan_chart(entries: Sequence[dict], forecasts: Sequence, path, freq: str, *, 
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.dates
     import matplotlib.pyplot as plt
 
     k = min(max_series, len(entries))
@@ -169,8 +216,17 @@ def fan_chart(entries: Sequence[dict], forecasts: Sequence, path, freq: str, *, 
     for ax, e, f in zip(axes.flat, entries, forecasts):
         n = f.samples.shape[1]
         h = history or 4 * n
-        idx = pd.period_range(pd.Period(e["start"], freq), periods=len(e["target"]), freq=freq).to_timestamp()
-        fidx = pd.period_range(f.start_date, periods=n, freq=freq).to_timestamp()
+        periods = pd.period_range(pd.Period(e["start"], freq), periods=len(e["target"]), freq=freq)
+        fperiods = pd.period_range(f.start_date, periods=n, freq=freq)
+        if periods[0].year <= PLACEHOLDER_YEAR:  # no real dates (GluonTS puts such series at 1750): step numbers
+            idx = np.arange(len(periods))
+            fidx = (fperiods.asi8 - periods[0].ordinal).astype(int)
+            ax.set_xlabel(f"step ({freq}) since the series' start; the data carries no dates", fontsize=7)
+        else:
+            idx, fidx = periods.to_timestamp(), fperiods.to_timestamp()
+            locator = matplotlib.dates.AutoDateLocator(maxticks=6)
+            ax.xaxis.set_major_locator(locator)
+            ax.xaxis.set_major_formatter(matplotlib.dates.ConciseDateFormatter(locator))
         first, cut = max(0, len(e["target"]) - h - n), int(np.searchsorted(idx, fidx[0]))
         ax.plot(idx[first:cut], e["target"][first:cut], color="black", lw=1, label="history")
         if cut < len(idx):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Optional
 
 import torch
 from torch import nn
@@ -71,10 +72,13 @@ class _FFTConvolution(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, u: torch.Tensor, k: torch.Tensor, keep_u_hat: bool) -> torch.Tensor:
-        length, n_fft = u.shape[1], k.shape[-1]
+    def forward(ctx, u: torch.Tensor, k: Optional[torch.Tensor], keep_u_hat: bool,
+                k_hat: Optional[torch.Tensor] = None, n_fft: Optional[int] = None) -> torch.Tensor:
+        length = u.shape[1]
+        n_fft = k.shape[-1] if n_fft is None else n_fft
         u_hat = torch.fft.rfft(u.transpose(1, 2), n=n_fft)  # (B, H, F)
-        k_hat = torch.fft.rfft(k, n=n_fft)  # (H, F)
+        if k_hat is None:
+            k_hat = torch.fft.rfft(k, n=n_fft)  # (H, F)
         if keep_u_hat:
             y_hat = u_hat * k_hat
             u_hat_conj = u_hat.conj_physical_()  # in place: cheaper than resolving a conj view in backward
@@ -98,7 +102,7 @@ class _FFTConvolution(torch.autograd.Function):
             # dL/du[j] = sum_i g[i] k[i - j]: G * conj(K).
             grad_u = torch.fft.irfft(g_hat.mul_(k_hat.conj()), n=n_fft)[..., : ctx.length]
             grad_u = grad_u.transpose(1, 2).contiguous()
-        return grad_u, grad_k, None
+        return grad_u, grad_k, None, None, None
 
 
 def fft_convolution(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -142,6 +146,7 @@ class S4DLayer(nn.Module):
         self.d = nn.Parameter(torch.randn(channels))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.output_linear = nn.Linear(channels, 2 * channels)
+        self._spectrum_cache: Optional[tuple] = None  # (key, rfft of the circular kernel); see kernel_spectrum
 
     def discretize(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """ZOH: (Re, Im) of dt*A, shape (H, N/2), and of C*B_bar, shape (dirs, H, N/2), B_bar = (exp(dtA)-1)/A * B."""
@@ -200,10 +205,29 @@ class S4DLayer(nn.Module):
             parts.append(k.new_zeros(self.channels, n_fft - length))
         return torch.cat(parts, dim=-1)
 
+    def kernel_parameters(self) -> tuple[torch.Tensor, ...]:
+        return (self.log_dt, self.log_a_real, self.a_imag, self.b, self.c, self.d)
+
+    def kernel_spectrum(self, length: int, n_fft: int, dtype: torch.dtype) -> torch.Tensor:
+        """rfft of :meth:`circular_kernel`, (H, n_fft // 2 + 1), cached while the kernel's parameters are
+        unchanged (same tensors, same in-place version): frozen weights, e.g. at every sampling step."""
+        params = self.kernel_parameters()
+        key = (length, n_fft, dtype, tuple((p.data_ptr(), p._version, p.device) for p in params))
+        cached = self._spectrum_cache
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                k_hat = torch.fft.rfft(self.circular_kernel(length, n_fft).to(dtype), n=n_fft)
+            self._spectrum_cache = cached = (key, k_hat)
+        return cached[1]
+
     def convolve(self, u: torch.Tensor) -> torch.Tensor:
-        """SSM part only: the (bidirectional) kernel convolution plus D u, on (B, L, H)."""
+        """SSM part only: the (bidirectional) kernel convolution plus D u, on (B, L, H). With the kernel's
+        parameters frozen (no gradient wanted for them) its spectrum is reused from call to call."""
         length = u.shape[1]
-        return fft_convolution(u, self.circular_kernel(length, fft_length(2 * length)))
+        n_fft = fft_length(2 * length)
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.kernel_parameters()):
+            return fft_convolution(u, self.circular_kernel(length, n_fft))
+        return _FFTConvolution.apply(u, None, False, self.kernel_spectrum(length, n_fft, u.dtype), n_fft)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         y = F.gelu(self.convolve(u))

@@ -1,6 +1,5 @@
 """Bad input is a one-line error that says where and how to fix it, never a silently wrong result."""
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 

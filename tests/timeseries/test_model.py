@@ -180,6 +180,34 @@ def test_input_only_gradient_matches_full_backward():
     torch.testing.assert_close(grad_input_only, grad_full)
 
 
+def test_the_cached_kernel_gives_what_recomputing_it_gives_and_follows_weight_changes():
+    """Frozen weights (sampling): the kernel's spectrum is computed once and reused; outputs and input
+    gradients equal those of recomputing the kernel, and changed weights are never served stale."""
+    model = small_model()
+    x, t = torch.randn(4, 25, 3), torch.tensor([3, 70, 5, 99])
+    x1 = x.clone().requires_grad_()
+    out_fresh = model(x1, t)  # trainable weights: the kernel is rebuilt (and differentiated)
+    (grad_fresh,) = torch.autograd.grad(out_fresh.sum(), x1)
+    model.requires_grad_(False)
+    layer = next(m for m in model.modules() if isinstance(m, S4DLayer))
+    for _ in range(2):
+        x2 = x.clone().requires_grad_()
+        out_cached = model(x2, t)
+        (grad_cached,) = torch.autograd.grad(out_cached.sum(), x2)
+        torch.testing.assert_close(out_cached, out_fresh.detach(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(grad_cached, grad_fresh, rtol=1e-5, atol=1e-6)
+    spectrum = layer._spectrum_cache[1]
+    with torch.no_grad():
+        model(x, t)
+    assert layer._spectrum_cache[1] is spectrum  # reused, not rebuilt
+    with torch.no_grad():
+        layer.log_dt.add_(0.3)  # an in-place update (optimizer step, EMA copy, load_state_dict)
+        changed = model(x, t)
+    assert layer._spectrum_cache[1] is not spectrum and not torch.allclose(changed, out_fresh)
+    model.requires_grad_(True)
+    torch.testing.assert_close(changed, model(x, t).detach(), rtol=1e-5, atol=1e-6)
+
+
 def test_save_pretrained_round_trip(tmp_path):
     model = small_model(self_condition=True, init_skip=True).eval()
     x = torch.randn(2, 19, 3)

@@ -119,3 +119,83 @@ def test_missing_values_and_tsdiff_cond(run_dir, tmp_path):
         results[run.name] = json.loads((out / "metrics.json").read_text())
     assert results["tiny"]["method"] == "TSDiff-Q" and results["cond"]["method"] == "TSDiff-Cond"
     assert all(r["missing"] == "BM-E" and np.isfinite(r["CRPS"]) for r in results.values())
+
+
+FAST = ["--quiet", "--scheduler", "ddim", "--steps", "3", "--samples", "4", "--batch-size", "8"]
+
+
+def samples_of(out):
+    return pd.read_csv(out / "forecasts.csv")[["mean", "q0.1", "q0.5", "q0.9"]].to_numpy()
+
+
+def test_an_interrupted_forecast_resumes_to_the_uninterrupted_one(run_dir, tmp_path, monkeypatch, capsys):
+    import timeseries.forecast as forecast
+
+    whole = tmp_path / "whole"
+    assert main(["forecast", str(run_dir), "--out", str(whole), *FAST]) == 0
+    real, calls = forecast.TSDiffForecaster._sample_chunk, []
+
+    def interrupted(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(forecast.TSDiffForecaster, "_sample_chunk", interrupted)
+    resumed = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        main(["forecast", str(run_dir), "--out", str(resumed), *FAST])
+    assert len(list((resumed / "samples").glob("chunk_*.npz"))) == 2  # two chunks of 2 windows were written
+    assert main(["forecast", str(run_dir), "--out", str(resumed), *FAST]) == 0
+    assert len(calls) == 3 + 3  # 5 chunks: 2 read back, 3 sampled
+    np.testing.assert_array_equal(samples_of(resumed), samples_of(whole))
+    assert json.loads((resumed / "metrics.json").read_text())["CRPS"] == json.loads((whole / "metrics.json").read_text())["CRPS"]
+    capsys.readouterr()
+    assert main(["forecast", str(run_dir), "--out", str(resumed), *FAST[:-2], "--batch-size", "4"]) == 2
+    assert "holds samples of another forecast (chunk_size differ)" in capsys.readouterr().err
+
+
+def test_slices_add_up_to_the_whole_forecast(run_dir, tmp_path, capsys):
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert main(["forecast", str(run_dir), "--out", str(whole), *FAST]) == 0
+    assert main(["forecast", str(run_dir), "--out", str(parts), "--series", "4:", *FAST]) == 0
+    sliced = json.loads((parts / "metrics.json").read_text())
+    assert sliced["series"] == 6 and sliced["slice"] == "4:10" and len(pd.read_csv(parts / "forecasts.csv")) == 6 * 30
+    assert main(["forecast", str(run_dir), "--out", str(parts), "--series", "0:4", *FAST]) == 0
+    assert main(["forecast", str(run_dir), "--out", str(parts), *FAST]) == 0  # every chunk is there already
+    np.testing.assert_array_equal(samples_of(parts), samples_of(whole))
+    capsys.readouterr()
+    assert main(["forecast", str(run_dir), "--out", str(tmp_path / "x"), "--series", "3:5", *FAST]) == 2
+    assert "a multiple of the chunk size 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["forecast", str(run_dir), "--series", "5:2", *FAST])
+    assert "need 0 <= START < END" in capsys.readouterr().err
+
+
+def test_non_negative_data_gets_non_negative_forecasts_unless_turned_off(run_dir, tmp_path):
+    import timeseries.forecast as forecast
+
+    out = tmp_path / "nonneg"
+    assert main(["forecast", str(run_dir), "--out", str(out), *FAST, "--scale", "0"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["non_negative"] is True  # exchange rates are positive
+    assert (pd.read_csv(out / "forecasts.csv")[[f"q{q / 10:.1f}" for q in range(1, 10)]].to_numpy() >= 0).all()
+    free = tmp_path / "free"
+    assert main(["forecast", str(run_dir), "--out", str(free), *FAST, "--scale", "0", "--allow-negative"]) == 0
+    assert json.loads((free / "metrics.json").read_text())["non_negative"] is False
+    assert forecast.PLACEHOLDER_YEAR >= 1750
+
+
+def test_hourly_data_prints_no_deprecation_warning_per_series(run_dir, tmp_path):
+    import subprocess
+    import sys
+
+    idx = pd.date_range("2021-01-01", periods=300, freq="h")
+    lines = [json.dumps({"start": str(idx[0]), "target": list(1 + np.sin(np.arange(300) / 7 + k))}) for k in range(4)]
+    (tmp_path / "hourly.jsonl").write_text("\n".join(lines) + "\n")
+    done = subprocess.run([sys.executable, "-W", "always", "-m", "gencond", "forecast", str(run_dir), "--data",
+                           str(tmp_path / "hourly.jsonl"), "--freq", "H", "--future", "--out", str(tmp_path / "h"), *FAST],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "'H' is deprecated" not in done.stderr
+    assert (tmp_path / "h" / "fan_chart.png").exists()
