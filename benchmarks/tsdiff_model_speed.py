@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from timeseries.model import TSDiffDenoiser
+from timeseries.s4 import S4DLayer
 
 
 def tune_glibc_malloc() -> bool:
@@ -99,6 +100,13 @@ def main() -> None:
         finally:
             model.requires_grad_(True)
 
+    def input_gradient_kernel_rebuilt():
+        S4DLayer.reuse_spectrum = False
+        try:
+            input_gradient_no_weight_grads()
+        finally:
+            S4DLayer.reuse_spectrum = True
+
     b, gb = args.batch, args.guidance_batch
     rows = [
         (f"forward (batch {b})", forward),
@@ -106,6 +114,7 @@ def main() -> None:
         (f"forward, inference_mode (batch {b})", forward_inference_mode),
         (f"forward+backward, parameter grads (batch {b})", train_step),
         (f"forward+backward, input grad only, frozen weights (batch {gb})", input_gradient_no_weight_grads),
+        (f"same, S4 kernel rebuilt every call (before the cache) (batch {gb})", input_gradient_kernel_rebuilt),
         (f"forward+backward, input grad, weights require grad (batch {gb})", input_gradient),
     ]
     results = measure(dict(rows), args.repeats)

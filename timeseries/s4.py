@@ -115,6 +115,8 @@ def fft_convolution(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 class S4DLayer(nn.Module):
     """Bidirectional S4D convolution + D skip, then GELU and a GLU output projection; (B, L, H) -> (B, L, H)."""
 
+    reuse_spectrum = True  # False rebuilds the kernel at every call, as before the cache (for benchmarks)
+
     def __init__(
         self,
         channels: int,
@@ -225,7 +227,8 @@ class S4DLayer(nn.Module):
         parameters frozen (no gradient wanted for them) its spectrum is reused from call to call."""
         length = u.shape[1]
         n_fft = fft_length(2 * length)
-        if torch.is_grad_enabled() and any(p.requires_grad for p in self.kernel_parameters()):
+        rebuild = not self.reuse_spectrum or (torch.is_grad_enabled() and any(p.requires_grad for p in self.kernel_parameters()))
+        if rebuild:
             return fft_convolution(u, self.circular_kernel(length, n_fft))
         return _FFTConvolution.apply(u, None, False, self.kernel_spectrum(length, n_fft, u.dtype), n_fft)
 

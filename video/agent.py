@@ -48,7 +48,7 @@ class VideoAgentPlanner(VideoPlanner):
     def __repr__(self) -> str:
         base = super().__repr__()
         return (f"VideoAgent{base[:-1]}, max_rounds={self.max_rounds}, refine_from={self.refine_from}, "
-                f"strength={self.strength}, feedback={self.feedback!r})")
+                f"strength={self.strength}, feedback={_describe(self.feedback)})")
 
     def begin_episode(self, task: str, camera: str, seed: int) -> None:
         super().begin_episode(task, camera, seed)
@@ -84,6 +84,15 @@ class VideoAgentPlanner(VideoPlanner):
     def close(self) -> None:
         if hasattr(self.feedback, "close"):
             self.feedback.close()
+
+
+def _describe(feedback) -> str:
+    """A stable description (part of an evaluation's identity): the feedback's own repr, or for a plain
+    function or an object without one, its importable name (not a memory address)."""
+    if feedback is None or type(feedback).__repr__ is not object.__repr__ and not hasattr(feedback, "__code__"):
+        return repr(feedback)
+    target = feedback if hasattr(feedback, "__qualname__") else type(feedback)
+    return f"{target.__module__}.{target.__qualname__}"
 
 
 def _verdict(v: Verdict) -> dict:

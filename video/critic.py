@@ -97,12 +97,12 @@ class ExecutedPlans:
                 if "plan" not in r or r.get("replans", 0):
                     continue  # only a plan executed to the end alone is labelled by the outcome
                 with np.load(folder / r["plan"], allow_pickle=False) as z:
-                    plan = plan_rgb(z["plan"])
+                    plan, text = plan_rgb(z["plan"]), str(z["text"])
                 if len(plan) != frames:
                     raise UserError(f"{folder / r['plan']} has {len(plan)} frames, the critic data.frames is {frames}")
                 plans.append(plan)
                 labels.append(bool(r["success"]))
-                texts.append(str(np.load(folder / r["plan"], allow_pickle=False)["text"]))
+                texts.append(text)
                 scenes.append((r["task"], r["camera"], r["seed"]))
         if not plans:
             raise UserError(f"no plan executed without replanning in {', '.join(map(str, folders))}")
