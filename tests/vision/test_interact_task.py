@@ -179,11 +179,55 @@ def test_the_verb_evaluator_beats_chance_on_held_out_renders(tmp_path, monkeypat
     assert list(tmp_path.rglob("hoi-verbs-32px-*.safetensors"))  # cached for the next evaluation
 
 
+def test_the_detector_decodes_its_targets_and_learns_beyond_chance(tmp_path, monkeypatch):
+    import torch
+
+    from vision.interact.detector import (CLASSES, box_alignment, box_iou, detect, entity_detector, targets,
+                                          triplet_recall)
+    from vision.interact.evaluators import rendered
+    from vision.interact.scenes import COLOURS
+
+    assert box_iou((0, 0, 0.5, 0.5), (0.25, 0, 0.75, 0.5)) == 1 / 3 and box_iou((0, 0, 0.1, 0.1), (0.5, 0.5, 1, 1)) == 0
+    images, scenes = rendered("double", 6, 1, 32)
+    triplets = [s.triplets for s in scenes]
+    heat, size, colour, _ = targets(triplets, 32)
+
+    class Oracle(torch.nn.Module):  # outputs the training targets: decoding must give the boxes back
+        def forward(self, x):
+            return (torch.logit(heat.clamp(1e-4, 1 - 1e-4)), size,
+                    torch.nn.functional.one_hot(colour.clamp_min(0), len(COLOURS)).permute(0, 3, 1, 2).float())
+
+    found = detect(Oracle(), images)
+    assert all(len(f) == 4 for f in found)  # two subjects and two objects per double scene
+    assert box_alignment(found, triplets) > 0.8 and {d["class"] for f in found for d in f} <= set(range(len(CLASSES)))
+
+    class Verbs(torch.nn.Module):  # a verb "classifier" that always answers the right verb
+        def __init__(self, labels):
+            super().__init__()
+            self.labels, self.k = labels, 0
+
+        def forward(self, x):
+            out = torch.nn.functional.one_hot(self.labels[self.k:self.k + len(x)], 5).float()
+            self.k += len(x)
+            return out
+
+    from vision.interact.evaluators import pair_inputs
+
+    _, labels = pair_inputs(images, triplets)
+    assert all(triplet_recall(found, images, triplets, Verbs(labels)))
+    assert not any(triplet_recall([[] for _ in found], images, triplets, Verbs(labels)))
+    monkeypatch.setenv("GENCOND_CACHE_DIR", str(tmp_path))
+    _, recall = entity_detector(32, train_scenes=300, test_scenes=40, steps=150)
+    assert recall["single"] > 0.3 and recall["double"] > 0.2, recall  # chance (a right box and class) is ~0
+    assert list(tmp_path.rglob("hoi-detector-32px-*.safetensors"))
+
+
 def test_eval_scores_generated_images_beside_renders(opened, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("GENCOND_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "eval"
     assert cli.main(["eval", str(opened), "--splits", "single,double", "--num", "4", "--batch-size", "4", "--steps", "2",
-                     "--evaluator-scenes", "100", "--evaluator-steps", "20", "--out", str(out), "--quiet"]) == 0
+                     "--evaluator-scenes", "100", "--evaluator-steps", "20", "--detector-scenes", "60",
+                     "--detector-steps", "5", "--out", str(out), "--quiet"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert set(results["splits"]) == {"single", "double"} and results["grounding"] == "interact"
     single, double = results["splits"]["single"], results["splits"]["double"]
@@ -192,6 +236,8 @@ def test_eval_scores_generated_images_beside_renders(opened, tmp_path, monkeypat
         lo, hi = r["interval_95"]
         assert 0 <= lo <= r["interaction_accuracy"] <= hi <= 1 and 0 <= r["renders_accuracy"] <= 1
         assert r["fd_evaluator_features"] >= 0 and "kid_evaluator_features" in r
+        assert 0 <= r["triplet_recall_iou50"] <= 1 and 0 <= r["box_alignment"] <= 1 and 0 <= r["renders_box_alignment"] <= 1
+    assert set(results["detector_entity_recall_on_renders"]) == {"single", "double"}
     assert cli.main(["eval", str(opened), "--splits", "train", "--quiet"]) != 0
     assert "--splits: unknown split 'train'" in capsys.readouterr().err
 

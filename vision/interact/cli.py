@@ -147,6 +147,10 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--evaluator-scenes", type=positive_int, default=4000,
                    help="renders the verb evaluator trains on (default 4000; cached)")
     p.add_argument("--evaluator-steps", type=positive_int, default=1500, help="its training steps (default 1500)")
+    p.add_argument("--detector-scenes", type=positive_int, default=3000,
+                   help="renders the entity detector trains on (default 3000; cached)")
+    p.add_argument("--detector-steps", type=positive_int, default=1200,
+                   help="training steps of the entity detector (triplet recall, box alignment; default 1200; cached)")
     p.add_argument("--out", help="output folder (default RUN_DIR/eval/hoi_shapes)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_sampling_arguments(p)
@@ -175,6 +179,7 @@ def eval_command(args: argparse.Namespace) -> dict:
     from gencond.runs import apply_sampling_arguments, load_run
     from vision.frechet import classifier_features, frechet_distance, kernel_inception_distance
 
+    from .detector import box_alignment, detect, entity_detector, triplet_recall
     from .evaluators import TEST_SEED, pair_inputs, predict_verbs, rendered, verb_classifier
     from .scenes import SPLITS
     from .task import TASK, condition
@@ -189,9 +194,11 @@ def eval_command(args: argparse.Namespace) -> dict:
     process = DiffusionProcess(cfg.diffusion)
     size = model.unet.config.sample_size
     classifier, evaluator_accuracy = verb_classifier(size, args.evaluator_scenes, steps=args.evaluator_steps)
+    detector, detector_recall = entity_detector(size, args.detector_scenes, steps=args.detector_steps)
     generator = torch.Generator().manual_seed(args.seed)
     results = {"run": str(args.run_dir), "grounding": cfg.model.grounding, "sampling": dict(cfg.sampling),
-               "beta": args.beta, "evaluator_accuracy_on_renders": evaluator_accuracy, "splits": {}}
+               "beta": args.beta, "evaluator_accuracy_on_renders": evaluator_accuracy,
+               "detector_entity_recall_on_renders": detector_recall, "splits": {}}
     for split in splits:
         renders, scenes = rendered(split, args.num, TEST_SEED, size)
         triplets = [s.triplets for s in scenes]
@@ -201,7 +208,8 @@ def eval_command(args: argparse.Namespace) -> dict:
             cond = condition([s.caption for s in batch], [s.triplets for s in batch], cfg.model.text_max_tokens,
                              model.grounded, cfg.model.max_interactions)
             generated.append(generate(model, process, cfg.sampling, cond, len(batch), generator, args.beta))
-        gen_inputs, labels = pair_inputs(torch.cat(generated), triplets)
+        generated = torch.cat(generated)
+        gen_inputs, labels = pair_inputs(generated, triplets)
         real_inputs, _ = pair_inputs(renders, triplets)
         correct = (predict_verbs(classifier, gen_inputs) == labels).tolist()
         real_correct = (predict_verbs(classifier, real_inputs) == labels).tolist()
@@ -209,13 +217,23 @@ def eval_command(args: argparse.Namespace) -> dict:
             fg, fr = classifier_features(classifier, gen_inputs), classifier_features(classifier, real_inputs)
             fd = frechet_distance(fg, fr) if len(gen_inputs) > 2 else float("nan")
             kid = kernel_inception_distance(fg, fr) if len(gen_inputs) > 1 else float("nan")
+        found, found_real = detect(detector, generated), detect(detector, renders)
+        recalled = triplet_recall(found, generated, triplets, classifier)
+        recalled_real = triplet_recall(found_real, renders, triplets, classifier)
         results["splits"][split] = {
             "pairs": len(labels), "interaction_accuracy": round(sum(correct) / max(len(correct), 1), 4),
             "interval_95": bootstrap_interval(correct), "renders_accuracy": round(sum(real_correct) / max(len(real_correct), 1), 4),
+            "triplet_recall_iou50": round(sum(recalled) / max(len(recalled), 1), 4),
+            "triplet_recall_interval_95": bootstrap_interval(recalled),
+            "renders_triplet_recall_iou50": round(sum(recalled_real) / max(len(recalled_real), 1), 4),
+            "box_alignment": round(box_alignment(found, triplets), 4),
+            "renders_box_alignment": round(box_alignment(found_real, triplets), 4),
             "fd_evaluator_features": round(fd, 3), "kid_evaluator_features": round(kid, 5)}
         r = results["splits"][split]
         print(f"{split}: interaction accuracy {r['interaction_accuracy']:.3f} {r['interval_95']} over {r['pairs']} pairs "
-              f"(renders {r['renders_accuracy']:.3f}); FD {r['fd_evaluator_features']:.2f}, KID {r['kid_evaluator_features']:.4f}")
+              f"(renders {r['renders_accuracy']:.3f}); triplet recall@0.5 {r['triplet_recall_iou50']:.3f} "
+              f"(renders {r['renders_triplet_recall_iou50']:.3f}); box alignment {r['box_alignment']:.3f} "
+              f"(renders {r['renders_box_alignment']:.3f}); FD {r['fd_evaluator_features']:.2f}, KID {r['kid_evaluator_features']:.4f}")
     out = Path(args.out) if args.out else Path(args.run_dir) / "eval" / "hoi_shapes"
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
