@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> None:
+    from robotics.envs import BENCHMARK_TASKS
     from robotics.evaluate import EPISODES_FILE, _read_done, paired_test, success_table
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -34,7 +35,8 @@ def main() -> None:
             sys.exit(f"--column {spec}: no episodes in {folder}/{EPISODES_FILE}")
         columns[name] = done
     shared = sorted(set.intersection(*(set(d) for d in columns.values())))
-    tasks = sorted({k[0] for k in shared}, key=[k[0] for k in shared].index)
+    order = list(BENCHMARK_TASKS)
+    tasks = sorted({k[0] for k in shared}, key=lambda t: order.index(t) if t in order else len(order))
     cameras = sorted({k[1] for k in shared})
     tables = {n: success_table([d[k] for k in shared], tasks, cameras) for n, d in columns.items()}
     tests = {}
