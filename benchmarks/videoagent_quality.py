@@ -43,6 +43,7 @@ def main() -> None:
     import torch
 
     from robotics.envs import BENCHMARK_TASKS, CAMERAS, TaskEnv, task_text
+    from robotics.evaluate import check_identity
     from robotics.planners import resize_frames
     from robotics.register import parse_list, parse_seeds
     from video.agent import VideoAgentPlanner
@@ -71,11 +72,7 @@ def main() -> None:
     name = f"videoagent_quality_{Path(args.run_dir).name}_seeds{args.seeds}"
     work = Path("runs/bench") / name
     work.mkdir(parents=True, exist_ok=True)
-    identity = {"planner": repr(agent), "critic": repr(critic), "render": args.render, "rounds": args.rounds}
-    ident_file = work / "identity.json"
-    if ident_file.exists() and json.loads(ident_file.read_text()) != identity:
-        sys.exit(f"{work} holds results of another setting; remove it to start over")
-    ident_file.write_text(json.dumps(identity))
+    check_identity(work, {"planner": repr(agent), "critic": repr(critic), "render": args.render, "rounds": args.rounds})
     log = work / "scenes.jsonl"
     done = {(r["task"], r["camera"], r["seed"]) for r in map(json.loads, log.read_text().splitlines())} if log.exists() else set()
     scenes = [(t, c, s) for s in seeds for c in cameras for t in tasks]

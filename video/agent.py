@@ -17,6 +17,7 @@ import numpy as np
 
 from gencond.errors import UserError
 from gencond.refinement import Refinement, Verdict, refine
+from robotics.evaluate import describe
 
 from .planner import VideoPlanner
 
@@ -48,7 +49,7 @@ class VideoAgentPlanner(VideoPlanner):
     def __repr__(self) -> str:
         base = super().__repr__()
         return (f"VideoAgent{base[:-1]}, max_rounds={self.max_rounds}, refine_from={self.refine_from}, "
-                f"strength={self.strength}, feedback={_describe(self.feedback)})")
+                f"strength={self.strength}, feedback={describe(self.feedback)})")
 
     def begin_episode(self, task: str, camera: str, seed: int) -> None:
         super().begin_episode(task, camera, seed)
@@ -86,15 +87,6 @@ class VideoAgentPlanner(VideoPlanner):
             self.feedback.close()
 
 
-def _describe(feedback) -> str:
-    """A stable description (part of an evaluation's identity): the feedback's own repr, or for a plain
-    function or an object without one, its importable name (not a memory address)."""
-    if feedback is None or type(feedback).__repr__ is not object.__repr__ and not hasattr(feedback, "__code__"):
-        return repr(feedback)
-    target = feedback if hasattr(feedback, "__qualname__") else type(feedback)
-    return f"{target.__module__}.{target.__qualname__}"
-
-
 def _verdict(v: Verdict) -> dict:
     return {"accept": v.accept, "score": None if v.score is None else round(float(v.score), 4), "reason": v.reason}
 
@@ -130,3 +122,22 @@ def make_videoagent_planner(spec: str) -> VideoAgentPlanner:
         raise UserError(f"--planner videoagent: feedback={kind}; use none, critic or simulator")
     return VideoAgentPlanner(run, max_rounds=int(opts.get("rounds", 4)), feedback=feedback,
                              refine_from=opts.get("from", "noise"), strength=float(opts.get("strength", 0.5)))
+
+
+def make_planner(run_dir: str | Path, rounds: int = 0, critic: Optional[str] = None, weights: str = "best"):
+    """A :class:`VideoPlanner` for a planner run asked for no rounds and no critic, else a
+    :class:`VideoAgentPlanner` (``critic``: a ``video-critic`` run as its feedback)."""
+    from omegaconf import OmegaConf
+
+    from gencond.config import load_config
+    from gencond.runs import CONFIG
+
+    cfg = load_config(Path(run_dir) / CONFIG) if (Path(run_dir) / CONFIG).is_file() else None
+    if rounds == 0 and critic is None and not OmegaConf.select(cfg, "model.previous_plan", default=False):
+        return VideoPlanner(run_dir, weights)  # (a missing or foreign run is VideoPlanner's one-line error)
+    feedback = None
+    if critic:
+        from .feedback import CriticFeedback
+
+        feedback = CriticFeedback(critic)
+    return VideoAgentPlanner(run_dir, max_rounds=rounds, feedback=feedback, weights=weights)

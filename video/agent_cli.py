@@ -31,25 +31,6 @@ def _lists(args):
     return parse_list(args.tasks, BENCHMARK_TASKS), parse_list(args.cameras, CAMERAS), parse_seeds(args.seeds)
 
 
-def make_planner(run_dir: str, rounds: int, critic: str | None, weights: str = "best"):
-    """A VideoPlanner (``rounds`` 0, no critic, a planner run) or a VideoAgentPlanner."""
-    from gencond.runs import load_run
-
-    cfg, _ = load_run(run_dir, weights, task="video-planner", needed_by="this command")
-    if rounds == 0 and critic is None and not cfg.model.previous_plan:
-        from .planner import VideoPlanner
-
-        return VideoPlanner(run_dir, weights)
-    from .agent import VideoAgentPlanner
-
-    feedback = None
-    if critic:
-        from .feedback import CriticFeedback
-
-        feedback = CriticFeedback(critic)
-    return VideoAgentPlanner(run_dir, max_rounds=rounds, feedback=feedback, weights=weights)
-
-
 def add_execute_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="a video-planner run (a VideoAgent run for --rounds > 0)")
     p.add_argument("--out", required=True, help="output folder (resumable)")
@@ -63,6 +44,7 @@ def add_execute_arguments(p: argparse.ArgumentParser) -> None:
 def execute_command(args: argparse.Namespace) -> list:
     import torch
 
+    from .agent import make_planner
     from .executions import execute_plans
 
     torch.set_num_threads(args.threads)

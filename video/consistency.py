@@ -18,7 +18,7 @@ import torch
 
 from gencond.errors import UserError
 
-from .data import DemoClips
+from .data import DemoClips, observation
 
 CACHE_FORMAT = "gencond-video-plan-cache/1"
 
@@ -48,8 +48,7 @@ def clip_starts(clips: DemoClips, per_episode: int, seed: int) -> list[tuple[int
 def _condition(clips: DemoClips, text, items: list[tuple[int, int]]) -> dict:
     from .task import plan_condition
 
-    first = torch.stack([clips.clip(e, s)[0] for e, s in items])
-    first[:, 3:] = 0  # the observation's depth is not an input (as in training)
+    first = observation(torch.stack([clips.clip(e, s)[0] for e, s in items]))
     idx = clips.text_index[[e for e, _ in items]]
     return plan_condition(first, text.tokens[idx], text.mask[idx])
 
@@ -124,8 +123,7 @@ class ConsistencyClips:
             e, s = int(self.cache.episode[j]), int(self.cache.start[j])
             clip = self.clips.clip(e, s)
             out["video"][i] = clip[1:].movedim(0, 1)
-            out["first_frame"][i] = clip[0]
-            out["first_frame"][i, 3:] = 0
+            out["first_frame"][i] = observation(clip[0])
             out["text_index"][i] = self.clips.text_index[e]
             previous[i] = self.cache.plans[j].float()
         out["previous_plan"] = previous

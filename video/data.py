@@ -42,6 +42,14 @@ def unit_to_depth(x: torch.Tensor) -> np.ndarray:
     return ((x.detach().float().clamp(-1, 1) + 1) / 2 * (DEPTH_FAR - DEPTH_NEAR) + DEPTH_NEAR).cpu().numpy()
 
 
+def observation(first_frames: torch.Tensor) -> torch.Tensor:
+    """Clips' first frames (..., C, H, W) as the planner's condition: a copy with the depth channel (RGB-D)
+    zeroed — the observation's depth is not an input, a planner is given RGB only."""
+    first = first_frames.clone()
+    first[..., 3:, :, :] = 0
+    return first
+
+
 def clip_indices(length: int, start: int, count: int) -> np.ndarray:
     """``count`` frame indices evenly spaced from ``start`` to the last frame (AVDC's clips); the same
     spacing as the oracle planner's plans from ``start`` (``robotics.planners.subsample_indices``)."""
@@ -123,6 +131,5 @@ class DemoClips:
             start = int(torch.randint(0, length, (1,), generator=generator))
             clips.append(self.clip(e, start))
         clips = torch.stack(clips)  # (B, frames, C, H, W)
-        first = clips[:, 0].clone()
-        first[:, 3:] = 0  # the observation's depth is not an input: a planner is given RGB only
-        return {"video": clips[:, 1:].movedim(1, 2), "first_frame": first, "text_index": self.text_index[which]}
+        return {"video": clips[:, 1:].movedim(1, 2), "first_frame": observation(clips[:, 0]),
+                "text_index": self.text_index[which]}

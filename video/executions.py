@@ -51,7 +51,9 @@ def execute_plans(planner, tasks: Sequence[str], cameras: Sequence[str], seeds: 
 
     if draws < 1:
         raise UserError(f"draws is {draws}; execute at least 1 plan per scene")
-    if getattr(getattr(planner, "model", None), "config", None) is not None and planner.depth:
+    from .planner import VideoPlanner
+
+    if isinstance(planner, VideoPlanner) and planner.depth:
         raise UserError("executing RGB-D planners to keep their executions as clips is not supported; "
                         "use an RGB planner (data.depth: false)")
     tasks, cameras = [check_task(t) for t in tasks], [check_camera(c) for c in cameras]

@@ -62,7 +62,7 @@ def online(run_dir: str | Path, out: str | Path, iterations: int, tasks: Sequenc
     from robotics.avdc import AvdcFollower
     from robotics.evaluate import evaluate
 
-    from .agent import VideoAgentPlanner
+    from .agent import make_planner
     from .executions import execute_plans, read_episodes
 
     run_dir, out = Path(run_dir), Path(out)
@@ -73,13 +73,7 @@ def online(run_dir: str | Path, out: str | Path, iterations: int, tasks: Sequenc
         raise UserError(f"training seeds and evaluation seeds overlap ({overlap[:5]}); online data must come "
                         "from scenes the evaluation does not use")
 
-    def planner(weights_run: Path):
-        feedback = None
-        if critic:
-            from .feedback import CriticFeedback
-
-            feedback = CriticFeedback(critic)
-        return VideoAgentPlanner(weights_run, max_rounds=max_rounds, feedback=feedback, weights="last")
+    planner = functools.partial(make_planner, rounds=max_rounds, critic=critic, weights="last")
 
     log_path = out / LOG
     done = {r["iteration"]: r for r in map(json.loads, log_path.read_text().splitlines())} if log_path.exists() else {}
