@@ -111,10 +111,10 @@ def _cache_paths(name: str, images: torch.Tensor, labels: torch.Tensor, steps: i
     return folder / f"{stem}.safetensors", folder / f"{stem}.json"
 
 
-def _load_cached(weights: Path, meta: Path, model: FeatureClassifier, expected: dict) -> float | None:
-    """The cached test accuracy after loading the cached weights into ``model``; None when there is no
-    cache. Only safetensors and JSON are read — never a pickle — so a crafted file cannot run code; an
-    unreadable or mismatching cache raises ValueError (the caller retrains)."""
+def load_cached(weights: Path, meta: Path, model: nn.Module, expected: dict) -> dict | None:
+    """The cached metadata after loading the cached weights into ``model``; None when there is no cache.
+    Only safetensors and JSON are read — never a pickle — so a crafted file cannot run code; an
+    unreadable cache, or one whose metadata differs from ``expected``, raises ValueError (retrain)."""
     if not (weights.is_file() and meta.is_file()):
         return None
     from safetensors.torch import load_file
@@ -123,12 +123,31 @@ def _load_cached(weights: Path, meta: Path, model: FeatureClassifier, expected: 
         info = json.loads(meta.read_text())
         if not isinstance(info, dict) or any(info.get(k) != v for k, v in expected.items()):
             raise ValueError("its metadata does not match this dataset and recipe")
-        acc = info["test_accuracy"]
-        if not isinstance(acc, (int, float)) or isinstance(acc, bool):
-            raise ValueError("its test accuracy is not a number")
         model.load_state_dict(load_file(str(weights), device="cpu"))
     except Exception as e:  # noqa: BLE001 - any unreadable cache is retrained, never trusted
         raise ValueError(f"{type(e).__name__}: {e}") from None
+    return info
+
+
+def save_cached(weights: Path, meta: Path, model: nn.Module, info: dict) -> None:
+    """Write ``model``'s weights (atomically) and ``info`` as the cache :func:`load_cached` reads."""
+    from safetensors.torch import save_file
+
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    tmp = weights.with_name(weights.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    tmp.replace(weights)
+    meta.write_text(json.dumps(info, indent=2))
+
+
+def _load_cached(weights: Path, meta: Path, model: FeatureClassifier, expected: dict) -> float | None:
+    """The cached test accuracy (see :func:`load_cached`); ValueError when it is not a number."""
+    info = load_cached(weights, meta, model, expected)
+    if info is None:
+        return None
+    acc = info.get("test_accuracy")
+    if not isinstance(acc, (int, float)) or isinstance(acc, bool):
+        raise ValueError("its test accuracy is not a number")
     return float(acc)
 
 
@@ -138,8 +157,6 @@ def trained_classifier(name: str, train: tuple[torch.Tensor, torch.Tensor], test
 
     The cache is ``<name>-<fingerprint>-v<RECIPE_VERSION>.safetensors`` (weights) plus a ``.json`` of its
     metadata (test accuracy, steps, shapes); an unreadable or tampered cache is retrained with a warning."""
-    from safetensors.torch import save_file
-
     images, labels = train
     weights, meta = _cache_paths(name, images, labels, steps)
     model = FeatureClassifier(images.shape[1], num_classes)  # the cached weights are loaded into it
@@ -171,12 +188,8 @@ def trained_classifier(name: str, train: tuple[torch.Tensor, torch.Tensor], test
     with torch.no_grad():
         pred = torch.cat([model(test[0][i:i + 500]).argmax(1) for i in range(0, len(test[0]), 500)])
     acc = (pred == test[1]).float().mean().item() if len(test[0]) else float("nan")
-    weights.parent.mkdir(parents=True, exist_ok=True)
-    tmp = weights.with_name(weights.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    tmp.replace(weights)
-    meta.write_text(json.dumps({**expected, "test_accuracy": acc, "test_images": len(test[0]),
-                                "image_shape": list(images.shape[1:])}, indent=2))
+    save_cached(weights, meta, model, {**expected, "test_accuracy": acc, "test_images": len(test[0]),
+                                       "image_shape": list(images.shape[1:])})
     return model, acc
 
 

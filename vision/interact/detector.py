@@ -15,7 +15,6 @@ Trained once per setting and cached (safetensors + JSON, like the evaluators' cl
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Sequence
 
 import torch
@@ -192,9 +191,10 @@ def entity_detector(size: int = 32, train_scenes: int = 3000, test_scenes: int =
                     batch_size: int = 64, seed: int = 0):
     """(detector, {split: entity recall @ IoU 0.5 on held-out renders}), trained on renders of the
     ``train`` split once per setting and cached."""
-    from safetensors.torch import load_file, save_file
+    import warnings
 
     from gencond import cache_dir
+    from vision.frechet import load_cached, save_cached
 
     from .evaluators import TEST_SEED, TRAIN_SEED, rendered
 
@@ -203,13 +203,15 @@ def entity_detector(size: int = 32, train_scenes: int = 3000, test_scenes: int =
                        + images[::max(1, len(images) // 64)].numpy().tobytes()).hexdigest()[:12]
     weights = cache_dir() / "fd_classifiers" / f"hoi-detector-{size}px-{key}.safetensors"
     meta = weights.with_suffix(".json")
-    model = EntityDetector()
-    if weights.is_file() and meta.is_file():
-        try:
-            model.load_state_dict(load_file(str(weights)))
-            return model.eval(), json.loads(meta.read_text())["entity_recall"]
-        except Exception:  # noqa: BLE001 - an unreadable cache is retrained, never trusted
-            pass
+    expected = {"recipe_version": RECIPE_VERSION, "steps": steps, "train_scenes": train_scenes,
+                "batch_size": batch_size, "seed": seed}
+    model = EntityDetector()  # the cached weights are loaded into it
+    try:
+        info = load_cached(weights, meta, model, expected)
+        if info is not None and isinstance(info.get("entity_recall"), dict):
+            return model.eval(), info["entity_recall"]
+    except ValueError as e:
+        warnings.warn(f"ignoring the unreadable cached HOI-shapes detector {weights} ({e}); retraining it", stacklevel=2)
     torch.manual_seed(seed)
     model = EntityDetector()
     heat, box_size, colour, centre = targets([s.triplets for s in scenes], size)
@@ -229,9 +231,5 @@ def entity_detector(size: int = 32, train_scenes: int = 3000, test_scenes: int =
     for split in ("single", "double"):
         test_images, test_scenes_ = rendered(split, test_scenes, TEST_SEED, size)
         recall[split] = round(entity_recall(detect(model, test_images), [s.triplets for s in test_scenes_]), 4)
-    weights.parent.mkdir(parents=True, exist_ok=True)
-    tmp = weights.with_name(weights.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    tmp.replace(weights)
-    meta.write_text(json.dumps({"entity_recall": recall, "steps": steps, "train_scenes": train_scenes}))
+    save_cached(weights, meta, model, {**expected, "entity_recall": recall})
     return model, recall
