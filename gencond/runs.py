@@ -178,13 +178,15 @@ def load_run(run_dir: str | Path, weights: str = "best", task: str | tuple[str, 
 
 def add_sampling_arguments(p, sampler: bool = True) -> None:
     """The flags every verb that loads a run shares (``sampler``: also --scheduler and --steps)."""
-    from .cli import positive_int
+    from .cli import non_negative_float, positive_int
 
     p.add_argument("--weights", default="best", choices=sorted(WEIGHTS),
                    help="validated best weights (the last when the run kept none) or the last weights; default best")
     if sampler:
         p.add_argument("--scheduler", help="ddpm, ddim, dpm++, ... (default: the config's sampling.scheduler)")
         p.add_argument("--steps", type=positive_int, help="sampling steps (default: the config's sampling.num_steps)")
+        p.add_argument("--eta", type=non_negative_float, help="DDIM stochasticity, 0 deterministic to 1 ancestral "
+                       "(default: the config's sampling.eta)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: the run's train.threads)")
 
@@ -197,5 +199,6 @@ def apply_sampling_arguments(cfg, args, **more) -> None:
     threads = getattr(args, "threads", None) or cfg.train.threads
     if threads:
         torch.set_num_threads(threads)
-    chosen = {"scheduler": getattr(args, "scheduler", None), "num_steps": getattr(args, "steps", None), **more}
+    chosen = {"scheduler": getattr(args, "scheduler", None), "num_steps": getattr(args, "steps", None),
+              "eta": getattr(args, "eta", None), **more}
     cfg.sampling = OmegaConf.merge(cfg.sampling, {k: v for k, v in chosen.items() if v is not None})

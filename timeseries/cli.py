@@ -102,7 +102,9 @@ def forecast_command(args: argparse.Namespace) -> dict:
     if series.start >= len(entries):
         raise UserError(f"--series {series.start}:…: there are only {len(entries)} entries (0-{len(entries) - 1})")
     how = "cond" if forecaster.conditional else f"{forecaster.guidance}_s{forecaster.scale:g}"
-    tag = f"{how}_{cfg.sampling.scheduler}{cfg.sampling.num_steps or cfg.diffusion.num_train_timesteps}_n{forecaster.num_samples}"
+    tag = f"{how}_{cfg.sampling.scheduler}{cfg.sampling.num_steps or cfg.diffusion.num_train_timesteps}"
+    tag += f"_eta{cfg.sampling.eta:g}" if cfg.sampling.eta and cfg.sampling.scheduler != "ddpm" else ""
+    tag += f"_n{forecaster.num_samples}"
     tag += f"_{cfg.forecast.missing}{cfg.data.missing_points}" if cfg.forecast.missing else ""
     out = Path(args.out) if args.out else Path(args.run_dir) / "forecasts" / (tag + ("_future" if args.future else ""))
     out.mkdir(parents=True, exist_ok=True)

@@ -237,6 +237,8 @@ def test_eval_scores_generated_images_beside_renders(opened, tmp_path, monkeypat
         assert 0 <= lo <= r["interaction_accuracy"] <= hi <= 1 and 0 <= r["renders_accuracy"] <= 1
         assert r["fd_evaluator_features"] >= 0 and "kid_evaluator_features" in r
         assert 0 <= r["triplet_recall_iou50"] <= 1 and 0 <= r["box_alignment"] <= 1 and 0 <= r["renders_box_alignment"] <= 1
+        assert len(r["pair_correct"]) == r["pairs"] == len(r["triplet_recalled"])  # per pair, for paired tests
+        assert sum(r["pair_correct"]) / r["pairs"] == pytest.approx(r["interaction_accuracy"], abs=1e-4)
     assert set(results["detector_entity_recall_on_renders"]) == {"single", "double"}
     assert cli.main(["eval", str(opened), "--splits", "train", "--quiet"]) != 0
     assert "--splits: unknown split 'train'" in capsys.readouterr().err

@@ -228,7 +228,8 @@ def eval_command(args: argparse.Namespace) -> dict:
             "renders_triplet_recall_iou50": round(sum(recalled_real) / max(len(recalled_real), 1), 4),
             "box_alignment": round(box_alignment(found, triplets), 4),
             "renders_box_alignment": round(box_alignment(found_real, triplets), 4),
-            "fd_evaluator_features": round(fd, 3), "kid_evaluator_features": round(kid, 5)}
+            "fd_evaluator_features": round(fd, 3), "kid_evaluator_features": round(kid, 5),
+            "pair_correct": [int(c) for c in correct], "triplet_recalled": [int(r) for r in recalled]}
         r = results["splits"][split]
         print(f"{split}: interaction accuracy {r['interaction_accuracy']:.3f} {r['interval_95']} over {r['pairs']} pairs "
               f"(renders {r['renders_accuracy']:.3f}); triplet recall@0.5 {r['triplet_recall_iou50']:.3f} "

@@ -1,0 +1,105 @@
+"""TSDiff forecasting with few sampler steps against DDPM-100, on one trained run and the same windows.
+
+Each spec is ``scheduler:steps`` with optional ``,eta=E`` (DDIM stochasticity) and ``,scale=S`` (the
+guidance scale; default the run's ``forecast.scale``). Every spec forecasts the same test windows with
+the same seed; the table reports CRPS, its ratio to the reference spec (DDPM-100), network evaluations
+per sample and forecast seconds per series. Rows already in --out are kept (an interrupted benchmark
+resumes); a run's canonical results are never written here.
+
+    python benchmarks/tsdiff_few_step.py runs/exchange_rate_nips --threads 1 --max-series 20 \\
+        --specs ddpm:100 ddim:25 ddim:25,eta=1 ddim:25,scale=16 --out benchmarks/results/tsdiff_few_step.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from gencond.runs import load_run
+from timeseries.forecast import forecast_and_evaluate
+from timeseries.task import load_data, make_forecaster, window_builder
+
+
+def parse_spec(spec: str) -> dict:
+    """'ddim:25,eta=1,scale=16' -> {scheduler, num_steps, eta, scale}; a malformed spec is a SystemExit."""
+    head, *options = spec.split(",")
+    scheduler, _, steps = head.partition(":")
+    if not steps.isdigit() or int(steps) < 1:
+        raise SystemExit(f"'{spec}' is not scheduler:steps[,eta=E][,scale=S], e.g. ddim:25,eta=1")
+    out = {"scheduler": scheduler, "num_steps": int(steps)}
+    for option in options:
+        key, _, value = option.partition("=")
+        if key not in ("eta", "scale"):
+            raise SystemExit(f"'{spec}': unknown option '{key}' (eta, scale)")
+        try:
+            out[key] = float(value)
+        except ValueError:
+            raise SystemExit(f"'{spec}': {key} must be a number") from None
+    return out
+
+
+def run_spec(run_dir: str, spec: str, args) -> dict:
+    s = parse_spec(spec)
+    cfg, model = load_run(run_dir, args.weights, task="tsdiff")
+    cfg.sampling.scheduler, cfg.sampling.num_steps = s["scheduler"], s["num_steps"]
+    cfg.sampling.eta = s.get("eta", 0.0)
+    cfg.forecast.batch_size = args.batch_size
+    data = load_data(cfg)
+    entries = data.test[: args.max_series] if args.max_series else data.test
+    forecaster = make_forecaster(cfg, model, window_builder(cfg, data), num_samples=args.samples, seed=args.seed,
+                                 scale=s.get("scale", cfg.forecast.scale), progress=not args.quiet)
+    start = time.perf_counter()
+    _, metrics = forecast_and_evaluate(forecaster, entries, data.freq, data.prediction_length, seed=args.seed)
+    seconds = time.perf_counter() - start
+    return {"spec": spec, "scheduler": s["scheduler"], "steps": s["num_steps"], "eta": cfg.sampling.eta,
+            "scale": forecaster.scale, "nfe_per_sample": s["num_steps"], "series": len(entries),
+            "samples": args.samples, "seed": args.seed, "threads": args.threads,
+            **{k: metrics[k] for k in ("CRPS", "ND", "NRMSE")}, "forecast_s_per_series": seconds / len(entries)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir")
+    p.add_argument("--specs", nargs="+", default=["ddpm:100", "ddim:25", "ddim:25,eta=1"],
+                   help="sampler specs, run in this order")
+    p.add_argument("--reference", default="ddpm:100", help="the spec CRPS ratios are taken against (default ddpm:100)")
+    p.add_argument("--weights", default="best")
+    p.add_argument("--samples", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-series", type=int, help="only the first N test windows")
+    p.add_argument("--batch-size", type=int, default=200)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--out", required=True, help="results JSON (rows kept and extended)")
+    args = p.parse_args()
+    for spec in args.specs:
+        parse_spec(spec)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    key = {"run": str(Path(args.run_dir).resolve()), "weights": args.weights, "max_series": args.max_series,
+           "samples": args.samples, "seed": args.seed}
+    saved = json.loads(out.read_text()) if out.exists() else {"key": key, "rows": []}
+    if saved["key"] != key:
+        raise SystemExit(f"{out} holds results of other settings ({saved['key']}); give another --out")
+    rows = saved["rows"]
+    for spec in args.specs:
+        if any(r["spec"] == spec and r["threads"] == args.threads for r in rows):
+            continue
+        rows.append(run_spec(args.run_dir, spec, args))
+        print(json.dumps(rows[-1]), flush=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(saved, indent=2))
+    ref = next((r for r in rows if r["spec"] == args.reference), None)
+    print(f"\n| sampler | eta | scale | NFE/sample | CRPS | vs {args.reference} | ND | NRMSE | s/series | threads |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        ratio = f"{r['CRPS'] / ref['CRPS']:.3f}" if ref else "-"
+        print(f"| {r['scheduler']}-{r['steps']} | {r['eta']:g} | {r['scale']:g} | {r['nfe_per_sample']} | {r['CRPS']:.5f} | "
+              f"{ratio} | {r['ND']:.4f} | {r['NRMSE']:.4f} | {r['forecast_s_per_series']:.1f} | {r['threads']} |")
+
+
+if __name__ == "__main__":
+    main()
