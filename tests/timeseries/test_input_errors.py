@@ -102,6 +102,7 @@ def test_regular_csv_with_freq_loads(tmp_path):
     (["forecast", "RUN", "--scale", "inf"], "argument --scale: must be a finite number ≥ 0"),
     (["forecast", "RUN", "--samples", "0"], "argument --samples: must be an integer ≥ 1, got '0'"),
     (["forecast", "RUN", "--steps", "-1"], "argument --steps: must be an integer ≥ 1"),
+    (["forecast", "RUN", "--eta", "-0.5"], "argument --eta: must be a finite number ≥ 0, got '-0.5'"),
     (["forecast", "RUN", "--batch-size", "0"], "argument --batch-size: must be an integer ≥ 1"),
     (["forecast", "RUN", "--max-series", "0"], "argument --max-series: must be an integer ≥ 1"),
     (["forecast", "RUN", "--missing-points", "0"], "argument --missing-points: must be an integer ≥ 1"),
