@@ -50,7 +50,7 @@ def main() -> None:
             if r is None:
                 continue
             delta = "-"
-            if ref is not None and res is not ref and split in ref["splits"]:
+            if ref is not None and Path(name).resolve() != Path(args.reference).resolve() and split in ref["splits"]:
                 other = ref["splits"][split]
                 if len(other.get("pair_correct", [])) == len(r.get("pair_correct", [])) > 0:
                     d, (lo, hi), pv = paired_difference(r["pair_correct"], other["pair_correct"])
@@ -58,7 +58,7 @@ def main() -> None:
             lo, hi = r["interval_95"]
             lines.append(f"| {Path(name).name} | {res['grounding']} | {split} | {100 * r['interaction_accuracy']:.1f} "
                          f"[{100 * lo:.1f}, {100 * hi:.1f}] | {delta} | {100 * r['triplet_recall_iou50']:.1f} | "
-                         f"{r['box_alignment']:.2f} | {r['fd_evaluator_features']:.2f} | {r['kid_evaluator_features']:.4f} |")
+                         f"{r['box_alignment']:.2f} | {r['fd_evaluator_features']:.2f} | {r['kid_evaluator_features']:.3g} |")
         first = next(res for res in results.values() if split in res["splits"])["splits"][split]
         lines.append(f"| renders | (upper bound) | {split} | {100 * first['renders_accuracy']:.1f} | - | "
                      f"{100 * first['renders_triplet_recall_iou50']:.1f} | {first['renders_box_alignment']:.2f} | 0 | 0 |")
