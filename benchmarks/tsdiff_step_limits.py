@@ -1,0 +1,79 @@
+"""How far one guided TSDiff sampling step is from the CPU's arithmetic limit, and what torch.compile gives.
+
+Counts the matmul FLOPs of forward + input gradient (``torch.utils.flop_counter``) and estimates the FFTs'
+(2.5 n log2 n per real FFT, 4 per S4 layer and sample-channel: forward rfft/irfft, backward rfft/irfft), then
+times the eager and the ``torch.compile``d step in turns (medians and minima) and checks both give the same
+outputs. Measurement only.
+
+    python benchmarks/tsdiff_step_limits.py --threads 1 --out benchmarks/results/tsdiff_step_limits.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from timeseries.model import TSDiffDenoiser
+from timeseries.s4 import fft_length
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=100)
+    p.add_argument("--length", type=int, default=390)
+    p.add_argument("--channels", type=int, default=11)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=8)
+    p.add_argument("--no-compile", action="store_true", help="count FLOPs and time the eager step only")
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = TSDiffDenoiser(in_channels=args.channels, init_skip=True).eval().requires_grad_(False)
+    x = torch.randn(args.batch, args.length, args.channels)
+    t = torch.randint(0, 100, (args.batch,))
+
+    def step(net):
+        x_req = x.detach().requires_grad_(True)
+        y = net(x_req, t)
+        (grad,) = torch.autograd.grad(y.square().sum(), x_req)
+        return y.detach(), grad
+
+    with FlopCounterMode(display=False) as counter:
+        x_req = x.detach().requires_grad_(True)
+        model(x_req, t).square().sum().backward()
+    n = fft_length(2 * args.length)
+    blocks = model.config.num_blocks
+    fft_flops = blocks * 4 * args.batch * model.config.hidden_channels * 2.5 * n * math.log2(n)
+    result = {"config": {k: v for k, v in vars(args).items() if k != "out"}, "torch": torch.__version__,
+              "matmul_gflop": counter.get_total_flops() / 1e9, "fft_gflop_estimate": fft_flops / 1e9}
+    nets = {"eager": model}
+    if not args.no_compile:
+        start = time.perf_counter()
+        nets["compiled"] = torch.compile(model)
+        y_c, g_c = step(nets["compiled"])
+        result["compile_s"] = time.perf_counter() - start
+        y_e, g_e = step(model)
+        result["max_abs_difference"] = {"output": (y_e - y_c).abs().max().item(), "input_grad": (g_e - g_c).abs().max().item()}
+    times = {name: [] for name in nets}
+    for net in nets.values():
+        step(net)
+    for _ in range(args.repeats):
+        for name, net in nets.items():
+            start = time.perf_counter()
+            step(net)
+            times[name].append(time.perf_counter() - start)
+    result["ms"] = {name: {"median": 1e3 * statistics.median(v), "min": 1e3 * min(v)} for name, v in times.items()}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
