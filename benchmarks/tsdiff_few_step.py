@@ -1,7 +1,8 @@
 """TSDiff forecasting with few sampler steps against DDPM-100, on one trained run and the same windows.
 
-Each spec is ``scheduler:steps`` with optional ``,eta=E`` (DDIM stochasticity) and ``,scale=S`` (the
-guidance scale; default the run's ``forecast.scale``). Every spec forecasts the same test windows with
+Each spec is ``scheduler:steps`` with optional ``,eta=E`` (DDIM stochasticity), ``,scale=S`` (the
+guidance scale; default the run's ``forecast.scale``) and ``,spacing=leading|trailing|linspace`` (where
+the few steps lie; default the scheduler's, leading). Every spec forecasts the same test windows with
 the same seed; the table reports CRPS, its ratio to the reference spec (DDPM-100), network evaluations
 per sample and forecast seconds per series. Rows already in --out are kept (an interrupted benchmark
 resumes); a run's canonical results are never written here.
@@ -32,8 +33,11 @@ def parse_spec(spec: str) -> dict:
     out = {"scheduler": scheduler, "num_steps": int(steps)}
     for option in options:
         key, _, value = option.partition("=")
-        if key not in ("eta", "scale"):
-            raise SystemExit(f"'{spec}': unknown option '{key}' (eta, scale)")
+        if key not in ("eta", "scale", "spacing"):
+            raise SystemExit(f"'{spec}': unknown option '{key}' (eta, scale, spacing)")
+        if key == "spacing":
+            out[key] = value
+            continue
         try:
             out[key] = float(value)
         except ValueError:
@@ -46,6 +50,8 @@ def run_spec(run_dir: str, spec: str, args) -> dict:
     cfg, model = load_run(run_dir, args.weights, task="tsdiff")
     cfg.sampling.scheduler, cfg.sampling.num_steps = s["scheduler"], s["num_steps"]
     cfg.sampling.eta = s.get("eta", 0.0)
+    cfg.sampling.timestep_spacing = s.get("spacing")
+    cfg.sampling.micro_batch = args.micro_batch or None
     cfg.forecast.batch_size = args.batch_size
     data = load_data(cfg)
     entries = data.test[: args.max_series] if args.max_series else data.test
@@ -55,6 +61,7 @@ def run_spec(run_dir: str, spec: str, args) -> dict:
     _, metrics = forecast_and_evaluate(forecaster, entries, data.freq, data.prediction_length, seed=args.seed)
     seconds = time.perf_counter() - start
     return {"spec": spec, "scheduler": s["scheduler"], "steps": s["num_steps"], "eta": cfg.sampling.eta,
+            "spacing": s.get("spacing", "leading"), "micro_batch": args.micro_batch,
             "scale": forecaster.scale, "nfe_per_sample": s["num_steps"], "series": len(entries),
             "samples": args.samples, "seed": args.seed, "threads": args.threads,
             **{k: metrics[k] for k in ("CRPS", "ND", "NRMSE")}, "forecast_s_per_series": seconds / len(entries)}
@@ -71,6 +78,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-series", type=int, help="only the first N test windows")
     p.add_argument("--batch-size", type=int, default=200)
+    p.add_argument("--micro-batch", type=int, default=10, help="rows per network call (sampling.micro_batch; 0 = the whole batch)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--out", required=True, help="results JSON (rows kept and extended)")
@@ -86,7 +94,8 @@ def main() -> None:
         raise SystemExit(f"{out} holds results of other settings ({saved['key']}); give another --out")
     rows = saved["rows"]
     for spec in args.specs:
-        if any(r["spec"] == spec and r["threads"] == args.threads for r in rows):
+        if any(r["spec"] == spec and r["threads"] == args.threads and r.get("micro_batch", 0) == args.micro_batch
+               for r in rows):
             continue
         rows.append(run_spec(args.run_dir, spec, args))
         print(json.dumps(rows[-1]), flush=True)

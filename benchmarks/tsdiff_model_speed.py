@@ -58,6 +58,8 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=390)
     parser.add_argument("--channels", type=int, default=11)
     parser.add_argument("--guidance-batch", type=int, default=100, help="batch of the input-gradient measurement")
+    parser.add_argument("--micro-batch", type=int, default=10,
+                        help="rows per call in the micro-batched input-gradient row (the sampler's sampling.micro_batch)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--tune-malloc", action="store_true", help="raise glibc's mmap/trim thresholds first")
@@ -100,6 +102,15 @@ def main() -> None:
         finally:
             model.requires_grad_(True)
 
+    def input_gradient_micro_batched():
+        model.requires_grad_(False)
+        try:
+            for lo in range(0, args.guidance_batch, args.micro_batch):
+                x_in = x_guide[lo:lo + args.micro_batch].detach().requires_grad_()
+                torch.autograd.grad(model(x_in, t_guide[lo:lo + args.micro_batch]).square().sum(), x_in)
+        finally:
+            model.requires_grad_(True)
+
     def input_gradient_kernel_rebuilt():
         S4DLayer.reuse_spectrum = False
         try:
@@ -115,6 +126,7 @@ def main() -> None:
         (f"forward+backward, parameter grads (batch {b})", train_step),
         (f"forward+backward, input grad only, frozen weights (batch {gb})", input_gradient_no_weight_grads),
         (f"same, S4 kernel rebuilt every call (before the cache) (batch {gb})", input_gradient_kernel_rebuilt),
+        (f"same, in micro-batches of {args.micro_batch} rows (batch {gb})", input_gradient_micro_batched),
         (f"forward+backward, input grad, weights require grad (batch {gb})", input_gradient),
     ]
     results = measure(dict(rows), args.repeats)

@@ -44,7 +44,9 @@ class SamplingConfig:
     scheduler: str = "ddpm"  # ddpm | ddim | dpm++ | unipc | deis | a diffusers scheduler class name
     num_steps: Optional[int] = None  # None = every training timestep
     eta: float = 0.0  # DDIM stochasticity
+    timestep_spacing: Optional[str] = None  # leading | trailing | linspace (diffusers'); None = the scheduler's default
     cfg_scale: Optional[float] = None  # classifier-free guidance weight; None = off
+    micro_batch: Optional[int] = None  # rows per network call (CPU cache); None = the whole batch
 
 
 @dataclass

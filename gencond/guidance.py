@@ -3,7 +3,8 @@
 An energy maps x0_hat (B, ...) to one value per sample (B,). The sampler differentiates it with
 respect to x_t through the network and corrects the noise prediction (see gencond.sampling). An
 energy that also names ``cond`` or ``t`` among its parameters receives the condition and the
-timesteps (B,) of the step.
+timesteps (B,) of the step; one that names ``rows`` (a slice of the batch) can be evaluated on those
+rows alone, which the sampler's ``micro_batch`` needs.
 """
 from __future__ import annotations
 
@@ -32,16 +33,17 @@ class ObservationGuidance:
         self.mask = mask.to(observation.dtype) * torch.isfinite(observation)
         self.quantiles = quantiles
 
-    def __call__(self, x0_hat: torch.Tensor) -> torch.Tensor:
-        if x0_hat.shape != self.observation.shape:
-            raise ValueError(f"x0_hat shape {tuple(x0_hat.shape)} != observation shape {tuple(self.observation.shape)}")
-        err = self.observation - x0_hat
+    def __call__(self, x0_hat: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
+        observation, mask = self.observation[rows], self.mask[rows]
+        if x0_hat.shape != observation.shape:
+            raise ValueError(f"x0_hat shape {tuple(x0_hat.shape)} != observation shape {tuple(observation.shape)}")
+        err = observation - x0_hat
         if self.quantiles is None:
             loss = err.square()
         else:
-            q = self.quantiles.reshape(-1, *([1] * (err.ndim - 1))).to(err)
+            q = self.quantiles[rows].reshape(-1, *([1] * (err.ndim - 1))).to(err)
             loss = torch.maximum(q * err, (q - 1) * err)
-        return (loss * self.mask).flatten(1).sum(1)
+        return (loss * mask).flatten(1).sum(1)
 
 
 def evenly_spaced_quantiles(n: int) -> torch.Tensor:

@@ -112,7 +112,8 @@ def forecast_command(args: argparse.Namespace) -> dict:
     _check_store(store, {"run": str(Path(args.run_dir).resolve()), "weights": args.weights, "settings": tag,
                          "seed": args.seed, "chunk_size": forecaster.chunk_size, "non_negative": non_negative,
                          "future": bool(args.future), "data": data.name, "entries": len(entries),
-                         "sampling": OmegaConf.to_container(cfg.sampling, resolve=True)})
+                         "sampling": {k: v for k, v in OmegaConf.to_container(cfg.sampling, resolve=True).items()
+                                      if k != "micro_batch"}})  # a speed setting: same samples
 
     start = time.perf_counter()
     if args.future:

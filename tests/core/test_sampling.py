@@ -7,7 +7,7 @@ from gencond.diffusion import DiffusionProcess
 from gencond.guidance import ObservationGuidance, evenly_spaced_quantiles
 from gencond.sampling import guidance_weight, make_sampling_scheduler, sample
 
-from .toys import GaussianOracle, Recorder
+from .toys import DictConditioned, GaussianOracle, Recorder
 
 PROCESS = DiffusionProcess(DiffusionConfig(num_train_timesteps=100, beta_end=0.1))
 
@@ -91,3 +91,53 @@ def test_classifier_free_guidance_interpolates():
 def test_unknown_scheduler_lists_choices():
     with pytest.raises(ConfigError, match="unknown scheduler 'dddim'.*ddim"):
         make_sampling_scheduler(PROCESS, "dddim")
+
+
+def test_micro_batches_give_the_same_guided_samples():
+    torch.manual_seed(0)
+    model = GaussianOracle(PROCESS)
+    obs, mask = 3 * torch.randn(10, 8), (torch.rand(10, 8) < 0.5).float()  # each row its own observations
+    runs = {}
+    for micro in (None, 3, 1):
+        # MSE guidance (smooth): micro-batching may only change float rounding
+        runs[micro] = sample(model, PROCESS, (10, 8), SamplingConfig(scheduler="ddpm", num_steps=20, micro_batch=micro),
+                             guidance=ObservationGuidance(obs, mask), guidance_scale=1.0,
+                             generator=torch.Generator().manual_seed(0), progress=False)
+    torch.testing.assert_close(runs[3], runs[None], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(runs[1], runs[None], atol=1e-5, rtol=1e-5)
+    free = sample(model, PROCESS, (10, 8), SamplingConfig(scheduler="ddpm", num_steps=20),
+                  generator=torch.Generator().manual_seed(0), progress=False)
+    assert not torch.allclose(free, runs[None], atol=1e-3)  # the guidance acted
+
+
+def test_micro_batches_slice_the_condition_and_the_quantiles():
+    torch.manual_seed(0)
+    model = DictConditioned(4)
+    cond = {"label": torch.randn(5, 4), "frame": torch.randn(5, 4)}
+    sampling = dict(scheduler="ddim", num_steps=4, cfg_scale=2.0)
+    whole, sliced = (sample(model, PROCESS, (5, 4), SamplingConfig(**sampling, micro_batch=m), cond=cond,
+                            generator=torch.Generator().manual_seed(0), progress=False) for m in (None, 2))
+    torch.testing.assert_close(sliced, whole, atol=1e-6, rtol=1e-6)
+    energy = ObservationGuidance(torch.zeros(4, 2), torch.ones(4, 2), evenly_spaced_quantiles(4))
+    x0 = torch.full((2, 2), -1.0)
+    torch.testing.assert_close(energy(x0, rows=slice(2, 4)), 2 * evenly_spaced_quantiles(4)[2:])
+
+
+def test_micro_batches_need_an_energy_that_takes_rows():
+    model = GaussianOracle(PROCESS)
+    with pytest.raises(ConfigError, match="micro_batch needs an energy that can be restricted to rows"):
+        sample(model, PROCESS, (4, 2), SamplingConfig(num_steps=2, micro_batch=2), guidance=lambda x0: x0.square().sum(1),
+               guidance_scale=1.0, progress=False)
+    with pytest.raises(ConfigError, match="micro_batch must be >= 1"):
+        sample(model, PROCESS, (4, 2), SamplingConfig(num_steps=2, micro_batch=0), progress=False)
+
+
+def test_timestep_spacing_places_the_few_steps():
+    firsts_lasts = {}
+    for spacing in ("leading", "trailing", "linspace"):
+        sched = make_sampling_scheduler(PROCESS, "ddpm", spacing)
+        sched.set_timesteps(25)
+        firsts_lasts[spacing] = (int(sched.timesteps[0]), int(sched.timesteps[-1]))
+    assert firsts_lasts == {"leading": (96, 0), "trailing": (99, 3), "linspace": (99, 0)}
+    with pytest.raises(ConfigError, match="unknown sampling.timestep_spacing 'even'.*linspace"):
+        make_sampling_scheduler(PROCESS, "ddpm", "even")
