@@ -72,7 +72,7 @@ def _tsdiff_diffusion() -> DiffusionConfig:
 
 def _tsdiff_sampling() -> SamplingConfig:
     # 10 windows of 390 x 64 activations (~1 MB) per network call stay in a CPU core's cache: a guided
-    # step of 100 samples 1.3x, of 200 1.6x faster than in one call (benchmarks/tsdiff_model_speed.py)
+    # step of 100 samples 1.2x, of 200 1.45x faster than in one call (benchmarks/tsdiff_model_speed.py)
     return SamplingConfig(micro_batch=10)
 
 
