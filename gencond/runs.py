@@ -119,6 +119,21 @@ def truncate_metrics(run_dir: str | Path, step: int) -> int:
 WEIGHTS = {"best": (BEST_WEIGHTS, LAST_WEIGHTS), "last": (LAST_WEIGHTS,)}
 
 
+def claim_output(path: Path, identity: dict, what: str) -> None:
+    """Write ``identity`` (JSON) to ``path``, or refuse if it already holds another: the results beside
+    it (chunks, episodes) are resumed only by the same job. ``what`` names that job in the error."""
+    path, identity = Path(path), json.loads(json.dumps(identity))
+    if path.exists():
+        old = json.loads(path.read_text())
+        changed = sorted(k for k in old.keys() | identity.keys() if old.get(k) != identity.get(k))
+        if changed:
+            diff = "; ".join(f"{k} {old.get(k)!r} -> {identity.get(k)!r}" for k in changed)
+            raise UserError(f"{path.parent} holds another {what} ({diff}); use another --out or delete the folder")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(identity, indent=1))
+
+
 def weights_folder(run_dir: Path, which: str = "best") -> Path:
     """The folder of a run's ``best`` (validated; the last when the run kept none) or ``last`` weights."""
     if which not in WEIGHTS:

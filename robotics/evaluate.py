@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 from gencond.errors import UserError
+from gencond.runs import claim_output
 
 from robotics.collect import check_resolution
 from robotics.envs import CAMERAS, MAX_EPISODE_STEPS, check_camera, check_task
@@ -41,19 +42,10 @@ def describe(obj) -> str:
 
 def check_identity(out: Path, identity: dict) -> None:
     """Write ``identity`` to ``out/evaluation.json``, or refuse if ``out`` holds another evaluation."""
-    path, identity = out / IDENTITY_FILE, json.loads(json.dumps(identity))
-    if path.exists():
-        old = json.loads(path.read_text())
-        changed = sorted(k for k in old.keys() | identity.keys() if old.get(k) != identity.get(k))
-        if changed:
-            diff = "; ".join(f"{k} {old.get(k)!r} -> {identity.get(k)!r}" for k in changed)
-            raise UserError(f"{out} holds another evaluation ({diff}); use another --out or delete the folder")
-    elif (out / EPISODES_FILE).exists():
+    if not (out / IDENTITY_FILE).exists() and (out / EPISODES_FILE).exists():
         raise UserError(f"{out} holds episodes but no {IDENTITY_FILE} (written by an older gencond), so they "
                         "may be of another evaluation; use another --out or delete the folder")
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(identity, indent=1))
+    claim_output(out / IDENTITY_FILE, identity, "evaluation")
 
 
 def _read_done(path: Path) -> dict[tuple, dict]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from gencond.cli import non_negative_float, non_negative_int, positive_float, positive_int
 from gencond.errors import UserError
-from gencond.runs import add_sampling_arguments, apply_sampling_arguments, load_run
+from gencond.runs import add_sampling_arguments, apply_sampling_arguments, claim_output, load_run
 
 from .config import MISSING_SCENARIOS, REFINERS
 
@@ -109,11 +109,11 @@ def forecast_command(args: argparse.Namespace) -> dict:
     out = Path(args.out) if args.out else Path(args.run_dir) / "forecasts" / (tag + ("_future" if args.future else ""))
     out.mkdir(parents=True, exist_ok=True)
     store = out / "samples"
-    _check_store(store, {"run": str(Path(args.run_dir).resolve()), "weights": args.weights, "settings": tag,
+    claim_output(store / "identity.json", {"run": str(Path(args.run_dir).resolve()), "weights": args.weights, "settings": tag,
                          "seed": args.seed, "chunk_size": forecaster.chunk_size, "non_negative": non_negative,
                          "future": bool(args.future), "data": data.name, "entries": len(entries),
                          "sampling": {k: v for k, v in OmegaConf.to_container(cfg.sampling, resolve=True).items()
-                                      if k != "micro_batch"}})  # a speed setting: same samples
+                                      if k != "micro_batch"}}, "forecast")  # micro_batch: a speed setting, same samples
 
     start = time.perf_counter()
     if args.future:
@@ -138,19 +138,6 @@ def forecast_command(args: argparse.Namespace) -> dict:
     print(json.dumps(shown))
     print(f"wrote {out}/metrics.json, forecasts.csv, fan_chart.png")
     return metrics
-
-
-def _check_store(store: Path, identity: dict) -> None:
-    """Chunks in ``store`` are reused only by the same forecast; another one into the same --out is refused."""
-    path = store / "identity.json"
-    if path.exists():
-        old = json.loads(path.read_text())
-        if old != identity:
-            changed = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
-            raise UserError(f"{store.parent} holds samples of another forecast ({', '.join(changed)} differ); "
-                            "pass another --out, or delete the folder to start over")
-    store.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(identity))
 
 
 def _full_history(data) -> list[dict]:

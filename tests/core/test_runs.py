@@ -4,9 +4,11 @@ import os
 import subprocess
 import sys
 
+import pytest
 
 from gencond import cli
-from gencond.runs import RunLock, truncate_metrics
+from gencond.errors import UserError
+from gencond.runs import RunLock, claim_output, truncate_metrics
 
 
 
@@ -140,3 +142,12 @@ def test_a_run_saved_before_a_key_existed_still_resumes(toy_config, tmp_path):
     saved = runs / "toy" / "config.yaml"
     saved.write_text(saved.read_text().replace("  min_snr_gamma: null\n", ""))  # as if written by an older gencond
     assert train(runs / "toy", "train.max_steps=4") == 0
+
+
+def test_an_output_folder_is_resumed_only_by_the_same_job(tmp_path):
+    path = tmp_path / "out" / "identity.json"
+    claim_output(path, {"seed": 0, "steps": (25,)}, "forecast")  # tuples are compared as JSON lists
+    claim_output(path, {"seed": 0, "steps": [25]}, "forecast")
+    with pytest.raises(UserError, match=r"out holds another forecast \(seed 0 -> 1; steps \[25\] -> None\)"):
+        claim_output(path, {"seed": 1}, "forecast")
+    assert json.loads(path.read_text()) == {"seed": 0, "steps": [25]}  # the first job's identity is kept
