@@ -8,6 +8,7 @@
     python benchmarks/robotics_bench.py evaluate --extractor idm --idm runs/robotics-idm
     python benchmarks/robotics_bench.py evaluate --planner repeat-first --seeds 100-101  # the floor
     python benchmarks/robotics_bench.py evaluate --planner video:runs/metaworld_small --workers 2 [--max-replans 0]
+    python benchmarks/robotics_bench.py combine A.json B.json --name evaluate_..._seeds100-124  # disjoint seeds
 
 Evaluation seeds default to 100-104, which no collected demonstration (seeds 0-4) used, so the
 inverse-dynamics model is tested on scenes it was not trained on.
@@ -16,12 +17,14 @@ Each part prints its figures and writes them to benchmarks/results/robotics_<par
 ``evaluate`` names its file by planner, extractor and every non-default setting (e.g.
 robotics_evaluate_oracle_avdc_seeds100-100.json), so only the default run writes the canonical
 robotics_evaluate_oracle_avdc.json, and no result is overwritten by one of fewer episodes. ``evaluate``
-also leaves results.md, episodes.jsonl and videos under --out. Measurement only.
+keeps the episode records beside the table (``..._episodes.jsonl``, for paired tests later) and leaves
+results.md, episodes.jsonl and videos under --out. Measurement only.
 """
 from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import platform
 import statistics
@@ -140,6 +143,63 @@ def bench_evaluate(args) -> None:
                 "plan_resolution": args.plan_resolution, "seeds": args.seeds, "max_replans": args.max_replans,
                 "workers": args.workers, "wall_seconds": round(seconds, 1),
                 "out": out, **table})
+    save_episodes(name, out, tasks, cameras, seeds)
+
+
+def save_episodes(name: str, out: str, tasks, cameras, seeds) -> None:
+    """Keep the evaluation's episode records beside its table (robotics_<name>_episodes.jsonl), so a later
+    evaluation on the same seeds can be paired with it (McNemar) after the run folder is gone."""
+    order = {(t, c, s): i for i, (t, c, s) in enumerate(itertools.product(tasks, cameras, seeds))}
+    records = {}
+    for line in (Path(out) / "episodes.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        key = (rec["task"], rec["camera"], rec["seed"])
+        if key in order:
+            records[key] = rec
+    lines = [json.dumps(records[k]) for k in sorted(records, key=order.get)]
+    (RESULTS / f"robotics_{name}_episodes.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def combine_tables(tables: list[dict]) -> dict:
+    """One success table from evaluations of one identity (planner, weights, extractor, settings) on
+    disjoint seeds: per task and camera, the success counts are recovered from the rates and summed."""
+    first = tables[0]
+    for t in tables[1:]:
+        if t["identity"] != first["identity"]:
+            raise SystemExit(f"cannot combine evaluations of different identities:\n{first['identity']}\n{t['identity']}")
+        if set(t["per_task"]) != set(first["per_task"]):
+            raise SystemExit("cannot combine evaluations of different task lists")
+    seeds = [s for t in tables for s in t["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"the evaluations share seeds {sorted({s for s in seeds if seeds.count(s) > 1})}; "
+                         "combine only disjoint seed sets")
+
+    def count(rate: float, n: int) -> int:
+        k = rate * n / 100
+        if abs(k - round(k)) > 0.06:
+            raise SystemExit(f"a rate of {rate} % over {n} episodes is not a whole count")
+        return round(k)
+
+    per_task, wins, total = {}, 0, 0
+    for task, row in first["per_task"].items():
+        cams = {c: 0 for c in row["cameras"]}
+        for t in tables:
+            n_cam = len(t["seeds"])
+            for c in cams:
+                cams[c] += count(t["per_task"][task]["cameras"][c], n_cam)
+        n = len(seeds) * len(cams)
+        per_task[task] = {"success": round(100 * sum(cams.values()) / n, 1), "episodes": n,
+                          "cameras": {c: round(100 * k / len(seeds), 1) for c, k in cams.items()}}
+        wins, total = wins + sum(cams.values()), total + n
+    return {"overall": round(100 * wins / total, 1), "episodes": total, "per_task": per_task,
+            "errors": sum(t["errors"] for t in tables),
+            "mean_steps": round(sum(t["mean_steps"] * t["episodes"] for t in tables) / total, 1),
+            "seeds": sorted(seeds), "identity": first["identity"]}
+
+
+def bench_combine(args) -> None:
+    tables = [json.loads(Path(f).read_text()) for f in args.results]
+    save(args.name, {"combined_from": [Path(f).name for f in args.results], **combine_tables(tables)})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,6 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None)
     p.add_argument("--tag", default="")
     p.set_defaults(run=bench_evaluate)
+    p = parts.add_parser("combine", help="one table from result files of one evaluation on disjoint seeds")
+    p.add_argument("results", nargs="+", help="benchmarks/results/robotics_evaluate_*.json files")
+    p.add_argument("--name", required=True, help="the combined result's name (robotics_<name>.json)")
+    p.set_defaults(run=bench_combine)
     return parser
 
 

@@ -95,6 +95,41 @@ def test_benchmark_never_overwrites_a_result_with_more_episodes(tmp_path, monkey
     bench.save("evaluate_x", {"episodes": 165})  # a rerun of the same size replaces it
 
 
+def _table(seeds, corner, corner2, identity="p"):
+    n = len(seeds)
+    rates = {"corner": 100 * corner / n, "corner2": 100 * corner2 / n}
+    return {"identity": {"planner": identity}, "seeds": list(seeds), "errors": 0, "mean_steps": 300.0,
+            "episodes": 2 * n, "per_task": {"door-open": {"success": round(100 * (corner + corner2) / (2 * n), 1),
+                                                          "episodes": 2 * n, "cameras": rates}}}
+
+
+def test_combined_evaluations_sum_success_counts_over_disjoint_seeds():
+    bench = _bench()
+    table = bench.combine_tables([_table(range(100, 110), 3, 7), _table(range(110, 125), 1, 15)])
+    row = table["per_task"]["door-open"]
+    assert row["episodes"] == 50 and row["cameras"] == {"corner": 16.0, "corner2": 88.0}
+    assert table["overall"] == 52.0 and table["episodes"] == 50 and table["seeds"] == list(range(100, 125))
+    with pytest.raises(SystemExit, match="different identities"):
+        bench.combine_tables([_table(range(3), 1, 1), _table(range(3, 6), 1, 1, identity="q")])
+    with pytest.raises(SystemExit, match=r"share seeds \[2\]"):
+        bench.combine_tables([_table(range(3), 1, 1), _table(range(2, 6), 1, 1)])
+
+
+def test_benchmark_keeps_the_evaluations_episode_records_in_protocol_order(tmp_path, monkeypatch):
+    bench = _bench()
+    monkeypatch.setattr(bench, "RESULTS", tmp_path)
+    out = tmp_path / "run"
+    out.mkdir()
+    recs = [{"task": "door-open", "camera": c, "seed": s, "success": s == 101} for s in (101, 100, 7)
+            for c in ("corner2", "corner")]
+    (out / "episodes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    bench.save_episodes("evaluate_x", str(out), ["door-open"], ["corner", "corner2"], [100, 101])
+    kept = [json.loads(line) for line in (tmp_path / "robotics_evaluate_x_episodes.jsonl").read_text().splitlines()]
+    assert [(r["camera"], r["seed"]) for r in kept] == [("corner", 100), ("corner", 101), ("corner2", 100),
+                                                        ("corner2", 101)]
+    assert [r["success"] for r in kept] == [False, True, False, True]
+
+
 def _tiny_idm(folder: Path) -> None:
     from robotics.idm import InverseDynamicsModel
 
