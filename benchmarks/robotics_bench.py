@@ -149,14 +149,10 @@ def bench_evaluate(args) -> None:
 def save_episodes(name: str, out: str, tasks, cameras, seeds) -> None:
     """Keep the evaluation's episode records beside its table (robotics_<name>_episodes.jsonl), so a later
     evaluation on the same seeds can be paired with it (McNemar) after the run folder is gone."""
-    order = {(t, c, s): i for i, (t, c, s) in enumerate(itertools.product(tasks, cameras, seeds))}
-    records = {}
-    for line in (Path(out) / "episodes.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        key = (rec["task"], rec["camera"], rec["seed"])
-        if key in order:
-            records[key] = rec
-    lines = [json.dumps(records[k]) for k in sorted(records, key=order.get)]
+    from robotics.evaluate import EPISODES_FILE, _read_done
+
+    done = _read_done(Path(out) / EPISODES_FILE)
+    lines = [json.dumps(done[key]) for key in itertools.product(tasks, cameras, seeds) if key in done]
     (RESULTS / f"robotics_{name}_episodes.jsonl").write_text("\n".join(lines) + "\n")
 
 
