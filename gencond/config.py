@@ -41,7 +41,7 @@ class DiffusionConfig:
 class SamplingConfig:
     """How samples are drawn: any diffusers scheduler by name, with a number of steps."""
 
-    scheduler: str = "ddpm"  # ddpm | ddim | dpm++ | unipc | deis | a diffusers scheduler class name
+    scheduler: str = "ddpm"  # ddpm | ddim | dpm++ | dpm++sde | unipc | deis | a diffusers scheduler class name
     num_steps: Optional[int] = None  # None = every training timestep
     eta: float = 0.0  # DDIM stochasticity
     timestep_spacing: Optional[str] = None  # leading | trailing | linspace (diffusers'); None = the scheduler's default

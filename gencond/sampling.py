@@ -33,13 +33,14 @@ class StepCallback(Protocol):
     def __call__(self, step: int, t: int, x_t: torch.Tensor, x0_hat: torch.Tensor) -> Optional[bool]: ...
 
 
-SCHEDULER_ALIASES = {
-    "ddpm": "DDPMScheduler",
-    "ddim": "DDIMScheduler",
-    "dpm++": "DPMSolverMultistepScheduler",
-    "dpmsolver": "DPMSolverMultistepScheduler",
-    "unipc": "UniPCMultistepScheduler",
-    "deis": "DEISMultistepScheduler",
+SCHEDULER_ALIASES = {  # name -> (diffusers class, options it is built with)
+    "ddpm": ("DDPMScheduler", {}),
+    "ddim": ("DDIMScheduler", {}),
+    "dpm++": ("DPMSolverMultistepScheduler", {}),
+    "dpmsolver": ("DPMSolverMultistepScheduler", {}),
+    "dpm++sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),  # stochastic, 2nd order
+    "unipc": ("UniPCMultistepScheduler", {}),
+    "deis": ("DEISMultistepScheduler", {}),
 }
 
 
@@ -49,7 +50,8 @@ TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 def make_sampling_scheduler(process: DiffusionProcess, name: str, timestep_spacing: Optional[str] = None) -> SchedulerMixin:
     """A diffusers scheduler (alias or class name) on the process's noise schedule, fed epsilon; with
     ``timestep_spacing``, how its fewer-than-training steps are placed (diffusers' option)."""
-    cls = getattr(diffusers, SCHEDULER_ALIASES.get(name.lower(), name), None)
+    cls_name, options = SCHEDULER_ALIASES.get(name.lower(), (name, {}))
+    cls = getattr(diffusers, cls_name, None)
     if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)):
         raise ConfigError(
             f"unknown scheduler '{name}'; use one of {sorted(SCHEDULER_ALIASES)} or a diffusers scheduler class name"
@@ -57,7 +59,7 @@ def make_sampling_scheduler(process: DiffusionProcess, name: str, timestep_spaci
     if timestep_spacing is not None and timestep_spacing not in TIMESTEP_SPACINGS:
         raise ConfigError(f"unknown sampling.timestep_spacing '{timestep_spacing}'; use one of {list(TIMESTEP_SPACINGS)}")
     spacing = {} if timestep_spacing is None else {"timestep_spacing": timestep_spacing}
-    sched = cls.from_config(process.scheduler.config, prediction_type="epsilon", **spacing)
+    sched = cls.from_config(process.scheduler.config, prediction_type="epsilon", **options, **spacing)
     if float(getattr(sched, "init_noise_sigma", 1.0)) != 1.0:
         raise ConfigError(f"scheduler '{name}' works in sigma space; use a variance-preserving one: {sorted(SCHEDULER_ALIASES)}")
     return sched
@@ -145,9 +147,8 @@ def sample(
     """
     sched = make_sampling_scheduler(process, sampling.scheduler, sampling.timestep_spacing)
     sched.set_timesteps(sampling.num_steps or process.num_timesteps, device="cpu")
-    step_kwargs = {"generator": generator}
-    if "eta" in inspect.signature(sched.step).parameters:
-        step_kwargs["eta"] = sampling.eta
+    accepts = inspect.signature(sched.step).parameters
+    step_kwargs = {k: v for k, v in (("generator", generator), ("eta", sampling.eta)) if k in accepts}
     timesteps = sched.timesteps
     skip = 0 if x_init is None else start_index(len(timesteps), strength)
     if x_init is not None and tuple(x_init.shape) != tuple(shape):

@@ -12,7 +12,7 @@ from .toys import DictConditioned, GaussianOracle, Recorder
 PROCESS = DiffusionProcess(DiffusionConfig(num_train_timesteps=100, beta_end=0.1))
 
 
-@pytest.mark.parametrize("scheduler,steps", [("ddpm", None), ("ddim", 20), ("dpm++", 10)])
+@pytest.mark.parametrize("scheduler,steps", [("ddpm", None), ("ddim", 20), ("dpm++", 10), ("dpm++sde", 20), ("unipc", 10)])
 def test_oracle_samples_have_the_data_variance(scheduler, steps):
     model = GaussianOracle(PROCESS, sigma=2.0)
     x = sample(model, PROCESS, (4000, 2), SamplingConfig(scheduler=scheduler, num_steps=steps),
@@ -21,7 +21,7 @@ def test_oracle_samples_have_the_data_variance(scheduler, steps):
     assert abs(x.mean().item()) < 0.1
 
 
-@pytest.mark.parametrize("scheduler,steps", [("ddpm", None), ("ddim", 20)])
+@pytest.mark.parametrize("scheduler,steps", [("ddpm", None), ("ddim", 20), ("dpm++sde", 20)])
 def test_guidance_pulls_samples_to_observations(scheduler, steps):
     model = GaussianOracle(PROCESS)
     obs = torch.zeros(500, 3)
@@ -47,6 +47,20 @@ def test_ddpm_guidance_moves_the_posterior_mean_by_sigma_squared_grad():
         posterior_var = (1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)
         torch.testing.assert_close(b - a, -posterior_var * grad, atol=1e-5, rtol=1e-4)
     assert isinstance(sched, DDPMScheduler) and guidance_weight(sched, 0) == 0.0
+
+
+def test_scheduler_aliases_carry_their_options():
+    sde = make_sampling_scheduler(PROCESS, "dpm++sde")
+    assert sde.config.algorithm_type == "sde-dpmsolver++"
+    assert make_sampling_scheduler(PROCESS, "dpm++").config.algorithm_type == "dpmsolver++"
+
+
+def test_stochastic_schedulers_follow_the_generator():
+    model = GaussianOracle(PROCESS)
+    draw = lambda seed: sample(model, PROCESS, (8, 2), SamplingConfig(scheduler="dpm++sde", num_steps=10),
+                               generator=torch.Generator().manual_seed(seed), progress=False)
+    torch.testing.assert_close(draw(0), draw(0))
+    assert not torch.allclose(draw(0), draw(1))
 
 
 def test_quantile_energy_is_the_pinball_loss():
