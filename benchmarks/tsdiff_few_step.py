@@ -1,8 +1,10 @@
 """TSDiff forecasting with few sampler steps against DDPM-100, on one trained run and the same windows.
 
 Each spec is ``scheduler:steps`` with optional ``,eta=E`` (DDIM stochasticity), ``,scale=S`` (the
-guidance scale; default the run's ``forecast.scale``) and ``,spacing=leading|trailing|linspace`` (where
-the few steps lie; default the scheduler's, leading). Every spec forecasts the same test windows with
+guidance scale; default the run's ``forecast.scale``), ``,spacing=leading|trailing|linspace`` (where
+the few steps lie; default the scheduler's, leading) and ``,weight=jump`` (ablation: a strided DDPM
+step's guidance scaled by the jump's own posterior variance, the sampler's rule before 2026-12-03,
+instead of the spanned timesteps' sum). Every spec forecasts the same test windows with
 the same seed; the table reports CRPS, its ratio to the reference spec (DDPM-100), network evaluations
 per sample and forecast seconds per series. Rows already in --out are kept (an interrupted benchmark
 resumes); a run's canonical results are never written here.
@@ -18,7 +20,9 @@ import time
 from pathlib import Path
 
 import torch
+from diffusers import DDPMScheduler
 
+import gencond.sampling
 from gencond.runs import load_run
 from timeseries.forecast import forecast_and_evaluate
 from timeseries.task import load_data, make_forecaster, window_builder
@@ -33,9 +37,11 @@ def parse_spec(spec: str) -> dict:
     out = {"scheduler": scheduler, "num_steps": int(steps)}
     for option in options:
         key, _, value = option.partition("=")
-        if key not in ("eta", "scale", "spacing"):
-            raise SystemExit(f"'{spec}': unknown option '{key}' (eta, scale, spacing)")
-        if key == "spacing":
+        if key not in ("eta", "scale", "spacing", "weight"):
+            raise SystemExit(f"'{spec}': unknown option '{key}' (eta, scale, spacing, weight)")
+        if key == "weight" and value != "jump":
+            raise SystemExit(f"'{spec}': weight must be 'jump' (the default is the sampler's own)")
+        if key in ("spacing", "weight"):
             out[key] = value
             continue
         try:
@@ -45,8 +51,21 @@ def parse_spec(spec: str) -> dict:
     return out
 
 
+def jump_variance_weight(sched, t: int) -> float:
+    """The ablation's guidance weight: DDPM's mean moves by -s * (the jump's own posterior variance) * grad E."""
+    if not isinstance(sched, DDPMScheduler):
+        return sampler_weight(sched, t)
+    abar, prev = sched.alphas_cumprod[t].double(), sched.previous_timestep(t)
+    abar_prev = sched.alphas_cumprod[prev].double() if prev >= 0 else torch.tensor(1.0, dtype=torch.float64)
+    return float((1 - abar_prev) * (abar / abar_prev).sqrt() / (1 - abar).sqrt())
+
+
+sampler_weight = gencond.sampling.guidance_weight
+
+
 def run_spec(run_dir: str, spec: str, args) -> dict:
     s = parse_spec(spec)
+    gencond.sampling.guidance_weight = jump_variance_weight if s.get("weight") == "jump" else sampler_weight
     cfg, model = load_run(run_dir, args.weights, task="tsdiff")
     cfg.sampling.scheduler, cfg.sampling.num_steps = s["scheduler"], s["num_steps"]
     cfg.sampling.eta = s.get("eta", 0.0)
@@ -62,6 +81,7 @@ def run_spec(run_dir: str, spec: str, args) -> dict:
     seconds = time.perf_counter() - start
     return {"spec": spec, "scheduler": s["scheduler"], "steps": s["num_steps"], "eta": cfg.sampling.eta,
             "spacing": s.get("spacing", "leading"), "micro_batch": args.micro_batch,
+            "guidance_weight": s.get("weight", "spanned"),
             "scale": forecaster.scale, "nfe_per_sample": s["num_steps"], "series": len(entries),
             "samples": args.samples, "seed": args.seed, "threads": args.threads,
             **{k: metrics[k] for k in ("CRPS", "ND", "NRMSE")}, "forecast_s_per_series": seconds / len(entries)}
@@ -102,11 +122,11 @@ def main() -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(saved, indent=2))
     ref = next((r for r in rows if r["spec"] == args.reference), None)
-    print(f"\n| sampler | eta | scale | NFE/sample | CRPS | vs {args.reference} | ND | NRMSE | s/series | threads |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(f"\n| spec | sampler | eta | scale | NFE/sample | CRPS | vs {args.reference} | ND | NRMSE | s/series | threads |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = f"{r['CRPS'] / ref['CRPS']:.3f}" if ref else "-"
-        print(f"| {r['scheduler']}-{r['steps']} | {r['eta']:g} | {r['scale']:g} | {r['nfe_per_sample']} | {r['CRPS']:.5f} | "
+        print(f"| `{r['spec']}` | {r['scheduler']}-{r['steps']} | {r['eta']:g} | {r['scale']:g} | {r['nfe_per_sample']} | {r['CRPS']:.5f} | "
               f"{ratio} | {r['ND']:.4f} | {r['NRMSE']:.4f} | {r['forecast_s_per_series']:.1f} | {r['threads']} |")
 
 

@@ -4,8 +4,11 @@ guidance and input self-conditioning.
 Guidance is a classifier-guidance-style correction of the noise prediction,
 eps <- eps + s * w_t * grad_{x_t} E(x0_hat(x_t)), applied the same way for every scheduler. The
 weight w_t is sqrt(1 - abar_t) (the score correction; TSDiff's DDIM variant) except for DDPM, where
-w_t = (1 - abar_prev) sqrt(alpha_t) / sqrt(1 - abar_t) so that the posterior mean moves by exactly
--s * sigma_t^2 * grad E, TSDiff's DDPM update.
+it moves the posterior mean by exactly -s * V_t * grad E: TSDiff's DDPM update, with V_t = sigma_t^2
+on every training timestep. A strided DDPM step (fewer sampling steps) jumps over several training
+timesteps, and there V_t is the sum of their posterior variances, not the jump's own (smaller)
+variance: the guidance a chain applies in all then adds up to that of the full chain, whatever the
+number of steps (see :func:`guidance_weight`).
 
 ``sampling.micro_batch`` rows go through the network (and the guidance gradient) at a time: the same
 samples within float tolerance, and on a CPU faster, since each slice's activations stay in the cache.
@@ -66,12 +69,22 @@ def make_sampling_scheduler(process: DiffusionProcess, name: str, timestep_spaci
 
 
 def guidance_weight(sched: SchedulerMixin, t: int) -> float:
-    """w_t of the module docstring for timestep ``t`` of ``sched``."""
-    abar = sched.alphas_cumprod[t].double()
+    """w_t of the module docstring for timestep ``t`` of ``sched``.
+
+    DDPM from t to prev: the posterior mean's derivative along eps is -beta / (sqrt(alpha) sqrt(1 - abar_t)),
+    with alpha = abar_t / abar_prev and beta = 1 - alpha, so w_t = V_t sqrt(alpha) sqrt(1 - abar_t) / beta
+    moves the mean by -V_t grad E; V_t sums the one-step posterior variances of timesteps prev+1 .. t.
+    """
+    abar_all = sched.alphas_cumprod.double()
+    abar = abar_all[t]
     if isinstance(sched, DDPMScheduler):
-        prev = sched.previous_timestep(t)
-        abar_prev = sched.alphas_cumprod[prev].double() if prev >= 0 else torch.tensor(1.0, dtype=torch.float64)
-        return float((1 - abar_prev) * (abar / abar_prev).sqrt() / (1 - abar).sqrt())
+        prev = int(sched.previous_timestep(t))
+        one = torch.ones((), dtype=torch.float64)
+        alpha = abar / (abar_all[prev] if prev >= 0 else one)
+        before = torch.cat([one.reshape(1), abar_all[:-1]])  # abar_{u-1}, with abar_{-1} = 1
+        spanned = slice(prev + 1, t + 1)
+        variance = ((1 - before[spanned]) / (1 - abar_all[spanned]) * (1 - abar_all[spanned] / before[spanned])).sum()
+        return float(variance * alpha.sqrt() * (1 - abar).sqrt() / (1 - alpha))
     return float((1 - abar).sqrt())
 
 

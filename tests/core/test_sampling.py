@@ -49,6 +49,25 @@ def test_ddpm_guidance_moves_the_posterior_mean_by_sigma_squared_grad():
     assert isinstance(sched, DDPMScheduler) and guidance_weight(sched, 0) == 0.0
 
 
+def test_strided_ddpm_guidance_adds_up_to_the_full_chains():
+    full = make_sampling_scheduler(PROCESS, "ddpm")
+    full.set_timesteps(100)
+    one_step_variance = {u: float(full._get_variance(u)) for u in range(100)}  # diffusers' own posterior variance
+    sched = make_sampling_scheduler(PROCESS, "ddpm")
+    sched.set_timesteps(25)
+    x, eps, grad = torch.randn(3, 4), torch.randn(3, 4), torch.randn(3, 4)
+    pushed = 0.0
+    for t in sched.timesteps.tolist():
+        spanned = sum(one_step_variance[u] for u in range(int(sched.previous_timestep(t)) + 1, t + 1))
+        a = sched.step(eps, t, x, generator=torch.Generator().manual_seed(0)).prev_sample
+        b = sched.step(eps + guidance_weight(sched, t) * grad, t, x, generator=torch.Generator().manual_seed(0)).prev_sample
+        torch.testing.assert_close(b - a, -spanned * grad, atol=1e-5, rtol=1e-4)
+        pushed += spanned
+    first = int(sched.timesteps[0])
+    assert pushed == pytest.approx(sum(one_step_variance[u] for u in range(first + 1)))
+    assert pushed > 1.1 * sum(float(sched._get_variance(t)) for t in sched.timesteps.tolist())  # more than the jumps' own
+
+
 def test_scheduler_aliases_carry_their_options():
     sde = make_sampling_scheduler(PROCESS, "dpm++sde")
     assert sde.config.algorithm_type == "sde-dpmsolver++"
