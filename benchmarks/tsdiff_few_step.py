@@ -51,6 +51,9 @@ def parse_spec(spec: str) -> dict:
     return out
 
 
+sampler_weight = gencond.sampling.guidance_weight  # the sampler's own rule, restored after an ablation spec
+
+
 def jump_variance_weight(sched, t: int) -> float:
     """The ablation's guidance weight: DDPM's mean moves by -s * (the jump's own posterior variance) * grad E."""
     if not isinstance(sched, DDPMScheduler):
@@ -58,9 +61,6 @@ def jump_variance_weight(sched, t: int) -> float:
     abar, prev = sched.alphas_cumprod[t].double(), sched.previous_timestep(t)
     abar_prev = sched.alphas_cumprod[prev].double() if prev >= 0 else torch.tensor(1.0, dtype=torch.float64)
     return float((1 - abar_prev) * (abar / abar_prev).sqrt() / (1 - abar).sqrt())
-
-
-sampler_weight = gencond.sampling.guidance_weight
 
 
 def run_spec(run_dir: str, spec: str, args) -> dict:
