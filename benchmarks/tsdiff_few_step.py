@@ -81,6 +81,7 @@ def run_spec(run_dir: str, spec: str, args) -> dict:
     seconds = time.perf_counter() - start
     return {"spec": spec, "scheduler": s["scheduler"], "steps": s["num_steps"], "eta": cfg.sampling.eta,
             "spacing": s.get("spacing", "leading"), "micro_batch": args.micro_batch,
+            "rows_per_call": args.micro_batch * torch.get_num_threads() if args.micro_batch else args.batch_size,
             "guidance_weight": s.get("weight", "spanned"),
             "scale": forecaster.scale, "nfe_per_sample": s["num_steps"], "series": len(entries),
             "samples": args.samples, "seed": args.seed, "threads": args.threads,
@@ -98,7 +99,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-series", type=int, help="only the first N test windows")
     p.add_argument("--batch-size", type=int, default=200)
-    p.add_argument("--micro-batch", type=int, default=10, help="rows per network call (sampling.micro_batch; 0 = the whole batch)")
+    p.add_argument("--micro-batch", type=int, default=10, help="rows per network call and CPU thread (sampling.micro_batch; 0 = the whole batch)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--out", required=True, help="results JSON (rows kept and extended)")

@@ -46,7 +46,7 @@ class SamplingConfig:
     eta: float = 0.0  # DDIM stochasticity
     timestep_spacing: Optional[str] = None  # leading | trailing | linspace (diffusers'); None = the scheduler's default
     cfg_scale: Optional[float] = None  # classifier-free guidance weight; None = off
-    micro_batch: Optional[int] = None  # rows per network call (CPU cache); None = the whole batch
+    micro_batch: Optional[int] = None  # rows per network call, per thread on a CPU (cache); None = the whole batch
 
 
 @dataclass

@@ -5,7 +5,7 @@ from diffusers import DDPMScheduler
 from gencond.config import ConfigError, DiffusionConfig, SamplingConfig
 from gencond.diffusion import DiffusionProcess
 from gencond.guidance import ObservationGuidance, evenly_spaced_quantiles
-from gencond.sampling import guidance_weight, make_sampling_scheduler, sample
+from gencond.sampling import _micro_batch_rows, guidance_weight, make_sampling_scheduler, sample
 
 from .toys import DictConditioned, GaussianOracle, Recorder
 
@@ -163,6 +163,26 @@ def test_micro_batches_need_an_energy_that_takes_rows():
                guidance_scale=1.0, progress=False)
     with pytest.raises(ConfigError, match="micro_batch must be >= 1"):
         sample(model, PROCESS, (4, 2), SamplingConfig(num_steps=2, micro_batch=0), progress=False)
+
+
+def test_micro_batches_count_rows_per_cpu_thread():
+    class Sizes(GaussianOracle):
+        def forward(self, x_t, t, cond=None, self_cond=None):
+            self.sizes.append(x_t.shape[0])
+            return super().forward(x_t, t, cond, self_cond)
+
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            model = Sizes(PROCESS)
+            model.sizes = []
+            sample(model, PROCESS, (45, 2), SamplingConfig(num_steps=1, micro_batch=10), progress=False)
+            assert model.sizes == [10 * n] * (45 // (10 * n)) + [45 % (10 * n)]
+            # on an accelerator micro_batch is the rows per call, whatever the CPU threads
+            assert [r.stop - r.start for r in _micro_batch_rows(10, 45, None, torch.device("cuda"))] == [10] * 4 + [5]
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_timestep_spacing_places_the_few_steps():
