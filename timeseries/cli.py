@@ -104,6 +104,7 @@ def forecast_command(args: argparse.Namespace) -> dict:
     how = "cond" if forecaster.conditional else f"{forecaster.guidance}_s{forecaster.scale:g}"
     tag = f"{how}_{cfg.sampling.scheduler}{cfg.sampling.num_steps or cfg.diffusion.num_train_timesteps}"
     tag += f"_eta{cfg.sampling.eta:g}" if cfg.sampling.eta and cfg.sampling.scheduler != "ddpm" else ""
+    tag += f"_{cfg.sampling.timestep_spacing}" if cfg.sampling.timestep_spacing else ""
     tag += f"_n{forecaster.num_samples}"
     tag += f"_{cfg.forecast.missing}{cfg.data.missing_points}" if cfg.forecast.missing else ""
     out = Path(args.out) if args.out else Path(args.run_dir) / "forecasts" / (tag + ("_future" if args.future else ""))
