@@ -63,6 +63,11 @@ def jump_variance_weight(sched, t: int) -> float:
     return float((1 - abar_prev) * (abar / abar_prev).sqrt() / (1 - abar).sqrt())
 
 
+def rows_per_call(args) -> int:
+    """Rows per network call in the sampler: sampling.micro_batch per CPU thread, at most the batch."""
+    return min(args.micro_batch * torch.get_num_threads(), args.batch_size) if args.micro_batch else args.batch_size
+
+
 def run_spec(run_dir: str, spec: str, args) -> dict:
     s = parse_spec(spec)
     gencond.sampling.guidance_weight = jump_variance_weight if s.get("weight") == "jump" else sampler_weight
@@ -81,7 +86,7 @@ def run_spec(run_dir: str, spec: str, args) -> dict:
     seconds = time.perf_counter() - start
     return {"spec": spec, "scheduler": s["scheduler"], "steps": s["num_steps"], "eta": cfg.sampling.eta,
             "spacing": s.get("spacing", "leading"), "micro_batch": args.micro_batch,
-            "rows_per_call": args.micro_batch * torch.get_num_threads() if args.micro_batch else args.batch_size,
+            "rows_per_call": rows_per_call(args),
             "guidance_weight": s.get("weight", "spanned"),
             "scale": forecaster.scale, "nfe_per_sample": s["num_steps"], "series": len(entries),
             "samples": args.samples, "seed": args.seed, "threads": args.threads,
@@ -116,7 +121,7 @@ def main() -> None:
     rows = saved["rows"]
     for spec in args.specs:
         if any(r["spec"] == spec and r["threads"] == args.threads and r.get("micro_batch", 0) == args.micro_batch
-               for r in rows):
+               and r.get("rows_per_call") == rows_per_call(args) for r in rows):  # rows from before the per-thread rule rerun
             continue
         rows.append(run_spec(args.run_dir, spec, args))
         print(json.dumps(rows[-1]), flush=True)

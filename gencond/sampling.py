@@ -205,6 +205,8 @@ def _micro_batch_rows(micro_batch: Optional[int], batch: int, energy: Optional[C
                           "see gencond.guidance); set sampling.micro_batch=null for this energy")
     if device.type == "cpu":
         micro_batch *= torch.get_num_threads()
+    if micro_batch >= batch:
+        return [slice(0, batch)]
     return [slice(lo, min(lo + micro_batch, batch)) for lo in range(0, batch, micro_batch)]
 
 

@@ -75,7 +75,8 @@ def _tsdiff_sampling() -> SamplingConfig:
     # Exchange CRPS 0.99x / 1.01x that of all 100 steps (seeds 0 / 1) at a quarter of the cost (README);
     # num_steps=null (--steps 100) is the paper's sampler. 10 windows of 390 x 64 activations (~1 MB) per
     # network call and CPU thread stay in the cores' caches: a guided step of 100 samples 1.2x, of 200 1.45x
-    # faster on 1 thread; on 2 threads 20 rows per call beat 10 by about 10 %.
+    # faster on 1 thread; on 2 threads 20 rows per call beat 10 (5.3 vs 5.7 s/series in
+    # benchmarks/results/tsdiff_end_to_end_2026-12-03_8series.json), hence rows per thread (gencond.sampling).
     return SamplingConfig(num_steps=25, micro_batch=10)
 
 

@@ -161,6 +161,11 @@ def test_micro_batches_need_an_energy_that_takes_rows():
     with pytest.raises(ConfigError, match="micro_batch needs an energy that can be restricted to rows"):
         sample(model, PROCESS, (4, 2), SamplingConfig(num_steps=2, micro_batch=2), guidance=lambda x0: x0.square().sum(1),
                guidance_scale=1.0, progress=False)
+    with pytest.raises(ConfigError, match="micro_batch needs an energy that can be restricted to rows"):
+        # refused even where one call would take the whole batch (micro_batch x threads >= batch): a config
+        # must not pass on one machine and fail on another
+        sample(model, PROCESS, (4, 2), SamplingConfig(num_steps=2, micro_batch=8), guidance=lambda x0: x0.square().sum(1),
+               guidance_scale=1.0, progress=False)
     with pytest.raises(ConfigError, match="micro_batch must be >= 1"):
         sample(model, PROCESS, (4, 2), SamplingConfig(num_steps=2, micro_batch=0), progress=False)
 
@@ -181,6 +186,7 @@ def test_micro_batches_count_rows_per_cpu_thread():
             assert model.sizes == [10 * n] * (45 // (10 * n)) + [45 % (10 * n)]
             # on an accelerator micro_batch is the rows per call, whatever the CPU threads
             assert [r.stop - r.start for r in _micro_batch_rows(10, 45, None, torch.device("cuda"))] == [10] * 4 + [5]
+            assert _micro_batch_rows(10, 0, None) == [slice(0, 0)]  # an empty batch: one empty call, not none
     finally:
         torch.set_num_threads(threads)
 
