@@ -71,13 +71,14 @@ def _tsdiff_diffusion() -> DiffusionConfig:
 
 
 def _tsdiff_sampling() -> SamplingConfig:
-    # DDPM on 25 of the 100 timesteps (guidance summed over the steps each one spans, gencond.sampling):
-    # Exchange CRPS 0.99x / 1.01x that of all 100 steps (seeds 0 / 1) at a quarter of the cost (README);
-    # num_steps=null (--steps 100) is the paper's sampler. 10 windows of 390 x 64 activations (~1 MB) per
-    # network call and CPU thread stay in the cores' caches: a guided step of 100 samples 1.2x, of 200 1.45x
-    # faster on 1 thread; on 2 threads 20 rows per call beat 10 (5.3 vs 5.7 s/series in
+    # The paper's sampler, DDPM on all 100 timesteps. DDPM on 25 (--steps 25; guidance summed over the
+    # timesteps each step spans, gencond.sampling) matched it on one Exchange model (0.99x / 1.01x CRPS,
+    # sampler seeds 0 / 1) and the generated series, but not on a second trained model (1.29x): so it is an
+    # option, not the default (README). 10 windows of 390 x 64 activations (~1 MB) per network call and CPU
+    # thread stay in the cores' caches: a guided step of 100 samples 1.2x, of 200 1.45x faster on 1 thread;
+    # on 2 threads 20 rows per call beat 10 (5.3 vs 5.7 s/series in
     # benchmarks/results/tsdiff_end_to_end_2026-12-03_8series.json), hence rows per thread (gencond.sampling).
-    return SamplingConfig(num_steps=25, micro_batch=10)
+    return SamplingConfig(micro_batch=10)
 
 
 def _tsdiff_train() -> TrainConfig:
