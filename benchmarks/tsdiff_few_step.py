@@ -24,6 +24,7 @@ from diffusers import DDPMScheduler
 
 import gencond.sampling
 from gencond.runs import load_run
+from gencond.sampling import _micro_batch_rows
 from timeseries.forecast import forecast_and_evaluate
 from timeseries.task import load_data, make_forecaster, window_builder
 
@@ -64,8 +65,9 @@ def jump_variance_weight(sched, t: int) -> float:
 
 
 def rows_per_call(args) -> int:
-    """Rows per network call in the sampler: sampling.micro_batch per CPU thread, at most the batch."""
-    return min(args.micro_batch * torch.get_num_threads(), args.batch_size) if args.micro_batch else args.batch_size
+    """Rows of the sampler's first network call (its own per-thread rule, gencond.sampling)."""
+    first = _micro_batch_rows(args.micro_batch or None, args.batch_size, None)[0]
+    return first.stop - first.start
 
 
 def run_spec(run_dir: str, spec: str, args) -> dict:
