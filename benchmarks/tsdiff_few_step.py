@@ -2,7 +2,8 @@
 
 Each spec is ``scheduler:steps`` with optional ``,eta=E`` (DDIM stochasticity), ``,scale=S`` (the
 guidance scale; default the run's ``forecast.scale``), ``,spacing=leading|trailing|linspace`` (where
-the few steps lie; default the scheduler's, leading) and ``,weight=jump`` (ablation: a strided DDPM
+the few steps lie; default the scheduler's, leading) and ``,timesteps=FIRST:LAST:STRIDE+...`` or ``,timesteps=powerR`` (listed timesteps,
+``sampling.timesteps``; e.g. ``ddpm:56,timesteps=99:51:12+50:0:1``, ``ddpm:25,timesteps=power1.5``) and ``,weight=jump`` (ablation: a strided DDPM
 step's guidance scaled by the jump's own posterior variance, the sampler's rule before 2026-12-03,
 instead of the spanned timesteps' sum). Every spec forecasts the same test windows with
 the same seed; the table reports CRPS, its ratio to the reference spec (DDPM-100), network evaluations
@@ -23,6 +24,7 @@ import torch
 from diffusers import DDPMScheduler
 
 import gencond.sampling
+from gencond.cli import timestep_ranges
 from gencond.runs import load_run
 from gencond.sampling import _micro_batch_rows
 from timeseries.forecast import forecast_and_evaluate
@@ -38,8 +40,12 @@ def parse_spec(spec: str) -> dict:
     out = {"scheduler": scheduler, "num_steps": int(steps)}
     for option in options:
         key, _, value = option.partition("=")
-        if key not in ("eta", "scale", "spacing", "weight"):
-            raise SystemExit(f"'{spec}': unknown option '{key}' (eta, scale, spacing, weight)")
+        if key not in ("eta", "scale", "spacing", "weight", "timesteps"):
+            raise SystemExit(f"'{spec}': unknown option '{key}' (eta, scale, spacing, weight, timesteps)")
+        if key == "timesteps":
+            out[key] = value
+            listed_timesteps(value, out["num_steps"], 1000, spec)  # checked now, resolved for the run's T later
+            continue
         if key == "weight" and value != "jump":
             raise SystemExit(f"'{spec}': weight must be 'jump' (the default is the sampler's own)")
         if key in ("spacing", "weight"):
@@ -50,6 +56,26 @@ def parse_spec(spec: str) -> dict:
         except ValueError:
             raise SystemExit(f"'{spec}': {key} must be a number") from None
     return out
+
+
+def listed_timesteps(value: str, num_steps: int, num_train_timesteps: int, spec: str) -> list[int]:
+    """Decreasing timesteps from '99:51:12+50:0:1' (ranges FIRST:LAST:STRIDE, LAST included, joined by +;
+    exactly num_steps of them) or 'powerR' (round((T-1) (i/(num_steps-1))^R), i = 0..num_steps-1, the
+    repeats dropped: R > 1 packs the steps towards t = 0)."""
+    if value.startswith("power"):
+        try:
+            rho = float(value[5:])
+        except ValueError:
+            raise SystemExit(f"'{spec}': power timesteps are powerR with a number R, e.g. power1.5") from None
+        top = num_train_timesteps - 1
+        return sorted({round(top * (i / max(num_steps - 1, 1)) ** rho) for i in range(num_steps)}, reverse=True)
+    try:
+        steps = timestep_ranges(value)  # the --timesteps syntax of gencond forecast
+    except argparse.ArgumentTypeError as e:
+        raise SystemExit(f"'{spec}': timesteps {e}, or powerR (e.g. power1.5)") from None
+    if len(steps) != num_steps:
+        raise SystemExit(f"'{spec}': the listed timesteps are {len(steps)} steps, not {num_steps}")
+    return steps
 
 
 sampler_weight = gencond.sampling.guidance_weight  # the sampler's own rule, restored after an ablation spec
@@ -77,6 +103,8 @@ def run_spec(run_dir: str, spec: str, args) -> dict:
     cfg.sampling.scheduler, cfg.sampling.num_steps = s["scheduler"], s["num_steps"]
     cfg.sampling.eta = s.get("eta", 0.0)
     cfg.sampling.timestep_spacing = s.get("spacing")
+    listed = s.get("timesteps") and listed_timesteps(s["timesteps"], s["num_steps"], cfg.diffusion.num_train_timesteps, spec)
+    cfg.sampling.timesteps, cfg.sampling.num_steps = (listed, None) if listed else (None, s["num_steps"])
     cfg.sampling.micro_batch = args.micro_batch or None
     cfg.forecast.batch_size = args.batch_size
     data = load_data(cfg)
@@ -87,10 +115,11 @@ def run_spec(run_dir: str, spec: str, args) -> dict:
     _, metrics = forecast_and_evaluate(forecaster, entries, data.freq, data.prediction_length, seed=args.seed)
     seconds = time.perf_counter() - start
     return {"spec": spec, "scheduler": s["scheduler"], "steps": s["num_steps"], "eta": cfg.sampling.eta,
-            "spacing": s.get("spacing", "leading"), "micro_batch": args.micro_batch,
+            "spacing": s.get("spacing", "listed" if s.get("timesteps") else "leading"), "timesteps": listed or None,
+            "micro_batch": args.micro_batch,
             "rows_per_call": rows_per_call(args),
             "guidance_weight": s.get("weight", "spanned"),
-            "scale": forecaster.scale, "nfe_per_sample": s["num_steps"], "series": len(entries),
+            "scale": forecaster.scale, "nfe_per_sample": len(listed) if listed else s["num_steps"], "series": len(entries),
             "samples": args.samples, "seed": args.seed, "threads": args.threads,
             **{k: metrics[k] for k in ("CRPS", "ND", "NRMSE")}, "forecast_s_per_series": seconds / len(entries)}
 

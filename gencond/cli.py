@@ -31,6 +31,22 @@ positive_float = _number(float, "a finite number > 0", lambda v: v > 0)
 non_negative_float = _number(float, "a finite number ≥ 0", lambda v: v >= 0)
 
 
+def timestep_ranges(text: str) -> list[int]:
+    """An argparse type: '99:52:12+50:26:2+25:0:1' (ranges FIRST:LAST:STRIDE, LAST included, joined by +)
+    -> the decreasing timesteps 99, 87, 75, 63, 50, 48, ..., 26, 25, 24, ..., 0."""
+    steps = set()
+    for part in text.split("+"):
+        try:
+            first, last, stride = (int(v) for v in part.split(":"))
+        except ValueError:
+            first = None
+        if first is None or stride < 1 or last > first or last < 0:
+            raise argparse.ArgumentTypeError(f"must be ranges FIRST:LAST:STRIDE (FIRST >= LAST >= 0, STRIDE >= 1) "
+                                             f"joined by +, e.g. 99:52:12+50:26:2+25:0:1; got '{text}'")
+        steps.update(range(first, last - 1, -stride))
+    return sorted(steps, reverse=True)
+
+
 # Keys that may change between a run and its resumption without changing what is trained.
 RESUMABLE_KEYS = {"max_steps", "max_minutes", "threads", "log_every", "checkpoint_every", "validate_every", "keep_checkpoints"}
 

@@ -42,9 +42,10 @@ class SamplingConfig:
     """How samples are drawn: any diffusers scheduler by name, with a number of steps."""
 
     scheduler: str = "ddpm"  # ddpm | ddim | dpm++ | dpm++sde | unipc | deis | a diffusers scheduler class name
-    num_steps: Optional[int] = None  # None = every training timestep
+    num_steps: Optional[int] = None  # None = the listed timesteps, else every training timestep
     eta: float = 0.0  # DDIM stochasticity
     timestep_spacing: Optional[str] = None  # leading | trailing | linspace (diffusers'); None = the scheduler's default
+    timesteps: Optional[List[int]] = None  # training timesteps to step through, from T-1 down (ddpm, dpm++); num_steps wins
     cfg_scale: Optional[float] = None  # classifier-free guidance weight; None = off
     micro_batch: Optional[int] = None  # rows per network call, per thread on a CPU (cache); None = the whole batch
 

@@ -193,13 +193,16 @@ def load_run(run_dir: str | Path, weights: str = "best", task: str | tuple[str, 
 
 def add_sampling_arguments(p, sampler: bool = True) -> None:
     """The flags every verb that loads a run shares (``sampler``: also --scheduler and --steps)."""
-    from .cli import non_negative_float, positive_int
+    from .cli import non_negative_float, positive_int, timestep_ranges
 
     p.add_argument("--weights", default="best", choices=sorted(WEIGHTS),
                    help="validated best weights (the last when the run kept none) or the last weights; default best")
     if sampler:
         p.add_argument("--scheduler", help="ddpm, ddim, dpm++, ... (default: the config's sampling.scheduler)")
         p.add_argument("--steps", type=positive_int, help="sampling steps (default: the config's sampling.num_steps)")
+        p.add_argument("--timesteps", type=timestep_ranges, help="the DDPM (or dpm++) steps as ranges FIRST:LAST:STRIDE "
+                       "joined by +, from the last training timestep down, e.g. 99:52:12+50:26:2+25:0:1 "
+                       "(sampling.timesteps; --steps wins when both are given)")
         p.add_argument("--eta", type=non_negative_float, help="DDIM stochasticity, 0 deterministic to 1 ancestral "
                        "(default: the config's sampling.eta)")
         p.add_argument("--micro-batch", type=positive_int, help="rows per network call, per thread on a CPU: the same "
@@ -218,5 +221,9 @@ def apply_sampling_arguments(cfg, args, **more) -> None:
     if threads:
         torch.set_num_threads(threads)
     chosen = {"scheduler": getattr(args, "scheduler", None), "num_steps": getattr(args, "steps", None),
-              "eta": getattr(args, "eta", None), "micro_batch": getattr(args, "micro_batch", None), **more}
-    cfg.sampling = OmegaConf.merge(cfg.sampling, {k: v for k, v in chosen.items() if v is not None})
+              "timesteps": getattr(args, "timesteps", None), "eta": getattr(args, "eta", None),
+              "micro_batch": getattr(args, "micro_batch", None), **more}
+    chosen = {k: v for k, v in chosen.items() if v is not None}
+    if "timesteps" in chosen and "num_steps" not in chosen:
+        chosen["num_steps"] = None  # the config's num_steps would win over the listed steps asked for
+    cfg.sampling = OmegaConf.merge(cfg.sampling, chosen)

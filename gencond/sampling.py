@@ -69,6 +69,29 @@ def make_sampling_scheduler(process: DiffusionProcess, name: str, timestep_spaci
     return sched
 
 
+def set_sampling_timesteps(sched: SchedulerMixin, sampling: SamplingConfig, num_train_timesteps: int) -> None:
+    """Give ``sched`` the config's steps: ``num_steps`` of them placed by the scheduler's spacing when set,
+    else ``sampling.timesteps`` as listed, else every training timestep."""
+    listed = sampling.timesteps
+    if sampling.num_steps or not listed:
+        sched.set_timesteps(sampling.num_steps or num_train_timesteps, device="cpu")
+        return
+    listed = [int(t) for t in listed]
+    if any(not 0 <= t < num_train_timesteps for t in listed) or any(a <= b for a, b in zip(listed, listed[1:])):
+        raise ConfigError(f"sampling.timesteps must decrease strictly through training timesteps 0..{num_train_timesteps - 1}, "
+                          f"got {listed}")
+    if listed[0] != num_train_timesteps - 1:  # a list made for another number of training timesteps, say
+        raise ConfigError(f"sampling.timesteps must start at the last training timestep {num_train_timesteps - 1} "
+                          f"(pure noise), got {listed[0]}")
+    if "timesteps" not in inspect.signature(sched.set_timesteps).parameters:
+        raise ConfigError(f"scheduler '{sampling.scheduler}' takes no sampling.timesteps; use ddpm or dpm++, or give "
+                          "a number of steps (sampling.num_steps, --steps)")
+    if sampling.timestep_spacing is not None:
+        raise ConfigError("sampling.timestep_spacing places sampling.num_steps steps; with listed sampling.timesteps "
+                          "and no num_steps it must be null")
+    sched.set_timesteps(timesteps=listed, device="cpu")
+
+
 def guidance_weight(sched: SchedulerMixin, t: int) -> float:
     """w_t of the module docstring for timestep ``t`` of ``sched``.
 
@@ -160,7 +183,7 @@ def sample(
     that step's x0_hat is returned.
     """
     sched = make_sampling_scheduler(process, sampling.scheduler, sampling.timestep_spacing)
-    sched.set_timesteps(sampling.num_steps or process.num_timesteps, device="cpu")
+    set_sampling_timesteps(sched, sampling, process.num_timesteps)
     accepts = inspect.signature(sched.step).parameters
     step_kwargs = {k: v for k, v in (("generator", generator), ("eta", sampling.eta)) if k in accepts}
     timesteps = sched.timesteps

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import zlib
 from pathlib import Path
 
 from gencond.cli import non_negative_float, non_negative_int, positive_float, positive_int
@@ -102,7 +103,10 @@ def forecast_command(args: argparse.Namespace) -> dict:
     if series.start >= len(entries):
         raise UserError(f"--series {series.start}:…: there are only {len(entries)} entries (0-{len(entries) - 1})")
     how = "cond" if forecaster.conditional else f"{forecaster.guidance}_s{forecaster.scale:g}"
-    tag = f"{how}_{cfg.sampling.scheduler}{cfg.sampling.num_steps or cfg.diffusion.num_train_timesteps}"
+    listed = None if cfg.sampling.num_steps else cfg.sampling.timesteps
+    steps = f"{len(listed)}t{zlib.crc32(str(list(listed)).encode()):08x}" if listed else (
+        cfg.sampling.num_steps or cfg.diffusion.num_train_timesteps)  # listed steps: their number and a checksum
+    tag = f"{how}_{cfg.sampling.scheduler}{steps}"
     tag += f"_eta{cfg.sampling.eta:g}" if cfg.sampling.eta and cfg.sampling.scheduler != "ddpm" else ""
     tag += f"_{cfg.sampling.timestep_spacing}" if cfg.sampling.timestep_spacing else ""
     tag += f"_n{forecaster.num_samples}"

@@ -200,3 +200,35 @@ def test_timestep_spacing_places_the_few_steps():
     assert firsts_lasts == {"leading": (96, 0), "trailing": (99, 3), "linspace": (99, 0)}
     with pytest.raises(ConfigError, match="unknown sampling.timestep_spacing 'even'.*linspace"):
         make_sampling_scheduler(PROCESS, "ddpm", "even")
+
+
+def test_listed_timesteps_are_the_steps_taken_and_guidance_still_adds_up():
+    listed = [99, 80, 50, 49, 20, 3, 0]
+    seen = []
+    for num_steps in (None, 4):
+        sample(Recorder(3), PROCESS, (2, 3), SamplingConfig(scheduler="ddpm", num_steps=num_steps, timesteps=listed),
+               generator=torch.Generator().manual_seed(0), progress=False, callback=lambda i, t, x, x0: seen.append(t))
+    assert seen == listed + [75, 50, 25, 0]  # num_steps, when given, wins over the list
+    full = make_sampling_scheduler(PROCESS, "ddpm")
+    full.set_timesteps(100)
+    sched = make_sampling_scheduler(PROCESS, "ddpm")
+    sched.set_timesteps(timesteps=listed)
+    x, eps, grad = torch.randn(3, 4), torch.randn(3, 4), torch.randn(3, 4)
+    pushed = 0.0
+    for t in listed:
+        a = sched.step(eps, t, x, generator=torch.Generator().manual_seed(0)).prev_sample
+        b = sched.step(eps + guidance_weight(sched, t) * grad, t, x, generator=torch.Generator().manual_seed(0)).prev_sample
+        pushed += float((a - b).mean() / grad.mean())
+    assert pushed == pytest.approx(sum(float(full._get_variance(u)) for u in range(100)), rel=1e-4)
+
+
+@pytest.mark.parametrize("sampling,message", [
+    (SamplingConfig(timesteps=[99, 60, 70, 0]), r"must decrease strictly through training timesteps 0\.\.99, got \[99, 60, 70, 0\]"),
+    (SamplingConfig(timesteps=[100, 0]), "must decrease strictly"),
+    (SamplingConfig(timesteps=[49, 0]), r"must start at the last training timestep 99 \(pure noise\), got 49"),
+    (SamplingConfig(scheduler="ddim", timesteps=[99, 0]), "scheduler 'ddim' takes no sampling.timesteps; use ddpm or dpm\\+\\+, or give a number of steps"),
+    (SamplingConfig(timesteps=[99, 0], timestep_spacing="trailing"), "with listed sampling.timesteps and no num_steps it must be null"),
+])
+def test_bad_listed_timesteps_are_refused(sampling, message):
+    with pytest.raises(ConfigError, match=message):
+        sample(Recorder(3), PROCESS, (2, 3), sampling, progress=False)

@@ -102,6 +102,8 @@ def test_regular_csv_with_freq_loads(tmp_path):
     (["forecast", "RUN", "--scale", "inf"], "argument --scale: must be a finite number ≥ 0"),
     (["forecast", "RUN", "--samples", "0"], "argument --samples: must be an integer ≥ 1, got '0'"),
     (["forecast", "RUN", "--steps", "-1"], "argument --steps: must be an integer ≥ 1"),
+    (["forecast", "RUN", "--timesteps", "99:50"], "argument --timesteps: must be ranges FIRST:LAST:STRIDE"),
+    (["forecast", "RUN", "--timesteps", "50:99:1"], "(FIRST >= LAST >= 0, STRIDE >= 1) joined by +, e.g. 99:52:12+50:26:2+25:0:1; got '50:99:1'"),
     (["forecast", "RUN", "--eta", "-0.5"], "argument --eta: must be a finite number ≥ 0, got '-0.5'"),
     (["forecast", "RUN", "--batch-size", "0"], "argument --batch-size: must be an integer ≥ 1"),
     (["forecast", "RUN", "--max-series", "0"], "argument --max-series: must be an integer ≥ 1"),

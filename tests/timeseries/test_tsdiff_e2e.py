@@ -50,6 +50,15 @@ def test_forecast_writes_metrics_csv_and_fan_chart(run_dir, tmp_path, capsys):
     assert '"CRPS"' in capsys.readouterr().out
 
 
+def test_forecast_with_listed_timesteps_takes_them_and_names_its_folder(run_dir, capsys):
+    assert main(["forecast", str(run_dir), "--quiet", "--max-series", "2", "--scheduler", "ddpm",
+                 "--timesteps", "99:60:39+20:0:10"]) == 0  # 99, 60, 20, 10, 0 over the config's num_steps=10
+    folders = [p.name for p in (run_dir / "forecasts").iterdir() if "_ddpm5t" in p.name]
+    assert len(folders) == 1, folders
+    assert main(["forecast", str(run_dir), "--quiet", "--max-series", "2", "--scheduler", "ddim", "--timesteps", "99:0:33"]) == 2
+    assert "scheduler 'ddim' takes no sampling.timesteps" in capsys.readouterr().err
+
+
 def test_forecast_future_of_own_csv(run_dir, tmp_path):
     idx = pd.bdate_range("2001-01-01", periods=200)
     pd.DataFrame({"date": idx, "x": 1 + 0.01 * np.arange(200.0)}).to_csv(tmp_path / "mine.csv", index=False)
