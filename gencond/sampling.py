@@ -82,7 +82,7 @@ def set_sampling_timesteps(sched: SchedulerMixin, sampling: SamplingConfig, num_
                           f"got {listed}")
     if listed[0] != num_train_timesteps - 1:  # a list made for another number of training timesteps, say
         raise ConfigError(f"sampling.timesteps must start at the last training timestep {num_train_timesteps - 1} "
-                          f"(pure noise), got {listed[0]}")
+                          f"(pure noise), got {listed[0]}; list steps for this process or set sampling.timesteps=null")
     if "timesteps" not in inspect.signature(sched.set_timesteps).parameters:
         raise ConfigError(f"scheduler '{sampling.scheduler}' takes no sampling.timesteps; use ddpm or dpm++, or give "
                           "a number of steps (sampling.num_steps, --steps)")

@@ -233,3 +233,24 @@ def test_clear_errors():
         model(x, torch.tensor([1, 2, 3]))
     with pytest.raises(ValueError, match="self_cond must have the shape"):
         small_model(self_condition=True)(x, t, self_cond=torch.randn(2, 10, 6))
+
+
+def test_default_sampler_lists_51_of_the_100_timesteps_dense_near_zero():
+    from gencond.config import ConfigError
+    from gencond.diffusion import DiffusionProcess
+    from gencond.sampling import sample
+    from timeseries.config import _tsdiff_diffusion, _tsdiff_sampling
+
+    sampling, diffusion = _tsdiff_sampling(), _tsdiff_diffusion()
+    steps = sampling.timesteps
+    assert len(steps) == 51 and steps[0] == diffusion.num_train_timesteps - 1 and steps[-1] == 0
+    strides = {t: a - t for a, t in zip(steps, steps[1:])}
+    assert {strides[t] for t in strides if t > 50} == {4} and set(strides[t] for t in range(25)) == {1}
+    seen = []
+    model = small_model(in_channels=1)
+    sample(model, DiffusionProcess(diffusion), (1, 12, 1), sampling, progress=False,
+           callback=lambda i, t, x, x0: seen.append(t))
+    assert seen == steps
+    longer = DiffusionProcess(type(diffusion)(**{**diffusion.__dict__, "num_train_timesteps": 200}))
+    with pytest.raises(ConfigError, match="start at the last training timestep 199.*set sampling.timesteps=null"):
+        sample(model, longer, (1, 12, 1), sampling, progress=False)
