@@ -44,7 +44,7 @@ def parse_spec(spec: str) -> dict:
             raise SystemExit(f"'{spec}': unknown option '{key}' (eta, scale, spacing, weight, timesteps)")
         if key == "timesteps":
             out[key] = value
-            listed_timesteps(value, out["num_steps"], 1000, spec)  # checked now, resolved for the run's T later
+            spec_timesteps(value, out["num_steps"], 1000, spec)  # checked now, resolved for the run's T later
             continue
         if key == "weight" and value != "jump":
             raise SystemExit(f"'{spec}': weight must be 'jump' (the default is the sampler's own)")
@@ -58,7 +58,7 @@ def parse_spec(spec: str) -> dict:
     return out
 
 
-def listed_timesteps(value: str, num_steps: int, num_train_timesteps: int, spec: str) -> list[int]:
+def spec_timesteps(value: str, num_steps: int, num_train_timesteps: int, spec: str) -> list[int]:
     """Decreasing timesteps from '99:51:12+50:0:1' (ranges FIRST:LAST:STRIDE, LAST included, joined by +;
     exactly num_steps of them) or 'powerR' (round((T-1) (i/(num_steps-1))^R), i = 0..num_steps-1, the
     repeats dropped: R > 1 packs the steps towards t = 0)."""
@@ -100,11 +100,10 @@ def run_spec(run_dir: str, spec: str, args) -> dict:
     s = parse_spec(spec)
     gencond.sampling.guidance_weight = jump_variance_weight if s.get("weight") == "jump" else sampler_weight
     cfg, model = load_run(run_dir, args.weights, task="tsdiff")
-    cfg.sampling.scheduler, cfg.sampling.num_steps = s["scheduler"], s["num_steps"]
-    cfg.sampling.eta = s.get("eta", 0.0)
-    cfg.sampling.timestep_spacing = s.get("spacing")
-    listed = s.get("timesteps") and listed_timesteps(s["timesteps"], s["num_steps"], cfg.diffusion.num_train_timesteps, spec)
+    listed = s.get("timesteps") and spec_timesteps(s["timesteps"], s["num_steps"], cfg.diffusion.num_train_timesteps, spec)
+    cfg.sampling.scheduler, cfg.sampling.eta = s["scheduler"], s.get("eta", 0.0)
     cfg.sampling.timesteps, cfg.sampling.num_steps = (listed, None) if listed else (None, s["num_steps"])
+    cfg.sampling.timestep_spacing = s.get("spacing")
     cfg.sampling.micro_batch = args.micro_batch or None
     cfg.forecast.batch_size = args.batch_size
     data = load_data(cfg)

@@ -69,14 +69,21 @@ def make_sampling_scheduler(process: DiffusionProcess, name: str, timestep_spaci
     return sched
 
 
+def listed_timesteps(sampling: SamplingConfig) -> Optional[list[int]]:
+    """The listed ``sampling.timesteps`` the sampler steps through; None when ``num_steps`` is set (it wins)
+    or nothing is listed."""
+    if sampling.num_steps or not sampling.timesteps:
+        return None
+    return [int(t) for t in sampling.timesteps]
+
+
 def set_sampling_timesteps(sched: SchedulerMixin, sampling: SamplingConfig, num_train_timesteps: int) -> None:
     """Give ``sched`` the config's steps: ``num_steps`` of them placed by the scheduler's spacing when set,
     else ``sampling.timesteps`` as listed, else every training timestep."""
-    listed = sampling.timesteps
-    if sampling.num_steps or not listed:
+    listed = listed_timesteps(sampling)
+    if listed is None:
         sched.set_timesteps(sampling.num_steps or num_train_timesteps, device="cpu")
         return
-    listed = [int(t) for t in listed]
     if any(not 0 <= t < num_train_timesteps for t in listed) or any(a <= b for a, b in zip(listed, listed[1:])):
         raise ConfigError(f"sampling.timesteps must decrease strictly through training timesteps 0..{num_train_timesteps - 1}, "
                           f"got {listed}")

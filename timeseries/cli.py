@@ -76,6 +76,8 @@ def forecast_command(args: argparse.Namespace) -> dict:
     import numpy as np
     from omegaconf import OmegaConf
 
+    from gencond.sampling import listed_timesteps
+
     from .data import load_dataset
     from .forecast import fan_chart, forecast_and_evaluate
     from .task import check_missing, load_data, make_forecaster, window_builder
@@ -103,8 +105,8 @@ def forecast_command(args: argparse.Namespace) -> dict:
     if series.start >= len(entries):
         raise UserError(f"--series {series.start}:…: there are only {len(entries)} entries (0-{len(entries) - 1})")
     how = "cond" if forecaster.conditional else f"{forecaster.guidance}_s{forecaster.scale:g}"
-    listed = None if cfg.sampling.num_steps else cfg.sampling.timesteps
-    steps = f"{len(listed)}t{zlib.crc32(str(list(listed)).encode()):08x}" if listed else (
+    listed = listed_timesteps(cfg.sampling)
+    steps = f"{len(listed)}t{zlib.crc32(str(listed).encode()):08x}" if listed else (
         cfg.sampling.num_steps or cfg.diffusion.num_train_timesteps)  # listed steps: their number and a checksum
     tag = f"{how}_{cfg.sampling.scheduler}{steps}"
     tag += f"_eta{cfg.sampling.eta:g}" if cfg.sampling.eta and cfg.sampling.scheduler != "ddpm" else ""
