@@ -3,7 +3,8 @@
 Each spec is ``scheduler:steps`` with optional ``,eta=E`` (DDIM stochasticity), ``,scale=S`` (the
 guidance scale; default the run's ``forecast.scale``), ``,spacing=leading|trailing|linspace`` (where
 the few steps lie; default the scheduler's, leading) and ``,timesteps=FIRST:LAST:STRIDE+...`` or ``,timesteps=powerR`` (listed timesteps,
-``sampling.timesteps``; e.g. ``ddpm:56,timesteps=99:51:12+50:0:1``, ``ddpm:25,timesteps=power1.5``) and ``,weight=jump`` (ablation: a strided DDPM
+``sampling.timesteps``; e.g. ``ddpm:56,timesteps=99:51:12+50:0:1``, ``ddpm:25,timesteps=power1.5``) ``,guidance=plain`` (TSDiff's own loss gradient, ``forecast.proximal_guidance=false``, the sampler before
+2026-12-05; default the run's config, now its Moreau envelope at the step's size) and ``,weight=jump`` (ablation: a strided DDPM
 step's guidance scaled by the jump's own posterior variance, the sampler's rule before 2026-12-03,
 instead of the spanned timesteps' sum). Every spec forecasts the same test windows with
 the same seed; the table reports CRPS, its ratio to the reference spec (DDPM-100), network evaluations
@@ -27,6 +28,7 @@ import gencond.sampling
 from gencond.cli import timestep_ranges
 from gencond.runs import load_run
 from gencond.sampling import _micro_batch_rows
+from timeseries.config import power_timesteps
 from timeseries.forecast import forecast_and_evaluate
 from timeseries.task import load_data, make_forecaster, window_builder
 
@@ -40,15 +42,17 @@ def parse_spec(spec: str) -> dict:
     out = {"scheduler": scheduler, "num_steps": int(steps)}
     for option in options:
         key, _, value = option.partition("=")
-        if key not in ("eta", "scale", "spacing", "weight", "timesteps"):
-            raise SystemExit(f"'{spec}': unknown option '{key}' (eta, scale, spacing, weight, timesteps)")
+        if key not in ("eta", "scale", "spacing", "weight", "timesteps", "guidance"):
+            raise SystemExit(f"'{spec}': unknown option '{key}' (eta, scale, spacing, weight, timesteps, guidance)")
         if key == "timesteps":
             out[key] = value
             spec_timesteps(value, out["num_steps"], 1000, spec)  # checked now, resolved for the run's T later
             continue
         if key == "weight" and value != "jump":
             raise SystemExit(f"'{spec}': weight must be 'jump' (the default is the sampler's own)")
-        if key in ("spacing", "weight"):
+        if key == "guidance" and value not in ("plain", "proximal"):
+            raise SystemExit(f"'{spec}': guidance must be 'plain' or 'proximal'")
+        if key in ("spacing", "weight", "guidance"):
             out[key] = value
             continue
         try:
@@ -64,11 +68,9 @@ def spec_timesteps(value: str, num_steps: int, num_train_timesteps: int, spec: s
     repeats dropped: R > 1 packs the steps towards t = 0)."""
     if value.startswith("power"):
         try:
-            rho = float(value[5:])
+            return power_timesteps(num_steps, num_train_timesteps, float(value[5:]))
         except ValueError:
             raise SystemExit(f"'{spec}': power timesteps are powerR with a number R, e.g. power1.5") from None
-        top = num_train_timesteps - 1
-        return sorted({round(top * (i / max(num_steps - 1, 1)) ** rho) for i in range(num_steps)}, reverse=True)
     try:
         steps = timestep_ranges(value)  # the --timesteps syntax of gencond forecast
     except argparse.ArgumentTypeError as e:
@@ -106,6 +108,8 @@ def run_spec(run_dir: str, spec: str, args) -> dict:
     cfg.sampling.timestep_spacing = s.get("spacing")
     cfg.sampling.micro_batch = args.micro_batch or None
     cfg.forecast.batch_size = args.batch_size
+    if "guidance" in s:
+        cfg.forecast.proximal_guidance = s["guidance"] == "proximal"
     data = load_data(cfg)
     entries = data.test[: args.max_series] if args.max_series else data.test
     forecaster = make_forecaster(cfg, model, window_builder(cfg, data), num_samples=args.samples, seed=args.seed,
@@ -117,7 +121,7 @@ def run_spec(run_dir: str, spec: str, args) -> dict:
             "spacing": s.get("spacing", "listed" if s.get("timesteps") else "leading"), "timesteps": listed or None,
             "micro_batch": args.micro_batch,
             "rows_per_call": rows_per_call(args),
-            "guidance_weight": s.get("weight", "spanned"),
+            "guidance_weight": s.get("weight", "spanned"), "proximal_guidance": forecaster.proximal,
             "scale": forecaster.scale, "nfe_per_sample": len(listed) if listed else s["num_steps"], "series": len(entries),
             "samples": args.samples, "seed": args.seed, "threads": args.threads,
             **{k: metrics[k] for k in ("CRPS", "ND", "NRMSE")}, "forecast_s_per_series": seconds / len(entries)}

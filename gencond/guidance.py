@@ -4,7 +4,9 @@ An energy maps x0_hat (B, ...) to one value per sample (B,). The sampler differe
 respect to x_t through the network and corrects the noise prediction (see gencond.sampling). An
 energy that also names ``cond`` or ``t`` among its parameters receives the condition and the
 timesteps (B,) of the step; one that names ``rows`` (a slice of the batch) can be evaluated on those
-rows alone, which the sampler's ``micro_batch`` needs.
+rows alone, which the sampler's ``micro_batch`` needs; one that names ``step_size`` receives how far the
+step's guidance moves the sample's x0 estimate per unit of grad_{x0_hat} E (gencond.sampling.guidance_step_size;
+None where the scheduler gives none).
 """
 from __future__ import annotations
 
@@ -24,25 +26,39 @@ class ObservationGuidance:
 
     ``quantiles`` (one per sample, shape (B,)) selects the pinball loss max(q·e, (q−1)·e) with
     e = observation − x0_hat; without it the energy is the squared error.
+
+    ``proximal`` (default) and a ``step_size`` λ from the sampler: the loss is replaced by its Moreau
+    envelope at λ, whose gradient step of size λ is the loss's proximal step — it moves an entry to its
+    observation at most, never past it. The pinball loss becomes quadratic within λ·q above and λ·(1 − q)
+    below the observation (gradient clamp(e / λ, q − 1, q)), the squared error is divided by 1 + 2λ. A coarse
+    sampler step (large λ) then no longer overshoots the observations and jitters around them; as λ → 0 (or
+    with no step size, or ``proximal=False``: TSDiff's own guidance) it is the loss itself.
     """
 
-    def __init__(self, observation: torch.Tensor, mask: torch.Tensor, quantiles: torch.Tensor | None = None):
+    def __init__(self, observation: torch.Tensor, mask: torch.Tensor, quantiles: torch.Tensor | None = None,
+                 proximal: bool = True):
         if observation.shape != mask.shape:
             raise ValueError(f"observation shape {tuple(observation.shape)} != mask shape {tuple(mask.shape)}")
         self.observation = torch.nan_to_num(observation)  # NaNs are never observed
         self.mask = mask.to(observation.dtype) * torch.isfinite(observation)
         self.quantiles = quantiles
+        self.proximal = proximal
 
-    def __call__(self, x0_hat: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
+    def __call__(self, x0_hat: torch.Tensor, rows: slice = slice(None), step_size: float | None = None) -> torch.Tensor:
         observation, mask = self.observation[rows], self.mask[rows]
         if x0_hat.shape != observation.shape:
             raise ValueError(f"x0_hat shape {tuple(x0_hat.shape)} != observation shape {tuple(observation.shape)}")
         err = observation - x0_hat
+        lam = step_size if self.proximal and step_size else 0.0
         if self.quantiles is None:
-            loss = err.square()
+            loss = err.square() / (1 + 2 * lam)
         else:
             q = self.quantiles[rows].reshape(-1, *([1] * (err.ndim - 1))).to(err)
-            loss = torch.maximum(q * err, (q - 1) * err)
+            near = torch.maximum(torch.minimum(err, lam * q), -lam * (1 - q)) if lam > 0 else None  # err's quadratic part
+            rest = err if near is None else err - near
+            loss = torch.maximum(q * rest, (q - 1) * rest)
+            if near is not None:
+                loss = loss + near.square() / (2 * lam)
         return (loss * mask).flatten(1).sum(1)
 
 

@@ -99,6 +99,18 @@ def set_sampling_timesteps(sched: SchedulerMixin, sampling: SamplingConfig, num_
     sched.set_timesteps(timesteps=listed, device="cpu")
 
 
+def _ddpm_jump(sched: DDPMScheduler, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(abar_t, abar_prev, V_t) of a DDPM step from t to the scheduler's previous timestep, in float64; V_t
+    sums the one-step posterior variances of timesteps prev+1 .. t."""
+    abar_all = sched.alphas_cumprod.double()
+    prev = int(sched.previous_timestep(t))
+    one = torch.ones((), dtype=torch.float64)
+    before = torch.cat([one.reshape(1), abar_all[:-1]])  # abar_{u-1}, with abar_{-1} = 1
+    spanned = slice(prev + 1, t + 1)
+    variance = ((1 - before[spanned]) / (1 - abar_all[spanned]) * (1 - abar_all[spanned] / before[spanned])).sum()
+    return abar_all[t], (abar_all[prev] if prev >= 0 else one), variance
+
+
 def guidance_weight(sched: SchedulerMixin, t: int) -> float:
     """w_t of the module docstring for timestep ``t`` of ``sched``.
 
@@ -106,17 +118,22 @@ def guidance_weight(sched: SchedulerMixin, t: int) -> float:
     with alpha = abar_t / abar_prev and beta = 1 - alpha, so w_t = V_t sqrt(alpha) sqrt(1 - abar_t) / beta
     moves the mean by -V_t grad E; V_t sums the one-step posterior variances of timesteps prev+1 .. t.
     """
-    abar_all = sched.alphas_cumprod.double()
-    abar = abar_all[t]
     if isinstance(sched, DDPMScheduler):
-        prev = int(sched.previous_timestep(t))
-        one = torch.ones((), dtype=torch.float64)
-        alpha = abar / (abar_all[prev] if prev >= 0 else one)
-        before = torch.cat([one.reshape(1), abar_all[:-1]])  # abar_{u-1}, with abar_{-1} = 1
-        spanned = slice(prev + 1, t + 1)
-        variance = ((1 - before[spanned]) / (1 - abar_all[spanned]) * (1 - abar_all[spanned] / before[spanned])).sum()
+        abar, abar_prev, variance = _ddpm_jump(sched, t)
+        alpha = abar / abar_prev
         return float(variance * alpha.sqrt() * (1 - abar).sqrt() / (1 - alpha))
-    return float((1 - abar).sqrt())
+    return float((1 - sched.alphas_cumprod.double()[t]).sqrt())
+
+
+def guidance_step_size(sched: SchedulerMixin, t: int) -> Optional[float]:
+    """How far a DDPM step's guidance (per unit of scale) moves the sample's own x0 estimate per unit of
+    grad_{x0_hat} E: V_t / sqrt(abar_t abar_prev), taking d x0_hat / d x_t ~ I / sqrt(abar_t) (the mean moves by
+    -V_t grad_{x_t} E, and x0 is read off x_prev / sqrt(abar_prev)). None for other schedulers. Energies that
+    name ``step_size`` get it times the guidance scale (gencond.guidance)."""
+    if not isinstance(sched, DDPMScheduler):
+        return None
+    abar, abar_prev, variance = _ddpm_jump(sched, t)
+    return float(variance / (abar * abar_prev).sqrt())
 
 
 @contextmanager
@@ -210,9 +227,12 @@ def sample(
     with frozen(model):
         for i, t in enumerate(tqdm(timesteps[skip:], desc="sampling", disable=not progress, leave=False)):
             x_in = sched.scale_model_input(x, t)
-            weight = guidance_scale * guidance_weight(sched, int(t)) if energy is not None else 0.0
-            parts = [_network_step(model, process, x_in, int(t), cond, self_cond, sampling.cfg_scale, energy, weight, r)
-                     for r in rows]
+            weight, step_size = 0.0, None
+            if energy is not None:
+                weight, unit_step = guidance_scale * guidance_weight(sched, int(t)), guidance_step_size(sched, int(t))
+                step_size = None if unit_step is None else guidance_scale * unit_step
+            parts = [_network_step(model, process, x_in, int(t), cond, self_cond, sampling.cfg_scale, energy, weight,
+                                   step_size, r) for r in rows]
             x0, eps = (parts[0] if len(parts) == 1 else (torch.cat(p) for p in zip(*parts)))
             if callback is not None and callback(skip + i, int(t), x, x0):
                 return x0
@@ -241,7 +261,7 @@ def _micro_batch_rows(micro_batch: Optional[int], batch: int, energy: Optional[C
 
 
 def _network_step(model, process, x_in, t: int, cond, self_cond, cfg_scale, energy, weight: float,
-                  rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+                  step_size: Optional[float], rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
     """(x0_hat, eps) for ``rows`` of the batch; with an energy, eps carries its weighted gradient."""
     x_rows = x_in[rows]
     tt = torch.full((x_rows.shape[0],), t, device=x_rows.device, dtype=torch.long)
@@ -253,17 +273,17 @@ def _network_step(model, process, x_in, t: int, cond, self_cond, cfg_scale, ener
     with torch.enable_grad():
         x_req = x_rows.detach().requires_grad_(True)
         x0, eps = denoise(model, process, x_req, tt, cond, self_cond, cfg_scale)
-        (grad,) = torch.autograd.grad(energy(x0, cond, tt, rows).sum(), x_req)
+        (grad,) = torch.autograd.grad(energy(x0, cond, tt, rows, step_size).sum(), x_req)
     return x0.detach(), eps.detach() + weight * grad
 
 
 def _energy_reader(energy: Energy) -> Callable:
-    """Call an energy with the condition, timestep and rows when its signature asks for them."""
+    """Call an energy with the condition, timestep, rows and step size when its signature asks for them."""
     params = inspect.signature(energy).parameters
-    wants = {name for name in ("cond", "t", "rows") if name in params}
+    wants = {name for name in ("cond", "t", "rows", "step_size") if name in params}
 
-    def read(x0, cond, t, rows):
-        given = {"cond": cond, "t": t, "rows": rows}
+    def read(x0, cond, t, rows, step_size):
+        given = {"cond": cond, "t": t, "rows": rows, "step_size": step_size}
         return energy(x0, **{k: v for k, v in given.items() if k in wants})
 
     read.takes_rows = "rows" in wants

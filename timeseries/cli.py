@@ -20,6 +20,8 @@ def add_forecast_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="a run directory written by `gencond train`")
     p.add_argument("--guidance", choices=["quantile", "mse"], help="TSDiff-Q or TSDiff-MS (default: the config's)")
     p.add_argument("--scale", type=non_negative_float, help="guidance scale (default: the config's)")
+    p.add_argument("--plain-guidance", action="store_true", help="TSDiff's own guidance, the loss gradient at every step, "
+                   "instead of its Moreau envelope at the step's size (forecast.proximal_guidance=false)")
     p.add_argument("--samples", type=positive_int, help="samples per series (default: the config's, 100)")
     p.add_argument("--data", help="forecast this .csv/.jsonl instead of the run's dataset")
     p.add_argument("--freq", help="frequency of --data (e.g. H, D, B)")
@@ -96,6 +98,8 @@ def forecast_command(args: argparse.Namespace) -> dict:
         data = load_data(cfg)
     builder = window_builder(cfg, data)
     overrides = {k: v for k, v in {"guidance": args.guidance, "scale": args.scale, "num_samples": args.samples}.items() if v is not None}
+    if args.plain_guidance:
+        overrides["proximal"] = False
     non_negative = not args.allow_negative and all(float(np.nanmin(e["target"])) >= 0 for e in data.train if len(e["target"]))
     forecaster = make_forecaster(cfg, model, builder, seed=args.seed, progress=not args.quiet, non_negative=non_negative,
                                  **overrides)
@@ -104,7 +108,7 @@ def forecast_command(args: argparse.Namespace) -> dict:
     series = args.series or slice(0, None)
     if series.start >= len(entries):
         raise UserError(f"--series {series.start}:…: there are only {len(entries)} entries (0-{len(entries) - 1})")
-    how = "cond" if forecaster.conditional else f"{forecaster.guidance}_s{forecaster.scale:g}"
+    how = "cond" if forecaster.conditional else f"{forecaster.guidance}_s{forecaster.scale:g}" + ("_prox" if forecaster.proximal else "")
     listed = listed_timesteps(cfg.sampling)
     steps = f"{len(listed)}t{zlib.crc32(str(listed).encode()):08x}" if listed else (
         cfg.sampling.num_steps or cfg.diffusion.num_train_timesteps)  # listed steps: their number and a checksum
@@ -118,7 +122,7 @@ def forecast_command(args: argparse.Namespace) -> dict:
     store = out / "samples"
     claim_output(store / "identity.json", {"run": str(Path(args.run_dir).resolve()), "weights": args.weights, "settings": tag,
                          "seed": args.seed, "chunk_size": forecaster.chunk_size, "non_negative": non_negative,
-                         "future": bool(args.future), "data": data.name, "entries": len(entries),
+                         "proximal_guidance": forecaster.proximal, "future": bool(args.future), "data": data.name, "entries": len(entries),
                          "sampling": {k: v for k, v in OmegaConf.to_container(cfg.sampling, resolve=True).items()
                                       if k != "micro_batch"}}, "forecast")  # micro_batch: a speed setting, same samples
 
@@ -135,6 +139,7 @@ def forecast_command(args: argparse.Namespace) -> dict:
     seconds = time.perf_counter() - start
     metrics.update(method=forecaster.method, missing=cfg.forecast.missing, series=len(entries), seconds=seconds,
                    seconds_per_series=seconds / max(1, len(entries)), settings=tag, non_negative=non_negative,
+                   proximal_guidance=None if forecaster.conditional else forecaster.proximal,
                    slice=None if args.series is None else f"{series.start}:{series.start + len(entries)}")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     _write_quantiles(forecasts, out / "forecasts.csv", data.freq)

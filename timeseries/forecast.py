@@ -42,6 +42,7 @@ class TSDiffForecaster:
         *,
         guidance: str = "quantile",
         scale: float = 8.0,
+        proximal: bool = True,
         num_samples: int = 100,
         batch_size: int = 200,
         seed: int = 0,
@@ -57,6 +58,7 @@ class TSDiffForecaster:
             raise UserError(f"the guidance scale must be a finite number ≥ 0, got {scale}")
         self.model, self.process, self.builder, self.sampling = model, process, builder, sampling
         self.guidance, self.scale, self.num_samples = guidance, scale, num_samples
+        self.proximal = proximal  # guidance by the energy's Moreau envelope at each step's size (gencond.guidance)
         self.batch_size, self.seed, self.device, self.progress = batch_size, seed, device, progress
         self.non_negative = non_negative  # clip samples at 0 (for data that is never negative)
         self.conditional = getattr(model, "cond_channels", 0) > 0
@@ -133,7 +135,7 @@ class TSDiffForecaster:
             options = dict(cond=known_condition(x, mask))
         else:
             quantiles = evenly_spaced_quantiles(n).repeat(len(group)) if self.guidance == "quantile" else None
-            options = dict(guidance=ObservationGuidance(x, mask, quantiles), guidance_scale=self.scale)
+            options = dict(guidance=ObservationGuidance(x, mask, quantiles, proximal=self.proximal), guidance_scale=self.scale)
         draws = sample(self.model, self.process, tuple(x.shape), self.sampling, generator=generator,
                        device=self.device, progress=show_steps, **options)
         misfit = context_misfit(draws, x, mask, self.builder.context_length)

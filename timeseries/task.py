@@ -47,7 +47,8 @@ def build_model(cfg: DictConfig, channels: int) -> torch.nn.Module:
 
 def make_forecaster(cfg: DictConfig, model, builder: WindowBuilder, **overrides) -> TSDiffForecaster:
     f = cfg.forecast
-    options = dict(guidance=f.guidance, scale=f.scale, num_samples=f.num_samples, batch_size=f.batch_size, seed=cfg.seed)
+    options = dict(guidance=f.guidance, scale=f.scale, proximal=f.proximal_guidance, num_samples=f.num_samples,
+                   batch_size=f.batch_size, seed=cfg.seed)
     options.update(overrides)
     device = next(model.parameters()).device
     return TSDiffForecaster(model, DiffusionProcess(cfg.diffusion), builder, cfg.sampling, device=device, **options)

@@ -5,7 +5,7 @@ from diffusers import DDPMScheduler
 from gencond.config import ConfigError, DiffusionConfig, SamplingConfig
 from gencond.diffusion import DiffusionProcess
 from gencond.guidance import ObservationGuidance, evenly_spaced_quantiles
-from gencond.sampling import _micro_batch_rows, guidance_weight, make_sampling_scheduler, sample
+from gencond.sampling import _micro_batch_rows, guidance_step_size, guidance_weight, make_sampling_scheduler, sample
 
 from .toys import DictConditioned, GaussianOracle, Recorder
 
@@ -90,6 +90,57 @@ def test_quantile_energy_is_the_pinball_loss():
     torch.testing.assert_close(ObservationGuidance(obs, mask, q)(x0), 2 * q)
     x0 = torch.full((3, 2), 1.0)  # above: e = -1, loss 1 - q
     torch.testing.assert_close(ObservationGuidance(obs, mask, q)(x0), 2 * (1 - q))
+
+
+def _energy_gradient(energy, x0, **kw):
+    x0 = x0.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(energy(x0, **kw).sum(), x0)
+    return grad
+
+
+def test_proximal_guidance_steps_to_the_observation_never_past_it():
+    obs, mask, q = torch.zeros(3, 5), torch.ones(3, 5), torch.tensor([0.1, 0.5, 0.9])
+    x0 = torch.tensor([-2.0, -0.01, 0.0, 0.015, 1.0]).expand(3, 5)
+    energy, lam = ObservationGuidance(obs, mask, q), 0.2
+    grad = _energy_gradient(energy, x0, step_size=lam)
+    err = obs - x0
+    torch.testing.assert_close(grad, -torch.maximum(torch.minimum(err / lam, q[:, None]), q[:, None] - 1))  # Moreau gradient
+    moved = x0 - lam * grad  # the proximal step of the pinball loss
+    torch.testing.assert_close(moved[:, 1:4], torch.zeros(3, 3))  # within λq below / λ(1-q) above: onto the observation
+    torch.testing.assert_close(moved[:, 0], -2.0 + lam * q)  # far below: the plain step λq, still below
+    torch.testing.assert_close(moved[:, 4], 1.0 - lam * (1 - q))
+    plain = -torch.where(err > 0, q[:, None], q[:, None] - 1)
+    for kw, e in (({}, energy), ({"step_size": None}, energy), ({"step_size": lam}, ObservationGuidance(obs, mask, q, proximal=False))):
+        torch.testing.assert_close(_energy_gradient(e, x0, **kw)[:, [0, 1, 3, 4]], plain[:, [0, 1, 3, 4]])  # TSDiff's own
+    mse = ObservationGuidance(obs, mask)
+    torch.testing.assert_close(_energy_gradient(mse, x0, step_size=lam), -2 * err / (1 + 2 * lam))
+    assert (x0 - lam * _energy_gradient(mse, x0, step_size=lam)).abs().le(x0.abs()).all()
+
+
+def test_sampler_gives_energies_the_ddpm_steps_size():
+    seen = []
+
+    def energy(x0_hat, t, step_size):
+        seen.append((int(t[0]), step_size))
+        return x0_hat.square().flatten(1).sum(1)
+
+    listed = [99, 60, 10, 0]
+    sample(Recorder(3), PROCESS, (2, 3), SamplingConfig(scheduler="ddpm", timesteps=listed), guidance=energy,
+           guidance_scale=4.0, generator=torch.Generator().manual_seed(0), progress=False)
+    abar = PROCESS.scheduler.alphas_cumprod.double()
+    full = make_sampling_scheduler(PROCESS, "ddpm")
+    full.set_timesteps(100)
+    for (t, size), prev in zip(seen, listed[1:] + [-1]):
+        spanned = sum(float(full._get_variance(u)) for u in range(prev + 1, t + 1))  # the posterior variances jumped
+        assert t in listed and size == pytest.approx(4.0 * spanned / float((abar[t] * (abar[prev] if prev >= 0 else 1)).sqrt()), rel=1e-5)
+    assert [t for t, _ in seen] == listed and seen[-1][1] == 0.0
+    seen.clear()
+    sample(Recorder(3), PROCESS, (2, 3), SamplingConfig(scheduler="ddim", num_steps=5), guidance=energy,
+           guidance_scale=4.0, generator=torch.Generator().manual_seed(0), progress=False)
+    assert len(seen) == 5 and all(size is None for _, size in seen)
+    ddim = make_sampling_scheduler(PROCESS, "ddim")
+    ddim.set_timesteps(5)
+    assert guidance_step_size(ddim, int(ddim.timesteps[0])) is None
 
 
 def test_nan_observations_are_unobserved():

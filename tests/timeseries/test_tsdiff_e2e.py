@@ -195,6 +195,19 @@ def test_non_negative_data_gets_non_negative_forecasts_unless_turned_off(run_dir
     assert forecast.PLACEHOLDER_YEAR >= 1750
 
 
+def test_plain_guidance_switch_changes_the_samples_and_is_recorded(run_dir, tmp_path):
+    outs = {}
+    for name, extra in (("prox", []), ("plain", ["--plain-guidance"])):
+        outs[name] = tmp_path / name
+        ddpm = [*FAST, "--scheduler", "ddpm"]  # DDPM steps have a size to smooth by (DDIM's: none)
+        assert main(["forecast", str(run_dir), "--out", str(outs[name]), *ddpm, *extra]) == 0
+    prox, plain = (json.loads((outs[n] / "metrics.json").read_text()) for n in ("prox", "plain"))
+    assert prox["proximal_guidance"] is True and plain["proximal_guidance"] is False
+    assert "_prox_" in prox["settings"] and "_prox" not in plain["settings"]  # distinct default folders, never mixed
+    a, b = (pd.read_csv(outs[n] / "forecasts.csv")["q0.5"].to_numpy() for n in ("prox", "plain"))
+    assert a.shape == b.shape and not np.allclose(a, b)
+
+
 def test_hourly_data_prints_no_deprecation_warning_per_series(run_dir, tmp_path):
     import subprocess
     import sys
