@@ -54,11 +54,11 @@ class ObservationGuidance:
             loss = err.square() / (1 + 2 * lam)
         else:
             q = self.quantiles[rows].reshape(-1, *([1] * (err.ndim - 1))).to(err)
-            near = torch.maximum(torch.minimum(err, lam * q), -lam * (1 - q)) if lam > 0 else None  # err's quadratic part
-            rest = err if near is None else err - near
-            loss = torch.maximum(q * rest, (q - 1) * rest)
-            if near is not None:
-                loss = loss + near.square() / (2 * lam)
+            loss = 0.0
+            if lam > 0:  # the quadratic part: err within λ(1 − q) below and λq above the observation
+                near = torch.clamp(err, min=-lam * (1 - q), max=lam * q)
+                err, loss = err - near, near.square() / (2 * lam)
+            loss = loss + torch.maximum(q * err, (q - 1) * err)
         return (loss * mask).flatten(1).sum(1)
 
 

@@ -117,7 +117,7 @@ def test_proximal_guidance_steps_to_the_observation_never_past_it():
     assert (x0 - lam * _energy_gradient(mse, x0, step_size=lam)).abs().le(x0.abs()).all()
 
 
-def test_sampler_gives_energies_the_ddpm_steps_size():
+def test_sampler_gives_energies_the_ddpm_step_size():
     seen = []
 
     def energy(x0_hat, t, step_size):
