@@ -6,7 +6,8 @@ the few steps lie; default the scheduler's, leading) and ``,timesteps=FIRST:LAST
 ``sampling.timesteps``; e.g. ``ddpm:56,timesteps=99:51:12+50:0:1``, ``ddpm:25,timesteps=power1.5``) ``,guidance=plain`` (TSDiff's own loss gradient, ``forecast.proximal_guidance=false``, the sampler before
 2026-12-05; default the run's config, now its Moreau envelope at the step's size) and ``,weight=jump`` (ablation: a strided DDPM
 step's guidance scaled by the jump's own posterior variance, the sampler's rule before 2026-12-03,
-instead of the spanned timesteps' sum). Every spec forecasts the same test windows with
+instead of the spanned timesteps' sum) and ``,step=unit-prior`` (ablation: proximal guidance's step size with the
+Jacobian d x0_hat / d x_t of a unit-variance Gaussian prior, sqrt(abar_t), instead of the sampler's I / sqrt(abar_t)). Every spec forecasts the same test windows with
 the same seed; the table reports CRPS, its ratio to the reference spec (DDPM-100), network evaluations
 per sample and forecast seconds per series. Rows already in --out are kept (an interrupted benchmark
 resumes); a run's canonical results are never written here.
@@ -42,8 +43,8 @@ def parse_spec(spec: str) -> dict:
     out = {"scheduler": scheduler, "num_steps": int(steps)}
     for option in options:
         key, _, value = option.partition("=")
-        if key not in ("eta", "scale", "spacing", "weight", "timesteps", "guidance"):
-            raise SystemExit(f"'{spec}': unknown option '{key}' (eta, scale, spacing, weight, timesteps, guidance)")
+        if key not in ("eta", "scale", "spacing", "weight", "timesteps", "guidance", "step"):
+            raise SystemExit(f"'{spec}': unknown option '{key}' (eta, scale, spacing, weight, timesteps, guidance, step)")
         if key == "timesteps":
             out[key] = value
             spec_timesteps(value, out["num_steps"], 1000, spec)  # checked now, resolved for the run's T later
@@ -52,7 +53,9 @@ def parse_spec(spec: str) -> dict:
             raise SystemExit(f"'{spec}': weight must be 'jump' (the default is the sampler's own)")
         if key == "guidance" and value not in ("plain", "proximal"):
             raise SystemExit(f"'{spec}': guidance must be 'plain' or 'proximal'")
-        if key in ("spacing", "weight", "guidance"):
+        if key == "step" and value != "unit-prior":
+            raise SystemExit(f"'{spec}': step must be 'unit-prior' (the default is the sampler's own)")
+        if key in ("spacing", "weight", "guidance", "step"):
             out[key] = value
             continue
         try:
@@ -81,6 +84,7 @@ def spec_timesteps(value: str, num_steps: int, num_train_timesteps: int, spec: s
 
 
 sampler_weight = gencond.sampling.guidance_weight  # the sampler's own rule, restored after an ablation spec
+sampler_step_size = gencond.sampling.guidance_step_size
 
 
 def jump_variance_weight(sched, t: int) -> float:
@@ -92,6 +96,15 @@ def jump_variance_weight(sched, t: int) -> float:
     return float((1 - abar_prev) * (abar / abar_prev).sqrt() / (1 - abar).sqrt())
 
 
+def unit_prior_step_size(sched, t: int):
+    """The proximal step size with d x0_hat / d x_t of a unit-variance Gaussian prior, sqrt(abar) I (PiGDM's
+    r_t), for both the step's own estimate and the next one's: V_t sqrt(abar_t abar_prev)."""
+    if not isinstance(sched, DDPMScheduler):
+        return None
+    abar, abar_prev, variance = gencond.sampling._ddpm_jump(sched, t)
+    return float(variance * (abar * abar_prev).sqrt())
+
+
 def rows_per_call(args) -> int:
     """Rows of the sampler's first network call (its own per-thread rule, gencond.sampling)."""
     first = _micro_batch_rows(args.micro_batch or None, args.batch_size, None)[0]
@@ -101,6 +114,7 @@ def rows_per_call(args) -> int:
 def run_spec(run_dir: str, spec: str, args) -> dict:
     s = parse_spec(spec)
     gencond.sampling.guidance_weight = jump_variance_weight if s.get("weight") == "jump" else sampler_weight
+    gencond.sampling.guidance_step_size = unit_prior_step_size if s.get("step") == "unit-prior" else sampler_step_size
     cfg, model = load_run(run_dir, args.weights, task="tsdiff")
     listed = s.get("timesteps") and spec_timesteps(s["timesteps"], s["num_steps"], cfg.diffusion.num_train_timesteps, spec)
     cfg.sampling.scheduler, cfg.sampling.eta = s["scheduler"], s.get("eta", 0.0)
@@ -121,7 +135,7 @@ def run_spec(run_dir: str, spec: str, args) -> dict:
             "spacing": s.get("spacing", "listed" if s.get("timesteps") else "leading"), "timesteps": listed or None,
             "micro_batch": args.micro_batch,
             "rows_per_call": rows_per_call(args),
-            "guidance_weight": s.get("weight", "spanned"), "proximal_guidance": forecaster.proximal,
+            "guidance_weight": s.get("weight", "spanned"), "step_size": s.get("step", "sampler"), "proximal_guidance": forecaster.proximal,
             "scale": forecaster.scale, "nfe_per_sample": len(listed) if listed else s["num_steps"], "series": len(entries),
             "samples": args.samples, "seed": args.seed, "threads": args.threads,
             **{k: metrics[k] for k in ("CRPS", "ND", "NRMSE")}, "forecast_s_per_series": seconds / len(entries)}

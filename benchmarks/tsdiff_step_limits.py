@@ -2,8 +2,10 @@
 
 Counts the matmul FLOPs of forward + input gradient (``torch.utils.flop_counter``) and estimates the FFTs'
 (2.5 n log2 n per real FFT, 4 per S4 layer and sample-channel: forward rfft/irfft, backward rfft/irfft), then
-times the eager and the ``torch.compile``d step in turns (medians and minima) and checks both give the same
-outputs. Measurement only.
+measures what this machine's libraries reach on such work (``library``: GFLOP/s of a 1024^3 matmul, of the step's
+own largest matmul shape and of its FFTs; from them the fastest the step's matmuls and FFTs could run here, with
+every other operation free), then times the eager and the ``torch.compile``d step in turns (medians and minima)
+and checks both give the same outputs. Measurement only.
 
     python benchmarks/tsdiff_step_limits.py --threads 1 --out benchmarks/results/tsdiff_step_limits.json
 """
@@ -21,6 +23,31 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from timeseries.model import TSDiffDenoiser
 from timeseries.s4 import fft_length
+
+
+def best_seconds(fn, repeats: int = 20) -> float:
+    """The fastest of ``repeats`` calls after a warm-up (the least disturbed one on a shared machine)."""
+    for _ in range(3):
+        fn()
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def library_rates(rows: int, hidden: int, n_fft: int) -> dict:
+    """GFLOP/s that torch's CPU libraries reach here: a 1024^3 matmul (their peak), the step's largest matmul
+    ((rows, hidden) @ (hidden, 2 hidden), a micro-batch's output projection) and an rfft + irfft pair over
+    ``rows // 390``-ish sample-channels of length ``n_fft`` (counted 2.5 n log2 n per real FFT)."""
+    big = torch.randn(1024, 1024)
+    a, w = torch.randn(rows, hidden), torch.randn(hidden, 2 * hidden)
+    signals = torch.randn(max(1, rows // 390) * hidden, n_fft)
+    fft_flops = 2 * signals.shape[0] * 2.5 * n_fft * math.log2(n_fft)
+    return {"matmul_1024_gflops": 2 * 1024 ** 3 / best_seconds(lambda: big @ big, 10) / 1e9,
+            "matmul_step_shape_gflops": 2 * rows * hidden * 2 * hidden / best_seconds(lambda: a @ w) / 1e9,
+            "rfft_irfft_gflops": fft_flops / best_seconds(lambda: torch.fft.irfft(torch.fft.rfft(signals), n=n_fft)) / 1e9}
 
 
 def main() -> None:
@@ -53,6 +80,10 @@ def main() -> None:
     fft_flops = blocks * 4 * args.batch * model.config.hidden_channels * 2.5 * n * math.log2(n)
     result = {"config": {k: v for k, v in vars(args).items() if k != "out"}, "torch": torch.__version__,
               "matmul_gflop": counter.get_total_flops() / 1e9, "fft_gflop_estimate": fft_flops / 1e9}
+    rates = library_rates(10 * args.length, model.config.hidden_channels, n)  # the sampler's 10-row micro-batch
+    rates["floor_ms"] = 1e3 * (result["matmul_gflop"] / rates["matmul_step_shape_gflops"]
+                               + result["fft_gflop_estimate"] / rates["rfft_irfft_gflops"])
+    result["library"] = rates
     nets = {"eager": model}
     if not args.no_compile:
         start = time.perf_counter()
