@@ -23,31 +23,25 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from timeseries.model import TSDiffDenoiser
 from timeseries.s4 import fft_length
+from tsdiff_model_speed import measure  # this folder's sibling script (run from the checkout: python benchmarks/...)
 
 
-def best_seconds(fn, repeats: int = 20) -> float:
-    """The fastest of ``repeats`` calls after a warm-up (the least disturbed one on a shared machine)."""
-    for _ in range(3):
-        fn()
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def library_rates(rows: int, hidden: int, n_fft: int) -> dict:
-    """GFLOP/s that torch's CPU libraries reach here: a 1024^3 matmul (their peak), the step's largest matmul
-    ((rows, hidden) @ (hidden, 2 hidden), a micro-batch's output projection) and an rfft + irfft pair over
-    ``rows // 390``-ish sample-channels of length ``n_fft`` (counted 2.5 n log2 n per real FFT)."""
+def library_rates(rows: int, length: int, hidden: int, n_fft: int) -> dict:
+    """GFLOP/s that torch's CPU libraries reach here, from the fastest of 20 calls of each, one
+    after the other (tsdiff_model_speed.measure):
+    a 1024^3 matmul (their peak), the step's largest matmul on a micro-batch of ``rows`` series of ``length``
+    ((rows * length, hidden) @ (hidden, 2 hidden), the output projection) and an rfft + irfft pair over its
+    rows * hidden sample-channels of length ``n_fft`` (counted 2.5 n log2 n per real FFT)."""
     big = torch.randn(1024, 1024)
-    a, w = torch.randn(rows, hidden), torch.randn(hidden, 2 * hidden)
-    signals = torch.randn(max(1, rows // 390) * hidden, n_fft)
-    fft_flops = 2 * signals.shape[0] * 2.5 * n_fft * math.log2(n_fft)
-    return {"matmul_1024_gflops": 2 * 1024 ** 3 / best_seconds(lambda: big @ big, 10) / 1e9,
-            "matmul_step_shape_gflops": 2 * rows * hidden * 2 * hidden / best_seconds(lambda: a @ w) / 1e9,
-            "rfft_irfft_gflops": fft_flops / best_seconds(lambda: torch.fft.irfft(torch.fft.rfft(signals), n=n_fft)) / 1e9}
+    a, w = torch.randn(rows * length, hidden), torch.randn(hidden, 2 * hidden)
+    signals = torch.randn(rows * hidden, n_fft)
+    flops = {"matmul_1024": 2 * 1024 ** 3, "matmul_step_shape": 2 * rows * length * hidden * 2 * hidden,
+             "rfft_irfft": 2 * signals.shape[0] * 2.5 * n_fft * math.log2(n_fft)}
+    calls = {"matmul_1024": lambda: big @ big, "matmul_step_shape": lambda: a @ w,
+             "rfft_irfft": lambda: torch.fft.irfft(torch.fft.rfft(signals), n=n_fft)}
+    # One at a time, not in turns: each call then finds its operands in cache, as the step's micro-batches do.
+    return {f"{name}_gflops": flops[name] / (measure({name: fn}, repeats=20)[name]["min_ms"] * 1e6)
+            for name, fn in calls.items()}
 
 
 def main() -> None:
@@ -80,7 +74,7 @@ def main() -> None:
     fft_flops = blocks * 4 * args.batch * model.config.hidden_channels * 2.5 * n * math.log2(n)
     result = {"config": {k: v for k, v in vars(args).items() if k != "out"}, "torch": torch.__version__,
               "matmul_gflop": counter.get_total_flops() / 1e9, "fft_gflop_estimate": fft_flops / 1e9}
-    rates = library_rates(10 * args.length, model.config.hidden_channels, n)  # the sampler's 10-row micro-batch
+    rates = library_rates(10, args.length, model.config.hidden_channels, n)  # the sampler's 10-row micro-batch
     rates["floor_ms"] = 1e3 * (result["matmul_gflop"] / rates["matmul_step_shape_gflops"]
                                + result["fft_gflop_estimate"] / rates["rfft_irfft_gflops"])
     result["library"] = rates
