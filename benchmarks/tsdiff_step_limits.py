@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import time
 from pathlib import Path
 
@@ -24,6 +23,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from timeseries.model import TSDiffDenoiser
 from timeseries.s4 import fft_length
 from tsdiff_model_speed import measure  # this folder's sibling script (run from the checkout: python benchmarks/...)
+
+
+def real_fft_flops(n: int) -> float:
+    """The usual estimate for one real FFT (rfft or irfft) of length n: 2.5 n log2 n."""
+    return 2.5 * n * math.log2(n)
 
 
 def library_rates(rows: int, length: int, hidden: int, n_fft: int) -> dict:
@@ -36,7 +40,7 @@ def library_rates(rows: int, length: int, hidden: int, n_fft: int) -> dict:
     a, w = torch.randn(rows * length, hidden), torch.randn(hidden, 2 * hidden)
     signals = torch.randn(rows * hidden, n_fft)
     flops = {"matmul_1024": 2 * 1024 ** 3, "matmul_step_shape": 2 * rows * length * hidden * 2 * hidden,
-             "rfft_irfft": 2 * signals.shape[0] * 2.5 * n_fft * math.log2(n_fft)}
+             "rfft_irfft": 2 * signals.shape[0] * real_fft_flops(n_fft)}
     calls = {"matmul_1024": lambda: big @ big, "matmul_step_shape": lambda: a @ w,
              "rfft_irfft": lambda: torch.fft.irfft(torch.fft.rfft(signals), n=n_fft)}
     # One at a time, not in turns: each call then finds its operands in cache, as the step's micro-batches do.
@@ -71,7 +75,7 @@ def main() -> None:
         model(x_req, t).square().sum().backward()
     n = fft_length(2 * args.length)
     blocks = model.config.num_blocks
-    fft_flops = blocks * 4 * args.batch * model.config.hidden_channels * 2.5 * n * math.log2(n)
+    fft_flops = blocks * 4 * args.batch * model.config.hidden_channels * real_fft_flops(n)
     result = {"config": {k: v for k, v in vars(args).items() if k != "out"}, "torch": torch.__version__,
               "matmul_gflop": counter.get_total_flops() / 1e9, "fft_gflop_estimate": fft_flops / 1e9}
     rates = library_rates(10, args.length, model.config.hidden_channels, n)  # the sampler's 10-row micro-batch
@@ -86,15 +90,8 @@ def main() -> None:
         result["compile_s"] = time.perf_counter() - start
         y_e, g_e = step(model)
         result["max_abs_difference"] = {"output": (y_e - y_c).abs().max().item(), "input_grad": (g_e - g_c).abs().max().item()}
-    times = {name: [] for name in nets}
-    for net in nets.values():
-        step(net)
-    for _ in range(args.repeats):
-        for name, net in nets.items():
-            start = time.perf_counter()
-            step(net)
-            times[name].append(time.perf_counter() - start)
-    result["ms"] = {name: {"median": 1e3 * statistics.median(v), "min": 1e3 * min(v)} for name, v in times.items()}
+    times = measure({name: (lambda net=net: step(net)) for name, net in nets.items()}, args.repeats, warmup=1)
+    result["ms"] = {name: {"median": r["median_ms"], "min": r["min_ms"]} for name, r in times.items()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
