@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from gencond.sampling import _micro_batch_rows
 from timeseries.model import TSDiffDenoiser
 from timeseries.s4 import fft_length
 from tsdiff_model_speed import measure  # this folder's sibling script (run from the checkout: python benchmarks/...)
@@ -78,7 +79,8 @@ def main() -> None:
     fft_flops = blocks * 4 * args.batch * model.config.hidden_channels * real_fft_flops(n)
     result = {"config": {k: v for k, v in vars(args).items() if k != "out"}, "torch": torch.__version__,
               "matmul_gflop": counter.get_total_flops() / 1e9, "fft_gflop_estimate": fft_flops / 1e9}
-    rates = library_rates(10, args.length, model.config.hidden_channels, n)  # the sampler's 10-row micro-batch
+    rows = _micro_batch_rows(10, args.batch, None)[0]  # TSDiff's micro_batch=10, per thread as the sampler takes it
+    rates = library_rates(rows.stop - rows.start, args.length, model.config.hidden_channels, n)
     rates["floor_ms"] = 1e3 * (result["matmul_gflop"] / rates["matmul_step_shape_gflops"]
                                + result["fft_gflop_estimate"] / rates["rfft_irfft_gflops"])
     result["library"] = rates
