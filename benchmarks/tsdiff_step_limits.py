@@ -8,10 +8,15 @@ every other operation free), then times the eager and the ``torch.compile``d ste
 and checks both give the same outputs. Measurement only.
 
     python benchmarks/tsdiff_step_limits.py --threads 1 --out benchmarks/results/tsdiff_step_limits.json
+
+``--micro-batch N`` times the step as the sampler takes it (N rows per call and thread, each call's backward
+after its forward); the compiled model then reads each S4 layer's kernel spectrum as a fixed tensor
+(``freeze_spectra``), so that dynamo traces the denoiser as one graph (the layer's cache check is a graph break).
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import time
@@ -22,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from gencond.sampling import _micro_batch_rows
 from timeseries.model import TSDiffDenoiser
-from timeseries.s4 import fft_length
+from timeseries.s4 import S4DLayer, _FFTConvolution, fft_length
 from tsdiff_model_speed import measure  # this folder's sibling script (run from the checkout: python benchmarks/...)
 
 
@@ -49,6 +54,20 @@ def library_rates(rows: int, length: int, hidden: int, n_fft: int) -> dict:
             for name, fn in calls.items()}
 
 
+def _frozen_convolve(layer: S4DLayer, k_hat: torch.Tensor, n_fft: int, u: torch.Tensor) -> torch.Tensor:
+    return _FFTConvolution.apply(u, None, False, k_hat, n_fft)
+
+
+def freeze_spectra(model: torch.nn.Module, length: int) -> None:
+    """Give every S4 layer of a frozen model a convolve that uses its kernel spectrum, computed now, with no
+    cache check (equal to the cached path; only valid while the weights do not change)."""
+    n_fft = fft_length(2 * length)
+    for layer in model.modules():
+        if isinstance(layer, S4DLayer):
+            k_hat = layer.kernel_spectrum(length, n_fft, torch.float32).clone()
+            layer.convolve = functools.partial(_frozen_convolve, layer, k_hat, n_fft)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=100)
@@ -56,6 +75,8 @@ def main() -> None:
     p.add_argument("--channels", type=int, default=11)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=8)
+    p.add_argument("--micro-batch", type=int, default=0,
+                   help="rows per call and thread in the timed steps, as the sampler takes them (0: the whole batch)")
     p.add_argument("--no-compile", action="store_true", help="count FLOPs and time the eager step only")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
@@ -65,11 +86,17 @@ def main() -> None:
     x = torch.randn(args.batch, args.length, args.channels)
     t = torch.randint(0, 100, (args.batch,))
 
+    step_rows = _micro_batch_rows(args.micro_batch or None, args.batch, None)
+
     def step(net):
-        x_req = x.detach().requires_grad_(True)
-        y = net(x_req, t)
-        (grad,) = torch.autograd.grad(y.square().sum(), x_req)
-        return y.detach(), grad
+        ys, grads = [], []
+        for sl in step_rows:
+            x_req = x[sl].detach().requires_grad_(True)
+            y = net(x_req, t[sl])
+            (grad,) = torch.autograd.grad(y.square().sum(), x_req)
+            ys.append(y.detach())
+            grads.append(grad)
+        return torch.cat(ys), torch.cat(grads)
 
     with FlopCounterMode(display=False) as counter:
         x_req = x.detach().requires_grad_(True)
@@ -87,9 +114,17 @@ def main() -> None:
     nets = {"eager": model}
     if not args.no_compile:
         start = time.perf_counter()
-        nets["compiled"] = torch.compile(model)
+        if args.micro_batch:
+            compiled = TSDiffDenoiser.from_config(model.config).eval().requires_grad_(False)
+            compiled.load_state_dict(model.state_dict())
+            freeze_spectra(compiled, args.length)
+            nets["compiled"] = torch.compile(compiled, dynamic=False)
+        else:
+            nets["compiled"] = torch.compile(model)
         y_c, g_c = step(nets["compiled"])
         result["compile_s"] = time.perf_counter() - start
+        from torch._dynamo.utils import counters  # dynamo's own tally of the graph breaks it met
+        result["graph_breaks"] = sum(counters["graph_break"].values())
         y_e, g_e = step(model)
         result["max_abs_difference"] = {"output": (y_e - y_c).abs().max().item(), "input_grad": (g_e - g_c).abs().max().item()}
     times = measure({name: (lambda net=net: step(net)) for name, net in nets.items()}, args.repeats, warmup=1)
