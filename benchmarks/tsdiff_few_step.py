@@ -7,7 +7,9 @@ the few steps lie; default the scheduler's, leading) and ``,timesteps=FIRST:LAST
 2026-12-05; default the run's config, now its Moreau envelope at the step's size) and ``,weight=jump`` (ablation: a strided DDPM
 step's guidance scaled by the jump's own posterior variance, the sampler's rule before 2026-12-03,
 instead of the spanned timesteps' sum) and ``,step=unit-prior`` (ablation: proximal guidance's step size with the
-Jacobian d x0_hat / d x_t of a unit-variance Gaussian prior, sqrt(abar_t), instead of the sampler's I / sqrt(abar_t)). Every spec forecasts the same test windows with
+Jacobian d x0_hat / d x_t of a unit-variance Gaussian prior, sqrt(abar_t), instead of the sampler's I / sqrt(abar_t))
+or ``,step=measured`` (ablation: the sampler's step size times r^2, r the network's own Jacobian along the guidance
+gradient measured at each sample's previous step, see ``MeasuredStepSize``). Every spec forecasts the same test windows with
 the same seed; the table reports CRPS, its ratio to the reference spec (DDPM-100), network evaluations
 per sample and forecast seconds per series. Rows already in --out are kept (an interrupted benchmark
 resumes); a run's canonical results are never written here.
@@ -53,8 +55,8 @@ def parse_spec(spec: str) -> dict:
             raise SystemExit(f"'{spec}': weight must be 'jump' (the default is the sampler's own)")
         if key == "guidance" and value not in ("plain", "proximal"):
             raise SystemExit(f"'{spec}': guidance must be 'plain' or 'proximal'")
-        if key == "step" and value != "unit-prior":
-            raise SystemExit(f"'{spec}': step must be 'unit-prior' (the default is the sampler's own)")
+        if key == "step" and value not in ("unit-prior", "measured"):
+            raise SystemExit(f"'{spec}': step must be 'unit-prior' or 'measured' (the default is the sampler's own)")
         if key in ("spacing", "weight", "guidance", "step"):
             out[key] = value
             continue
@@ -105,6 +107,47 @@ def unit_prior_step_size(sched, t: int):
     return float(variance * (abar * abar_prev).sqrt())
 
 
+sampler_network_step = gencond.sampling._network_step
+
+
+class MeasuredStepSize:
+    """A sampler network step (gencond.sampling._network_step) whose proximal step size follows the network.
+
+    The sampler's step size takes d x0_hat / d x_t ~ I / sqrt(abar_t). Here, after each guided step, every row
+    measures its shrinkage along the guidance gradient from the one backward already done:
+    r = max(0, sqrt(abar_t) <J^T g, g> / <g, g>), g = grad_{x0_hat} E, J^T g = grad_{x_t} E; the row's next step
+    then uses the sampler's step size times r^2 (both of its Jacobian factors scaled by r); r = 1 at a batch's
+    first step. ``shrinkage`` keeps the mean r per timestep (a diagnostic)."""
+
+    def __init__(self):
+        self.r, self.last_t, self.shrinkage = None, None, {}
+
+    def __call__(self, model, process, x_in, t, cond, self_cond, cfg_scale, energy, weight, step_size, rows):
+        if energy is None:
+            return sampler_network_step(model, process, x_in, t, cond, self_cond, cfg_scale, energy, weight,
+                                        step_size, rows)
+        if self.r is None or self.r.shape[0] != x_in.shape[0] or (rows.start == 0 and self.last_t is not None
+                                                                 and t > self.last_t):
+            self.r = torch.ones(x_in.shape[0], dtype=torch.float64)  # a new batch starts from pure noise
+        self.last_t = t
+        x_rows = x_in[rows]
+        tt = torch.full((x_rows.shape[0],), t, dtype=torch.long)
+        cond = gencond.sampling.map_condition(lambda c: c[rows], cond)
+        self_cond = None if self_cond is None else self_cond[rows]
+        with torch.enable_grad():
+            x_req = x_rows.detach().requires_grad_(True)
+            x0, eps = gencond.sampling.denoise(model, process, x_req, tt, cond, self_cond, cfg_scale)
+            energies = [energy(x0[i:i + 1], cond, tt[i:i + 1], slice(row, row + 1),
+                               None if step_size is None else step_size * float(self.r[row]) ** 2)
+                        for i, row in enumerate(range(rows.start, rows.start + x0.shape[0]))]
+            grad_x, grad_x0 = torch.autograd.grad(torch.cat(energies).sum(), [x_req, x0])
+        along = (grad_x.double() * grad_x0.double()).flatten(1).sum(1)
+        norm = grad_x0.double().square().flatten(1).sum(1).clamp_min(1e-300)
+        self.r[rows] = (float(process.alphas_cumprod[t]) ** 0.5 * along / norm).clamp_min(0.0)
+        self.shrinkage.setdefault(t, []).append(float(self.r[rows].mean()))
+        return x0.detach(), eps.detach() + weight * grad_x
+
+
 def rows_per_call(args) -> int:
     """Rows of the sampler's first network call (its own per-thread rule, gencond.sampling)."""
     first = _micro_batch_rows(args.micro_batch or None, args.batch_size, None)[0]
@@ -115,6 +158,8 @@ def run_spec(run_dir: str, spec: str, args) -> dict:
     s = parse_spec(spec)
     gencond.sampling.guidance_weight = jump_variance_weight if s.get("weight") == "jump" else sampler_weight
     gencond.sampling.guidance_step_size = unit_prior_step_size if s.get("step") == "unit-prior" else sampler_step_size
+    measured = MeasuredStepSize() if s.get("step") == "measured" else None
+    gencond.sampling._network_step = measured or sampler_network_step
     cfg, model = load_run(run_dir, args.weights, task="tsdiff")
     listed = s.get("timesteps") and spec_timesteps(s["timesteps"], s["num_steps"], cfg.diffusion.num_train_timesteps, spec)
     cfg.sampling.scheduler, cfg.sampling.eta = s["scheduler"], s.get("eta", 0.0)
@@ -138,7 +183,9 @@ def run_spec(run_dir: str, spec: str, args) -> dict:
             "guidance_weight": s.get("weight", "spanned"), "step_size": s.get("step", "sampler"), "proximal_guidance": forecaster.proximal,
             "scale": forecaster.scale, "nfe_per_sample": len(listed) if listed else s["num_steps"], "series": len(entries),
             "samples": args.samples, "seed": args.seed, "threads": args.threads,
-            **{k: metrics[k] for k in ("CRPS", "ND", "NRMSE")}, "forecast_s_per_series": seconds / len(entries)}
+            **{k: metrics[k] for k in ("CRPS", "ND", "NRMSE")}, "forecast_s_per_series": seconds / len(entries),
+            **({"mean_shrinkage_by_t": {t: sum(v) / len(v) for t, v in sorted(measured.shrinkage.items(), reverse=True)}}
+               if measured else {})}
 
 
 def main() -> None:
