@@ -8,8 +8,11 @@ the few steps lie; default the scheduler's, leading) and ``,timesteps=FIRST:LAST
 step's guidance scaled by the jump's own posterior variance, the sampler's rule before 2026-12-03,
 instead of the spanned timesteps' sum) and ``,step=unit-prior`` (ablation: proximal guidance's step size with the
 Jacobian d x0_hat / d x_t of a unit-variance Gaussian prior, sqrt(abar_t), instead of the sampler's I / sqrt(abar_t))
-or ``,step=measured`` (ablation: the sampler's step size times r^2, r the network's own Jacobian along the guidance
-gradient measured at each sample's previous step, see ``MeasuredStepSize``). Every spec forecasts the same test windows with
+(with r = 1 below), ``,step=rule`` (ablation: the rule's I / sqrt(abar_t) at every step, r = 1: the sampler of 2026-12-05
+to 2026-12-07) or ``,step=measured`` (ablation: the rule times r^2 at every step, r the network's own shrinkage along
+the guidance gradient measured at each sample's previous step, gencond.sampling.guidance_shrinkage);
+``,step=measured-snr1`` is the sampler's own (r^2 where abar_t / (1 - abar_t) >= 1, the rule above that noise).
+Each row keeps the mean measured r per timestep (``mean_shrinkage_by_t``). Every spec forecasts the same test windows with
 the same seed; the table reports CRPS, its ratio to the reference spec (DDPM-100), network evaluations
 per sample and forecast seconds per series. Rows already in --out are kept (an interrupted benchmark
 resumes); a run's canonical results are never written here.
@@ -55,8 +58,9 @@ def parse_spec(spec: str) -> dict:
             raise SystemExit(f"'{spec}': weight must be 'jump' (the default is the sampler's own)")
         if key == "guidance" and value not in ("plain", "proximal"):
             raise SystemExit(f"'{spec}': guidance must be 'plain' or 'proximal'")
-        if key == "step" and value not in ("unit-prior", "measured"):
-            raise SystemExit(f"'{spec}': step must be 'unit-prior' or 'measured' (the default is the sampler's own)")
+        if key == "step" and value not in ("rule", "unit-prior", "measured", "measured-snr1"):
+            raise SystemExit(f"'{spec}': step must be 'rule', 'unit-prior', 'measured' or 'measured-snr1' (the last is "
+                             "the sampler's own)")
         if key in ("spacing", "weight", "guidance", "step"):
             out[key] = value
             continue
@@ -107,45 +111,22 @@ def unit_prior_step_size(sched, t: int):
     return float(variance * (abar * abar_prev).sqrt())
 
 
-sampler_network_step = gencond.sampling._network_step
+sampler_shrinkage = gencond.sampling.guidance_shrinkage
+sampler_min_snr = gencond.sampling.MEASURED_STEP_MIN_SNR
 
 
-class MeasuredStepSize:
-    """A sampler network step (gencond.sampling._network_step) whose proximal step size follows the network.
+class ShrinkageLog:
+    """Wraps gencond.sampling.guidance_shrinkage: keeps the mean measured r per abar_t (a diagnostic); with
+    ``fixed`` it returns ones instead (the sampler's rule I / sqrt(abar_t) at every step, its default before
+    2026-12-07's last session)."""
 
-    The sampler's step size takes d x0_hat / d x_t ~ I / sqrt(abar_t). Here, after each guided step, every row
-    measures its shrinkage along the guidance gradient from the one backward already done:
-    r = max(0, sqrt(abar_t) <J^T g, g> / <g, g>), g = grad_{x0_hat} E, J^T g = grad_{x_t} E; the row's next step
-    then uses the sampler's step size times r^2 (both of its Jacobian factors scaled by r); r = 1 at a batch's
-    first step. ``shrinkage`` keeps the mean r per timestep (a diagnostic)."""
+    def __init__(self, fixed: bool = False):
+        self.fixed, self.by_abar = fixed, {}
 
-    def __init__(self):
-        self.r, self.last_t, self.shrinkage = None, None, {}
-
-    def __call__(self, model, process, x_in, t, cond, self_cond, cfg_scale, energy, weight, step_size, rows):
-        if energy is None:
-            return sampler_network_step(model, process, x_in, t, cond, self_cond, cfg_scale, energy, weight,
-                                        step_size, rows)
-        if self.r is None or self.r.shape[0] != x_in.shape[0] or (rows.start == 0 and self.last_t is not None
-                                                                 and t > self.last_t):
-            self.r = torch.ones(x_in.shape[0], dtype=torch.float64)  # a new batch starts from pure noise
-        self.last_t = t
-        x_rows = x_in[rows]
-        tt = torch.full((x_rows.shape[0],), t, dtype=torch.long)
-        cond = gencond.sampling.map_condition(lambda c: c[rows], cond)
-        self_cond = None if self_cond is None else self_cond[rows]
-        with torch.enable_grad():
-            x_req = x_rows.detach().requires_grad_(True)
-            x0, eps = gencond.sampling.denoise(model, process, x_req, tt, cond, self_cond, cfg_scale)
-            energies = [energy(x0[i:i + 1], cond, tt[i:i + 1], slice(row, row + 1),
-                               None if step_size is None else step_size * float(self.r[row]) ** 2)
-                        for i, row in enumerate(range(rows.start, rows.start + x0.shape[0]))]
-            grad_x, grad_x0 = torch.autograd.grad(torch.cat(energies).sum(), [x_req, x0])
-        along = (grad_x.double() * grad_x0.double()).flatten(1).sum(1)
-        norm = grad_x0.double().square().flatten(1).sum(1).clamp_min(1e-300)
-        self.r[rows] = (float(process.alphas_cumprod[t]) ** 0.5 * along / norm).clamp_min(0.0)
-        self.shrinkage.setdefault(t, []).append(float(self.r[rows].mean()))
-        return x0.detach(), eps.detach() + weight * grad_x
+    def __call__(self, grad_x, grad_x0, abar):
+        r = sampler_shrinkage(grad_x, grad_x0, abar)
+        self.by_abar.setdefault(abar, []).append(float(r.mean()))
+        return torch.ones_like(r) if self.fixed else r
 
 
 def rows_per_call(args) -> int:
@@ -158,8 +139,9 @@ def run_spec(run_dir: str, spec: str, args) -> dict:
     s = parse_spec(spec)
     gencond.sampling.guidance_weight = jump_variance_weight if s.get("weight") == "jump" else sampler_weight
     gencond.sampling.guidance_step_size = unit_prior_step_size if s.get("step") == "unit-prior" else sampler_step_size
-    measured = MeasuredStepSize() if s.get("step") == "measured" else None
-    gencond.sampling._network_step = measured or sampler_network_step
+    log = ShrinkageLog(fixed=s.get("step") in ("rule", "unit-prior"))
+    gencond.sampling.guidance_shrinkage = log
+    gencond.sampling.MEASURED_STEP_MIN_SNR = 0.0 if s.get("step") == "measured" else sampler_min_snr
     cfg, model = load_run(run_dir, args.weights, task="tsdiff")
     listed = s.get("timesteps") and spec_timesteps(s["timesteps"], s["num_steps"], cfg.diffusion.num_train_timesteps, spec)
     cfg.sampling.scheduler, cfg.sampling.eta = s["scheduler"], s.get("eta", 0.0)
@@ -184,8 +166,18 @@ def run_spec(run_dir: str, spec: str, args) -> dict:
             "scale": forecaster.scale, "nfe_per_sample": len(listed) if listed else s["num_steps"], "series": len(entries),
             "samples": args.samples, "seed": args.seed, "threads": args.threads,
             **{k: metrics[k] for k in ("CRPS", "ND", "NRMSE")}, "forecast_s_per_series": seconds / len(entries),
-            **({"mean_shrinkage_by_t": {t: sum(v) / len(v) for t, v in sorted(measured.shrinkage.items(), reverse=True)}}
-               if measured else {})}
+            "mean_shrinkage_by_t": shrinkage_by_t(log, model_abar(cfg))}
+
+
+def model_abar(cfg) -> list[float]:
+    from gencond.diffusion import DiffusionProcess
+    return DiffusionProcess(cfg.diffusion).alphas_cumprod.tolist()
+
+
+def shrinkage_by_t(log: ShrinkageLog, abar: list[float]) -> dict:
+    """The logged mean r per training timestep (keyed by abar_t in the log), from t = T - 1 down."""
+    t_of = {a: t for t, a in enumerate(abar)}
+    return {t_of[a]: sum(v) / len(v) for a, v in sorted(log.by_abar.items()) if a in t_of}
 
 
 def main() -> None:

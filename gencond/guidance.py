@@ -5,8 +5,8 @@ respect to x_t through the network and corrects the noise prediction (see gencon
 energy that also names ``cond`` or ``t`` among its parameters receives the condition and the
 timesteps (B,) of the step; one that names ``rows`` (a slice of the batch) can be evaluated on those
 rows alone, which the sampler's ``micro_batch`` needs; one that names ``step_size`` receives how far the
-step's guidance moves the sample's x0 estimate per unit of grad_{x0_hat} E (gencond.sampling.guidance_step_size;
-None where the scheduler gives none).
+step's guidance moves each sample's x0 estimate per unit of grad_{x0_hat} E, a tensor (B,)
+(gencond.sampling.guidance_step_size; None where the scheduler gives none).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ class ObservationGuidance:
     ``quantiles`` (one per sample, shape (B,)) selects the pinball loss max(q·e, (q−1)·e) with
     e = observation − x0_hat; without it the energy is the squared error.
 
-    ``proximal`` (default) and a ``step_size`` λ from the sampler: the loss is replaced by its Moreau
+    ``proximal`` (default) and a ``step_size`` λ from the sampler (a number, or one per sample): the loss is replaced by its Moreau
     envelope at λ, whose gradient step of size λ is the loss's proximal step — it moves an entry to its
     observation at most, never past it. The pinball loss becomes quadratic within λ·q above and λ·(1 − q)
     below the observation (gradient clamp(e / λ, q − 1, q)), the squared error is divided by 1 + 2λ. A coarse
@@ -44,20 +44,25 @@ class ObservationGuidance:
         self.quantiles = quantiles
         self.proximal = proximal
 
-    def __call__(self, x0_hat: torch.Tensor, rows: slice = slice(None), step_size: float | None = None) -> torch.Tensor:
+    def __call__(self, x0_hat: torch.Tensor, rows: slice = slice(None),
+                 step_size: float | torch.Tensor | None = None) -> torch.Tensor:
         observation, mask = self.observation[rows], self.mask[rows]
         if x0_hat.shape != observation.shape:
             raise ValueError(f"x0_hat shape {tuple(x0_hat.shape)} != observation shape {tuple(observation.shape)}")
         err = observation - x0_hat
-        lam = step_size if self.proximal and step_size else 0.0
+        lam = None
+        if self.proximal and step_size is not None:
+            lam = torch.as_tensor(step_size, dtype=err.dtype, device=err.device)
+            lam = lam.reshape(-1, *([1] * (err.ndim - 1))) if lam.ndim else lam  # one per sample
+            lam = lam if bool((lam > 0).any()) else None
         if self.quantiles is None:
-            loss = err.square() / (1 + 2 * lam)
+            loss = err.square() if lam is None else err.square() / (1 + 2 * lam)
         else:
             q = self.quantiles[rows].reshape(-1, *([1] * (err.ndim - 1))).to(err)
             loss = 0.0
-            if lam > 0:  # the quadratic part: err within λ(1 − q) below and λq above the observation
-                near = torch.clamp(err, min=-lam * (1 - q), max=lam * q)
-                err, loss = err - near, near.square() / (2 * lam)
+            if lam is not None:  # the quadratic part: err within λ(1 − q) below and λq above the observation
+                near = torch.minimum(torch.maximum(err, -lam * (1 - q)), lam * q)
+                err, loss = err - near, near.square() / (2 * lam).clamp_min(torch.finfo(err.dtype).tiny)
             loss = loss + torch.maximum(q * err, (q - 1) * err)
         return (loss * mask).flatten(1).sum(1)
 

@@ -8,7 +8,11 @@ it moves the posterior mean by exactly -s * V_t * grad E: TSDiff's DDPM update, 
 on every training timestep. A strided DDPM step (fewer sampling steps) jumps over several training
 timesteps, and there V_t is the sum of their posterior variances, not the jump's own (smaller)
 variance: the guidance a chain applies in all then adds up to that of the full chain, whatever the
-number of steps (see :func:`guidance_weight`).
+number of steps (see :func:`guidance_weight`). Energies that take a step size (proximal guidance,
+gencond.guidance) get, per sample, how far the step moves its x0 estimate: :func:`guidance_step_size`, and where
+the signal dominates (abar_t / (1 - abar_t) >= 1) that times r^2, r the network's own shrinkage along the
+guidance gradient measured at the sample's previous step (:func:`guidance_shrinkage`, from the backward already
+done; no extra network evaluation).
 
 ``sampling.micro_batch`` rows go through the network (and the guidance gradient) at a time, per CPU
 thread on a CPU (micro_batch x torch.get_num_threads() rows: each thread's share of a slice stays in its
@@ -129,11 +133,26 @@ def guidance_step_size(sched: SchedulerMixin, t: int) -> Optional[float]:
     """How far a DDPM step's guidance (per unit of scale) moves the sample's own x0 estimate per unit of
     grad_{x0_hat} E: V_t / sqrt(abar_t abar_prev), taking d x0_hat / d x_t ~ I / sqrt(abar_t) (the mean moves by
     -V_t grad_{x_t} E, and x0 is read off x_prev / sqrt(abar_prev)). None for other schedulers. Energies that
-    name ``step_size`` get it times the guidance scale (gencond.guidance)."""
+    name ``step_size`` get it times the guidance scale, per sample, and where the signal dominates times r^2,
+    r the network's own shrinkage measured at the sample's previous step (:func:`guidance_shrinkage`)."""
     if not isinstance(sched, DDPMScheduler):
         return None
     abar, abar_prev, variance = _ddpm_jump(sched, t)
     return float(variance / (abar * abar_prev).sqrt())
+
+
+MEASURED_STEP_MIN_SNR = 1.0  # the step size follows the measured shrinkage where abar_t / (1 - abar_t) >= this
+
+
+def guidance_shrinkage(grad_x: torch.Tensor, grad_x0: torch.Tensor, abar: float) -> torch.Tensor:
+    """Per sample, how far the network's x0 estimate moves along g = grad_{x0_hat} E per unit move of x_t, relative
+    to the I / sqrt(abar_t) of :func:`guidance_step_size`: r = max(0, sqrt(abar_t) <J^T g, g> / <g, g>), J = d x0_hat /
+    d x_t, J^T g = grad_{x_t} E (both from the guidance's one backward). 1 for a network that predicts no noise and
+    where g = 0; below 1 for a denoiser that shrinks towards its prior (abar_t for data ~ N(0, I))."""
+    along = (grad_x.double() * grad_x0.double()).flatten(1).sum(1)
+    norm = grad_x0.double().square().flatten(1).sum(1)
+    r = torch.where(norm > 0, abar ** 0.5 * along / norm.clamp_min(torch.finfo(torch.float64).tiny), 1.0)
+    return r.clamp_min(0.0)
 
 
 @contextmanager
@@ -224,15 +243,24 @@ def sample(
         self_condition = process.cfg.self_condition_prob > 0
     energy = None if guidance is None or guidance_scale == 0 else _energy_reader(guidance)
     rows = _micro_batch_rows(sampling.micro_batch, shape[0], energy, torch.device(device))
+    shrinkage = torch.ones(shape[0], dtype=torch.float64, device=device)  # per sample, from its previous guided step
     with frozen(model):
         for i, t in enumerate(tqdm(timesteps[skip:], desc="sampling", disable=not progress, leave=False)):
             x_in = sched.scale_model_input(x, t)
             weight, step_size = 0.0, None
             if energy is not None:
                 weight, unit_step = guidance_scale * guidance_weight(sched, int(t)), guidance_step_size(sched, int(t))
-                step_size = None if unit_step is None else guidance_scale * unit_step
-            parts = [_network_step(model, process, x_in, int(t), cond, self_cond, sampling.cfg_scale, energy, weight,
-                                   step_size, r) for r in rows]
+                if unit_step is not None:
+                    abar = float(process.alphas_cumprod[int(t)])
+                    follow = abar / (1 - abar) >= MEASURED_STEP_MIN_SNR
+                    step_size = guidance_scale * unit_step * (shrinkage.square() if follow else torch.ones_like(shrinkage))
+            parts = []
+            for r in rows:
+                x0_r, eps_r, shrink_r = _network_step(model, process, x_in, int(t), cond, self_cond, sampling.cfg_scale,
+                                                      energy, weight, None if step_size is None else step_size[r], r)
+                parts.append((x0_r, eps_r))
+                if shrink_r is not None:
+                    shrinkage[r] = shrink_r
             x0, eps = (parts[0] if len(parts) == 1 else (torch.cat(p) for p in zip(*parts)))
             if callback is not None and callback(skip + i, int(t), x, x0):
                 return x0
@@ -261,20 +289,26 @@ def _micro_batch_rows(micro_batch: Optional[int], batch: int, energy: Optional[C
 
 
 def _network_step(model, process, x_in, t: int, cond, self_cond, cfg_scale, energy, weight: float,
-                  step_size: Optional[float], rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x0_hat, eps) for ``rows`` of the batch; with an energy, eps carries its weighted gradient."""
+                  step_size: Optional[torch.Tensor], rows: slice) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """(x0_hat, eps, shrinkage) for ``rows`` of the batch; with an energy, eps carries its weighted gradient and
+    shrinkage is :func:`guidance_shrinkage` of the rows when the energy was given step sizes (else None)."""
     x_rows = x_in[rows]
     tt = torch.full((x_rows.shape[0],), t, device=x_rows.device, dtype=torch.long)
     cond = map_condition(lambda c: c[rows], cond)
     self_cond = None if self_cond is None else self_cond[rows]
     if energy is None:
         with torch.no_grad():
-            return denoise(model, process, x_rows, tt, cond, self_cond, cfg_scale)
+            x0, eps = denoise(model, process, x_rows, tt, cond, self_cond, cfg_scale)
+        return x0, eps, None
     with torch.enable_grad():
         x_req = x_rows.detach().requires_grad_(True)
         x0, eps = denoise(model, process, x_req, tt, cond, self_cond, cfg_scale)
-        (grad,) = torch.autograd.grad(energy(x0, cond, tt, rows, step_size).sum(), x_req)
-    return x0.detach(), eps.detach() + weight * grad
+        if step_size is None:
+            (grad,) = torch.autograd.grad(energy(x0, cond, tt, rows, None).sum(), x_req)
+            return x0.detach(), eps.detach() + weight * grad, None
+        grad, grad_x0 = torch.autograd.grad(energy(x0, cond, tt, rows, step_size).sum(), [x_req, x0])
+    shrinkage = guidance_shrinkage(grad, grad_x0, float(process.alphas_cumprod[t]))
+    return x0.detach(), eps.detach() + weight * grad, shrinkage
 
 
 def _energy_reader(energy: Energy) -> Callable:

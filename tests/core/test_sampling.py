@@ -5,7 +5,15 @@ from diffusers import DDPMScheduler
 from gencond.config import ConfigError, DiffusionConfig, SamplingConfig
 from gencond.diffusion import DiffusionProcess
 from gencond.guidance import ObservationGuidance, evenly_spaced_quantiles
-from gencond.sampling import _micro_batch_rows, guidance_step_size, guidance_weight, make_sampling_scheduler, sample
+from gencond.sampling import (
+    MEASURED_STEP_MIN_SNR,
+    _micro_batch_rows,
+    guidance_shrinkage,
+    guidance_step_size,
+    guidance_weight,
+    make_sampling_scheduler,
+    sample,
+)
 
 from .toys import DictConditioned, GaussianOracle, Recorder
 
@@ -117,23 +125,36 @@ def test_proximal_guidance_steps_to_the_observation_never_past_it():
     assert (x0 - lam * _energy_gradient(mse, x0, step_size=lam)).abs().le(x0.abs()).all()
 
 
+class NoNoise(torch.nn.Module):
+    """Predicts no noise: x0_hat = x_t / sqrt(abar_t), exactly the Jacobian the sampler's step-size rule assumes."""
+
+    def forward(self, x_t, t, cond=None, self_cond=None):
+        return torch.zeros_like(x_t)
+
+
+def _rule(t: int, prev: int) -> float:
+    """4 x (the posterior variances jumped) / sqrt(abar_t abar_prev): gencond.sampling.guidance_step_size at scale 4."""
+    abar = PROCESS.scheduler.alphas_cumprod.double()
+    full = make_sampling_scheduler(PROCESS, "ddpm")
+    full.set_timesteps(100)
+    spanned = sum(float(full._get_variance(u)) for u in range(prev + 1, t + 1))
+    return 4.0 * spanned / float((abar[t] * (abar[prev] if prev >= 0 else 1)).sqrt())
+
+
 def test_sampler_gives_energies_the_ddpm_step_size():
     seen = []
 
     def energy(x0_hat, t, step_size):
-        seen.append((int(t[0]), step_size))
+        seen.append((int(t[0]), None if step_size is None else step_size.clone()))
         return x0_hat.square().flatten(1).sum(1)
 
     listed = [99, 60, 10, 0]
-    sample(Recorder(3), PROCESS, (2, 3), SamplingConfig(scheduler="ddpm", timesteps=listed), guidance=energy,
+    sample(NoNoise(), PROCESS, (2, 3), SamplingConfig(scheduler="ddpm", timesteps=listed), guidance=energy,
            guidance_scale=4.0, generator=torch.Generator().manual_seed(0), progress=False)
-    abar = PROCESS.scheduler.alphas_cumprod.double()
-    full = make_sampling_scheduler(PROCESS, "ddpm")
-    full.set_timesteps(100)
-    for (t, size), prev in zip(seen, listed[1:] + [-1]):
-        spanned = sum(float(full._get_variance(u)) for u in range(prev + 1, t + 1))  # the posterior variances jumped
-        assert t in listed and size == pytest.approx(4.0 * spanned / float((abar[t] * (abar[prev] if prev >= 0 else 1)).sqrt()), rel=1e-5)
-    assert [t for t, _ in seen] == listed and seen[-1][1] == 0.0
+    for (t, size), prev in zip(seen, listed[1:] + [-1]):  # shrinkage r = 1 for this network: the rule itself
+        assert size.shape == (2,) and t in listed
+        torch.testing.assert_close(size, torch.full((2,), _rule(t, prev), dtype=torch.float64), rtol=1e-5, atol=1e-12)
+    assert [t for t, _ in seen] == listed and (seen[-1][1].abs() < 1e-12).all()
     seen.clear()
     sample(Recorder(3), PROCESS, (2, 3), SamplingConfig(scheduler="ddim", num_steps=5), guidance=energy,
            guidance_scale=4.0, generator=torch.Generator().manual_seed(0), progress=False)
@@ -141,6 +162,48 @@ def test_sampler_gives_energies_the_ddpm_step_size():
     ddim = make_sampling_scheduler(PROCESS, "ddim")
     ddim.set_timesteps(5)
     assert guidance_step_size(ddim, int(ddim.timesteps[0])) is None
+
+
+def test_step_size_follows_the_measured_shrinkage_where_the_signal_dominates():
+    # For data ~ N(0, sigma^2) the exact denoiser's x0_hat = sqrt(abar) sigma^2 x_t / (abar sigma^2 + 1 - abar): its
+    # shrinkage relative to I / sqrt(abar) is r = abar sigma^2 / (abar sigma^2 + 1 - abar), the same for every sample.
+    sigma, listed, seen = 0.5, [99, 60, 30, 10, 0], []
+
+    def energy(x0_hat, t, step_size):
+        seen.append((int(t[0]), None if step_size is None else step_size.clone()))
+        return (x0_hat - 1.0).square().flatten(1).sum(1)
+
+    sample(GaussianOracle(PROCESS, sigma=sigma), PROCESS, (3, 2), SamplingConfig(scheduler="ddpm", timesteps=listed),
+           guidance=energy, guidance_scale=4.0, generator=torch.Generator().manual_seed(0), progress=False)
+    abar = PROCESS.alphas_cumprod
+    shrink = {t: float(abar[t] * sigma**2 / (abar[t] * sigma**2 + 1 - abar[t])) for t in listed}
+    for i, (t, size) in enumerate(seen):
+        prev = listed[i + 1] if i + 1 < len(listed) else -1
+        follows = float(abar[t] / (1 - abar[t])) >= MEASURED_STEP_MIN_SNR
+        factor = shrink[listed[i - 1]] ** 2 if follows and i > 0 else 1.0
+        torch.testing.assert_close(size, torch.full((3,), _rule(t, prev) * factor, dtype=torch.float64), rtol=1e-4, atol=1e-12)
+    assert [float(abar[t] / (1 - abar[t])) >= 1 for t in listed] == [False, False, True, True, True]
+
+
+def test_guidance_shrinkage_is_one_for_the_rules_jacobian_and_safe_without_a_gradient():
+    g = torch.tensor([[1.0, -2.0], [0.0, 0.0], [3.0, 1.0]])
+    abar = 0.64
+    r = guidance_shrinkage(g / abar**0.5, g, abar)  # J = I / sqrt(abar): r = 1
+    torch.testing.assert_close(r, torch.ones(3, dtype=torch.float64))  # and 1 where g = 0 (no information)
+    torch.testing.assert_close(guidance_shrinkage(0.3 * g / abar**0.5, g, abar), torch.tensor([0.3, 1.0, 0.3], dtype=torch.float64))
+    assert (guidance_shrinkage(-g, g, abar) == torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)).all()  # never below 0
+
+
+def test_per_sample_step_sizes_equal_one_call_per_sample():
+    obs, mask, q = torch.zeros(3, 4), torch.ones(3, 4), torch.tensor([0.1, 0.5, 0.9])
+    x0 = torch.tensor([[-2.0, -0.01, 0.015, 1.0]]).expand(3, 4)
+    lam = torch.tensor([0.2, 0.0, 0.05], dtype=torch.float64)
+    for energy in (ObservationGuidance(obs, mask, q), ObservationGuidance(obs, mask)):
+        together = _energy_gradient(energy, x0, step_size=lam)
+        for i in range(3):
+            one = ObservationGuidance(obs[i:i + 1], mask[i:i + 1], None if energy.quantiles is None else q[i:i + 1])
+            torch.testing.assert_close(together[i:i + 1], _energy_gradient(one, x0[i:i + 1], step_size=float(lam[i])))
+        assert torch.isfinite(together).all()  # a zero step size is the plain loss, not 0 / 0
 
 
 def test_nan_observations_are_unobserved():
