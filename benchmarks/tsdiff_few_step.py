@@ -32,6 +32,7 @@ from diffusers import DDPMScheduler
 
 import gencond.sampling
 from gencond.cli import timestep_ranges
+from gencond.diffusion import DiffusionProcess
 from gencond.runs import load_run
 from gencond.sampling import _micro_batch_rows
 from timeseries.config import power_timesteps
@@ -170,7 +171,6 @@ def run_spec(run_dir: str, spec: str, args) -> dict:
 
 
 def model_abar(cfg) -> list[float]:
-    from gencond.diffusion import DiffusionProcess
     return DiffusionProcess(cfg.diffusion).alphas_cumprod.tolist()
 
 

@@ -16,6 +16,7 @@ after its forward); the compiled model then reads each S4 layer's kernel spectru
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import json
 import math
@@ -54,7 +55,7 @@ def library_rates(rows: int, length: int, hidden: int, n_fft: int) -> dict:
             for name, fn in calls.items()}
 
 
-def _frozen_convolve(layer: S4DLayer, k_hat: torch.Tensor, n_fft: int, u: torch.Tensor) -> torch.Tensor:
+def _frozen_convolve(k_hat: torch.Tensor, n_fft: int, u: torch.Tensor) -> torch.Tensor:
     return _FFTConvolution.apply(u, None, False, k_hat, n_fft)
 
 
@@ -65,7 +66,7 @@ def freeze_spectra(model: torch.nn.Module, length: int) -> None:
     for layer in model.modules():
         if isinstance(layer, S4DLayer):
             k_hat = layer.kernel_spectrum(length, n_fft, torch.float32).clone()
-            layer.convolve = functools.partial(_frozen_convolve, layer, k_hat, n_fft)
+            layer.convolve = functools.partial(_frozen_convolve, k_hat, n_fft)
 
 
 def main() -> None:
@@ -115,8 +116,7 @@ def main() -> None:
     if not args.no_compile:
         start = time.perf_counter()
         if args.micro_batch:
-            compiled = TSDiffDenoiser.from_config(model.config).eval().requires_grad_(False)
-            compiled.load_state_dict(model.state_dict())
+            compiled = copy.deepcopy(model)  # the eager model keeps the library's cached path
             freeze_spectra(compiled, args.length)
             nets["compiled"] = torch.compile(compiled, dynamic=False)
         else:

@@ -303,11 +303,8 @@ def _network_step(model, process, x_in, t: int, cond, self_cond, cfg_scale, ener
     with torch.enable_grad():
         x_req = x_rows.detach().requires_grad_(True)
         x0, eps = denoise(model, process, x_req, tt, cond, self_cond, cfg_scale)
-        if step_size is None:
-            (grad,) = torch.autograd.grad(energy(x0, cond, tt, rows, None).sum(), x_req)
-            return x0.detach(), eps.detach() + weight * grad, None
         grad, grad_x0 = torch.autograd.grad(energy(x0, cond, tt, rows, step_size).sum(), [x_req, x0])
-    shrinkage = guidance_shrinkage(grad, grad_x0, float(process.alphas_cumprod[t]))
+    shrinkage = None if step_size is None else guidance_shrinkage(grad, grad_x0, float(process.alphas_cumprod[t]))
     return x0.detach(), eps.detach() + weight * grad, shrinkage
 
 
