@@ -131,7 +131,7 @@ class ShrinkageLog:
 
 
 def rows_per_call(args) -> int:
-    """Rows of the sampler's first network call (its own per-thread rule, gencond.sampling)."""
+    """Rows of the sampler's first network call (gencond.sampling)."""
     first = _micro_batch_rows(args.micro_batch or None, args.batch_size, None)[0]
     return first.stop - first.start
 
@@ -208,7 +208,7 @@ def main() -> None:
     rows = saved["rows"]
     for spec in args.specs:
         if any(r["spec"] == spec and r["threads"] == args.threads and r.get("micro_batch", 0) == args.micro_batch
-               and r.get("rows_per_call") == rows_per_call(args) for r in rows):  # rows from before the per-thread rule rerun
+               and r.get("rows_per_call") == rows_per_call(args) for r in rows):  # rows of another rule of rows per call rerun
             continue
         rows.append(run_spec(args.run_dir, spec, args))
         print(json.dumps(rows[-1]), flush=True)

@@ -9,8 +9,8 @@ and checks both give the same outputs. Measurement only.
 
     python benchmarks/tsdiff_step_limits.py --threads 1 --out benchmarks/results/tsdiff_step_limits.json
 
-``--micro-batch N`` times the step as the sampler takes it (N rows per call and thread, each call's backward
-after its forward); the compiled model then reads each S4 layer's kernel spectrum as a fixed tensor
+``--micro-batch N`` times the step as the sampler takes it (N rows per call, each call's backward after
+its forward, one call after another as on 1 thread); the compiled model then reads each S4 layer's kernel spectrum as a fixed tensor
 (``freeze_spectra``), so that dynamo traces the denoiser as one graph (the layer's cache check is a graph break).
 """
 from __future__ import annotations
@@ -77,7 +77,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=8)
     p.add_argument("--micro-batch", type=int, default=0,
-                   help="rows per call and thread in the timed steps, as the sampler takes them (0: the whole batch)")
+                   help="rows per call in the timed steps, as the sampler takes them (0: the whole batch)")
     p.add_argument("--no-compile", action="store_true", help="count FLOPs and time the eager step only")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
@@ -107,7 +107,7 @@ def main() -> None:
     fft_flops = blocks * 4 * args.batch * model.config.hidden_channels * real_fft_flops(n)
     result = {"config": {k: v for k, v in vars(args).items() if k != "out"}, "torch": torch.__version__,
               "matmul_gflop": counter.get_total_flops() / 1e9, "fft_gflop_estimate": fft_flops / 1e9}
-    rows = _micro_batch_rows(10, args.batch, None)[0]  # TSDiff's micro_batch=10, per thread as the sampler takes it
+    rows = _micro_batch_rows(10, args.batch, None)[0]  # TSDiff's micro_batch=10
     rates = library_rates(rows.stop - rows.start, args.length, model.config.hidden_channels, n)
     rates["floor_ms"] = 1e3 * (result["matmul_gflop"] / rates["matmul_step_shape_gflops"]
                                + result["fft_gflop_estimate"] / rates["rfft_irfft_gflops"])

@@ -47,7 +47,7 @@ class SamplingConfig:
     timestep_spacing: Optional[str] = None  # leading | trailing | linspace (diffusers'); None = the scheduler's default
     timesteps: Optional[List[int]] = None  # training timesteps to step through, from T-1 down (ddpm, dpm++); num_steps wins
     cfg_scale: Optional[float] = None  # classifier-free guidance weight; None = off
-    micro_batch: Optional[int] = None  # rows per network call, per thread on a CPU (cache); None = the whole batch
+    micro_batch: Optional[int] = None  # rows per network call (CPU cache; on several CPU threads the calls run side by side); None = the whole batch
 
 
 @dataclass

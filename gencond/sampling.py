@@ -14,13 +14,16 @@ the signal dominates (abar_t / (1 - abar_t) >= 1) that times r^2, r the network'
 guidance gradient measured at the sample's previous step (:func:`guidance_shrinkage`, from the backward already
 done; no extra network evaluation).
 
-``sampling.micro_batch`` rows go through the network (and the guidance gradient) at a time, per CPU
-thread on a CPU (micro_batch x torch.get_num_threads() rows: each thread's share of a slice stays in its
-own core's cache), as given on an accelerator: the same samples within float tolerance, and on a CPU faster.
+``sampling.micro_batch`` rows go through the network (and the guidance gradient) at a time: the same samples
+within float tolerance, and on a CPU faster (a call's activations stay in the core's cache). On a CPU with
+several torch threads the calls are shared out among that many Python threads in contiguous groups, each
+running its ops single-threaded (torch's intra-op threads split a 10-row call's small matmuls and FFTs poorly):
+rows per call do not depend on the thread count, so the samples are the same on 1 thread or many.
 """
 from __future__ import annotations
 
 import inspect
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Callable, Optional, Protocol
 
@@ -242,9 +245,10 @@ def sample(
     if self_condition is None:
         self_condition = process.cfg.self_condition_prob > 0
     energy = None if guidance is None or guidance_scale == 0 else _energy_reader(guidance)
-    rows = _micro_batch_rows(sampling.micro_batch, shape[0], energy, torch.device(device))
+    rows = _micro_batch_rows(sampling.micro_batch, shape[0], energy)
     shrinkage = torch.ones(shape[0], dtype=torch.float64, device=device)  # per sample, from its previous guided step
-    with frozen(model):
+    groups = _row_groups(rows, torch.device(device))
+    with frozen(model), _workers(len(groups)) as pool:
         for i, t in enumerate(tqdm(timesteps[skip:], desc="sampling", disable=not progress, leave=False)):
             x_in = sched.scale_model_input(x, t)
             weight, step_size = 0.0, None
@@ -254,10 +258,13 @@ def sample(
                     abar = float(process.alphas_cumprod[int(t)])
                     follow = abar / (1 - abar) >= MEASURED_STEP_MIN_SNR
                     step_size = guidance_scale * unit_step * (shrinkage.square() if follow else torch.ones_like(shrinkage))
+
+            def run(group, x_in=x_in, t=int(t), self_cond=self_cond, weight=weight, step_size=step_size):
+                return [(r, *_network_step(model, process, x_in, t, cond, self_cond, sampling.cfg_scale, energy, weight,
+                                           None if step_size is None else step_size[r], r)) for r in group]
+
             parts = []
-            for r in rows:
-                x0_r, eps_r, shrink_r = _network_step(model, process, x_in, int(t), cond, self_cond, sampling.cfg_scale,
-                                                      energy, weight, None if step_size is None else step_size[r], r)
+            for r, x0_r, eps_r, shrink_r in (out for done in pool.map(run, groups) for out in done):
                 parts.append((x0_r, eps_r))
                 if shrink_r is not None:
                     shrinkage[r] = shrink_r
@@ -270,10 +277,8 @@ def sample(
     return x
 
 
-def _micro_batch_rows(micro_batch: Optional[int], batch: int, energy: Optional[Callable],
-                      device: torch.device = torch.device("cpu")) -> list[slice]:
-    """The row slices of one step's network calls (one slice for the whole batch by default): micro_batch
-    rows per intra-op thread on a CPU, micro_batch rows on an accelerator."""
+def _micro_batch_rows(micro_batch: Optional[int], batch: int, energy: Optional[Callable]) -> list[slice]:
+    """The row slices of one step's network calls: micro_batch rows each (one slice for the whole batch by default)."""
     if micro_batch is None:
         return [slice(0, batch)]
     if micro_batch < 1:
@@ -281,11 +286,39 @@ def _micro_batch_rows(micro_batch: Optional[int], batch: int, energy: Optional[C
     if energy is not None and not energy.takes_rows:  # checked whatever the batch and threads: no surprises
         raise ConfigError("sampling.micro_batch needs an energy that can be restricted to rows (a `rows` parameter, "
                           "see gencond.guidance); set sampling.micro_batch=null for this energy")
-    if device.type == "cpu":
-        micro_batch *= torch.get_num_threads()
     if micro_batch >= batch:
         return [slice(0, batch)]
     return [slice(lo, min(lo + micro_batch, batch)) for lo in range(0, batch, micro_batch)]
+
+
+def _row_groups(rows: list[slice], device: torch.device) -> list[list[slice]]:
+    """The calls of one step in contiguous groups, one per worker: one group on an accelerator, else up to
+    torch.get_num_threads() groups of (nearly) equal size."""
+    n = 1 if device.type != "cpu" else max(1, min(torch.get_num_threads(), len(rows)))
+    size, extra = divmod(len(rows), n)
+    bounds = [i * size + min(i, extra) for i in range(n + 1)]
+    return [rows[lo:hi] for lo, hi in zip(bounds, bounds[1:])]
+
+
+class _InThisThread:
+    def map(self, fn, items):
+        return map(fn, items)
+
+
+@contextmanager
+def _workers(n: int):
+    """A pool of n threads with torch's intra-op threads shared out among them while it lives (restored after);
+    for n = 1 the calls run in this thread, as they are."""
+    if n == 1:
+        yield _InThisThread()
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // n))  # before the pool: its threads read the setting when they start
+    try:
+        with ThreadPoolExecutor(n, thread_name_prefix="gencond-sampling") as pool:
+            yield pool
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _network_step(model, process, x_in, t: int, cond, self_cond, cfg_scale, energy, weight: float,

@@ -86,9 +86,9 @@ def _tsdiff_sampling() -> SamplingConfig:
     # gencond.sampling): within 3.3 % of the paper's DDPM-100 CRPS in all 7 cases measured (two Exchange models,
     # the generated series, several sampler seeds) with a quarter of its network evaluations (README; --steps 100
     # --plain-guidance gives the paper's chain). Plain guidance on the same steps was 1.10x on the second model.
-    # 10 windows of 390 x 64 activations (~1 MB) per network call and CPU thread stay in the cores'
-    # caches (a guided step of 100 samples 1.2x, of 200 1.45x faster on 1 thread); on 2 threads 20 rows per call
-    # beat 10 (benchmarks/results/tsdiff_end_to_end_2026-12-03_8series.json), hence rows per thread.
+    # 10 windows of 390 x 64 activations (~1 MB) per network call stay in a core's caches (a guided step of 100
+    # samples 1.2x, of 200 1.45x faster on 1 thread); on several threads the calls run side by side, one
+    # single-threaded worker per thread (gencond.sampling), which beat 20 rows per call on 2 threads (README).
     return SamplingConfig(timesteps=power_timesteps(25, 100), micro_batch=10)
 
 

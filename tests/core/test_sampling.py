@@ -1,3 +1,5 @@
+import threading
+
 import pytest
 import torch
 from diffusers import DDPMScheduler
@@ -8,6 +10,7 @@ from gencond.guidance import ObservationGuidance, evenly_spaced_quantiles
 from gencond.sampling import (
     MEASURED_STEP_MIN_SNR,
     _micro_batch_rows,
+    _row_groups,
     guidance_shrinkage,
     guidance_step_size,
     guidance_weight,
@@ -284,23 +287,34 @@ def test_micro_batches_need_an_energy_that_takes_rows():
         sample(model, PROCESS, (4, 2), SamplingConfig(num_steps=2, micro_batch=0), progress=False)
 
 
-def test_micro_batches_count_rows_per_cpu_thread():
+def test_micro_batches_run_on_worker_threads_with_the_same_samples_on_any_thread_count():
     class Sizes(GaussianOracle):
         def forward(self, x_t, t, cond=None, self_cond=None):
-            self.sizes.append(x_t.shape[0])
+            self.calls.append((x_t.shape[0], threading.current_thread().name, torch.get_num_threads()))
             return super().forward(x_t, t, cond, self_cond)
 
-    threads = torch.get_num_threads()
+    torch.manual_seed(0)
+    obs, mask = 3 * torch.randn(45, 2), (torch.rand(45, 2) < 0.5).float()
+    threads, runs = torch.get_num_threads(), {}
     try:
-        for n in (1, 2):
+        for n in (1, 2, 3):
             torch.set_num_threads(n)
             model = Sizes(PROCESS)
-            model.sizes = []
-            sample(model, PROCESS, (45, 2), SamplingConfig(num_steps=1, micro_batch=10), progress=False)
-            assert model.sizes == [10 * n] * (45 // (10 * n)) + [45 % (10 * n)]
-            # on an accelerator micro_batch is the rows per call, whatever the CPU threads
-            assert [r.stop - r.start for r in _micro_batch_rows(10, 45, None, torch.device("cuda"))] == [10] * 4 + [5]
-            assert _micro_batch_rows(10, 0, None) == [slice(0, 0)]  # an empty batch: one empty call, not none
+            model.calls = []
+            runs[n] = sample(model, PROCESS, (45, 2), SamplingConfig(scheduler="ddpm", num_steps=3, micro_batch=10),
+                             guidance=ObservationGuidance(obs, mask), guidance_scale=1.0,
+                             generator=torch.Generator().manual_seed(0), progress=False)
+            assert sorted(size for size, _, _ in model.calls) == sorted([10] * 4 * 3 + [5] * 3)  # rows per call fixed
+            names = {name for _, name, _ in model.calls}
+            assert len(names) == n and all(name.startswith("gencond-sampling") for name in names) == (n > 1)
+            assert {k for _, _, k in model.calls} == {1}  # each worker runs its ops single-threaded
+            assert torch.get_num_threads() == n  # restored
+        assert torch.equal(runs[2], runs[1]) and torch.equal(runs[3], runs[1])
+        torch.set_num_threads(2)  # contiguous groups of (nearly) equal size, one per thread
+        assert [[(r.start, r.stop) for r in g] for g in _row_groups(_micro_batch_rows(10, 45, None), torch.device("cpu"))] \
+            == [[(0, 10), (10, 20), (20, 30)], [(30, 40), (40, 45)]]
+        assert [len(g) for g in _row_groups([slice(0, 1)] * 5, torch.device("cuda"))] == [5]  # one group on an accelerator
+        assert _micro_batch_rows(10, 0, None) == [slice(0, 0)]  # an empty batch: one empty call, not none
     finally:
         torch.set_num_threads(threads)
 
