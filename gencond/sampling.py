@@ -301,6 +301,8 @@ def _row_groups(rows: list[slice], device: torch.device) -> list[list[slice]]:
 
 
 class _InThisThread:
+    """The pool's ``map`` for one group: the calls run in the calling thread."""
+
     def map(self, fn, items):
         return map(fn, items)
 
