@@ -59,8 +59,8 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=11)
     parser.add_argument("--guidance-batch", type=int, default=100, help="batch of the input-gradient measurement")
     parser.add_argument("--micro-batch", type=int, default=10,
-                        help="rows per call in the micro-batched input-gradient row (the sampler takes "
-                             "sampling.micro_batch x threads rows per call)")
+                        help="rows per call in the micro-batched input-gradient row, one call after another (the "
+                             "sampler's sampling.micro_batch; on several threads it runs calls side by side)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--tune-malloc", action="store_true", help="raise glibc's mmap/trim thresholds first")

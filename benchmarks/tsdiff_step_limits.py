@@ -10,8 +10,8 @@ and checks both give the same outputs. Measurement only.
     python benchmarks/tsdiff_step_limits.py --threads 1 --out benchmarks/results/tsdiff_step_limits.json
 
 ``--micro-batch N`` times the step as the sampler takes it (N rows per call, each call's backward after
-its forward, one call after another as on 1 thread); the compiled model then reads each S4 layer's kernel spectrum as a fixed tensor
-(``freeze_spectra``), so that dynamo traces the denoiser as one graph (the layer's cache check is a graph break).
+its forward, one call after another as on 1 thread); the compiled model then reads each S4 layer's kernel
+spectrum as a fixed tensor (``freeze_spectra``), so that dynamo traces the denoiser as one graph (the layer's cache check is a graph break).
 """
 from __future__ import annotations
 

@@ -6,7 +6,9 @@ energy that also names ``cond`` or ``t`` among its parameters receives the condi
 timesteps (B,) of the step; one that names ``rows`` (a slice of the batch) can be evaluated on those
 rows alone, which the sampler's ``micro_batch`` needs; one that names ``step_size`` receives how far the
 step's guidance moves each sample's x0 estimate per unit of grad_{x0_hat} E, a tensor (B,)
-(gencond.sampling.guidance_step_size; None where the scheduler gives none).
+(gencond.sampling.guidance_step_size; None where the scheduler gives none). With micro-batches on several CPU
+threads the sampler calls an energy from its worker threads at once, on different rows: it must not keep
+state from call to call.
 """
 from __future__ import annotations
 

@@ -205,8 +205,8 @@ def add_sampling_arguments(p, sampler: bool = True) -> None:
                        "(sampling.timesteps; --steps wins when both are given)")
         p.add_argument("--eta", type=non_negative_float, help="DDIM stochasticity, 0 deterministic to 1 ancestral "
                        "(default: the config's sampling.eta)")
-        p.add_argument("--micro-batch", type=positive_int, help="rows per network call, per thread on a CPU: the same "
-                       "samples, faster when a slice's activations fit the cores' caches (default: the config's "
+        p.add_argument("--micro-batch", type=positive_int, help="rows per network call (on several CPU threads the calls run "
+                       "side by side): the same samples, faster when a call's activations fit a core's caches (default: the config's "
                        "sampling.micro_batch)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: the run's train.threads)")

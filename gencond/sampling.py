@@ -259,9 +259,9 @@ def sample(
                     follow = abar / (1 - abar) >= MEASURED_STEP_MIN_SNR
                     step_size = guidance_scale * unit_step * (shrinkage.square() if follow else torch.ones_like(shrinkage))
 
-            def run(group, x_in=x_in, t=int(t), self_cond=self_cond, weight=weight, step_size=step_size):
-                return [(r, *_network_step(model, process, x_in, t, cond, self_cond, sampling.cfg_scale, energy, weight,
-                                           None if step_size is None else step_size[r], r)) for r in group]
+            def run(group):  # all calls of this step end before the loop moves on
+                return [(r, *_network_step(model, process, x_in, int(t), cond, self_cond, sampling.cfg_scale, energy,
+                                           weight, None if step_size is None else step_size[r], r)) for r in group]
 
             parts = []
             for r, x0_r, eps_r, shrink_r in (out for done in pool.map(run, groups) for out in done):

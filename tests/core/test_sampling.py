@@ -279,7 +279,7 @@ def test_micro_batches_need_an_energy_that_takes_rows():
         sample(model, PROCESS, (4, 2), SamplingConfig(num_steps=2, micro_batch=2), guidance=lambda x0: x0.square().sum(1),
                guidance_scale=1.0, progress=False)
     with pytest.raises(ConfigError, match="micro_batch needs an energy that can be restricted to rows"):
-        # refused even where one call would take the whole batch (micro_batch x threads >= batch): a config
+        # refused even where one call would take the whole batch (micro_batch >= batch): a config
         # must not pass on one machine and fail on another
         sample(model, PROCESS, (4, 2), SamplingConfig(num_steps=2, micro_batch=8), guidance=lambda x0: x0.square().sum(1),
                guidance_scale=1.0, progress=False)
