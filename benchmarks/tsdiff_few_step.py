@@ -191,7 +191,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-series", type=int, help="only the first N test windows")
     p.add_argument("--batch-size", type=int, default=200)
-    p.add_argument("--micro-batch", type=int, default=10, help="rows per network call and CPU thread (sampling.micro_batch; 0 = the whole batch)")
+    p.add_argument("--micro-batch", type=int, default=10, help="rows per network call (sampling.micro_batch; on several threads the calls run side by side; 0 = the whole batch)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--out", required=True, help="results JSON (rows kept and extended)")
