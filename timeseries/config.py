@@ -81,15 +81,15 @@ def power_timesteps(num_steps: int, num_train_timesteps: int, power: float = 1.5
 
 
 def _tsdiff_sampling() -> SamplingConfig:
-    # DDPM on 25 of the 100 timesteps, strides 6 at t = 99 down to 1 near 0 (power 1.5), with proximal guidance
+    # DDPM on 20 of the 100 timesteps, strides 8 at t = 99 down to 1 near 0 (power 1.5), with proximal guidance
     # (forecast.proximal_guidance; its step size follows the network's measured shrinkage where abar/(1-abar) >= 1,
-    # gencond.sampling): within 3.3 % of the paper's DDPM-100 CRPS in all 7 cases measured (two Exchange models,
-    # the generated series, several sampler seeds) with a quarter of its network evaluations (README; --steps 100
-    # --plain-guidance gives the paper's chain). Plain guidance on the same steps was 1.10x on the second model.
+    # gencond.sampling): within 2.5 % of the paper's DDPM-100 CRPS in all 7 cases measured (two Exchange models,
+    # the generated series, several sampler seeds; 25 steps were within 3.3 %) with a fifth of its network
+    # evaluations (README; --steps 100 --plain-guidance gives the paper's chain).
     # 10 windows of 390 x 64 activations (~1 MB) per network call stay in a core's caches (a guided step of 100
     # samples 1.2x, of 200 1.45x faster on 1 thread); on several threads the calls run side by side, one
     # single-threaded worker per thread (gencond.sampling), which beat 20 rows per call on 2 threads (README).
-    return SamplingConfig(timesteps=power_timesteps(25, 100), micro_batch=10)
+    return SamplingConfig(timesteps=power_timesteps(20, 100), micro_batch=10)
 
 
 def _tsdiff_train() -> TrainConfig:
