@@ -4,8 +4,10 @@ Counts the matmul FLOPs of forward + input gradient (``torch.utils.flop_counter`
 (2.5 n log2 n per real FFT, 4 per S4 layer and sample-channel: forward rfft/irfft, backward rfft/irfft), then
 measures what this machine's libraries reach on such work (``library``: GFLOP/s of a 1024^3 matmul, of the step's
 own largest matmul shape and of its FFTs; from them the fastest the step's matmuls and FFTs could run here, with
-every other operation free), then times the eager and the ``torch.compile``d step in turns (medians and minima)
-and checks both give the same outputs. Measurement only.
+every other operation free), times the step's transcendental elementwise ops alone on one micro-batch activation,
+ATen's kernels against inductor's code for the same op (``elementwise``: where fusing could save memory traffic, these
+set the pace), then times the eager and the ``torch.compile``d step in turns (medians and minima) and checks both give
+the same outputs. Measurement only.
 
     python benchmarks/tsdiff_step_limits.py --threads 1 --out benchmarks/results/tsdiff_step_limits.json
 
@@ -53,6 +55,26 @@ def library_rates(rows: int, length: int, hidden: int, n_fft: int) -> dict:
     # One at a time, not in turns: each call then finds its operands in cache, as the step's micro-batches do.
     return {f"{name}_gflops": flops[name] / (measure({name: fn}, repeats=20)[name]["min_ms"] * 1e6)
             for name, fn in calls.items()}
+
+
+def elementwise_rates(rows: int, length: int, hidden: int, compiled: bool) -> dict:
+    """Fastest of 20 calls, in microseconds, of each transcendental op of the step on one micro-batch activation
+    (rows, length, hidden) in cache: ATen's kernel (``eager``) and, with ``compiled``, inductor's code for the same
+    function (``compiled``); ``gate`` is the block's tanh(h) * sigmoid(h) as the model computes it."""
+    from timeseries.model import tanh_sigmoid_gate
+
+    h = torch.randn(rows, length, hidden)
+    ops = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "exp": torch.exp, "erf": torch.erf,
+           "gelu": torch.nn.functional.gelu, "gate": tanh_sigmoid_gate}
+    compiled_ops = {"gate": lambda v: torch.tanh(v) * torch.sigmoid(v)}  # what inductor fuses (no autograd.Function)
+    out = {}
+    for name, fn in ops.items():
+        calls = {"eager": lambda fn=fn: fn(h)}
+        if compiled:
+            c = torch.compile(compiled_ops.get(name, fn), dynamic=False)
+            calls["compiled"] = lambda c=c: c(h)
+        out[name] = {kind: 1e3 * measure({kind: call}, repeats=20)[kind]["min_ms"] for kind, call in calls.items()}
+    return out
 
 
 def _frozen_convolve(k_hat: torch.Tensor, n_fft: int, u: torch.Tensor) -> torch.Tensor:
@@ -112,6 +134,8 @@ def main() -> None:
     rates["floor_ms"] = 1e3 * (result["matmul_gflop"] / rates["matmul_step_shape_gflops"]
                                + result["fft_gflop_estimate"] / rates["rfft_irfft_gflops"])
     result["library"] = rates
+    result["elementwise_us"] = elementwise_rates(rows.stop - rows.start, args.length, model.config.hidden_channels,
+                                                 compiled=not args.no_compile)
     nets = {"eager": model}
     if not args.no_compile:
         start = time.perf_counter()
