@@ -5,7 +5,7 @@ Counts the matmul FLOPs of forward + input gradient (``torch.utils.flop_counter`
 measures what this machine's libraries reach on such work (``library``: GFLOP/s of a 1024^3 matmul, of the step's
 own largest matmul shape and of its FFTs; from them the fastest the step's matmuls and FFTs could run here, with
 every other operation free), times the step's transcendental elementwise ops alone on one micro-batch activation,
-ATen's kernels against inductor's code for the same op (``elementwise``: where fusing could save memory traffic, these
+ATen's kernels against inductor's code for the same op (``elementwise_us``: where fusing could save memory traffic, these
 set the pace), then times the eager and the ``torch.compile``d step in turns (medians and minima) and checks both give
 the same outputs. Measurement only.
 
