@@ -60,7 +60,8 @@ def library_rates(rows: int, length: int, hidden: int, n_fft: int) -> dict:
 def elementwise_rates(rows: int, length: int, hidden: int, compiled: bool) -> dict:
     """Fastest of 20 calls, in microseconds, of each transcendental op of the step on one micro-batch activation
     (rows, length, hidden) in cache: ATen's kernel (``eager``) and, with ``compiled``, inductor's code for the same
-    function (``compiled``); ``gate`` is the block's tanh(h) * sigmoid(h) as the model computes it."""
+    function (``compiled``). ``gate`` is the block's tanh(h) * sigmoid(h): eager as the model computes it (two sigmoids,
+    ``tanh_sigmoid_gate``), compiled as inductor fuses the plain tanh(h) * sigmoid(h)."""
     from timeseries.model import tanh_sigmoid_gate
 
     h = torch.randn(rows, length, hidden)
