@@ -1,4 +1,5 @@
-# gencond: `make demo` runs the main job, `make test` the test suite. Both set up .venv first.
+# gencond: `make demo` runs the main job, `make test` the test suite, `make docs` the documentation site.
+# Each sets up .venv first.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -6,7 +7,7 @@ export GENCOND_DATA_DIR ?= $(abspath ../shared/data)
 export MUJOCO_GL ?= egl
 export PYTHONWARNINGS ?= ignore::UserWarning:gluonts.json
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test docs clean
 
 setup: $(VENV)/.installed
 
@@ -23,5 +24,12 @@ demo: setup  # extra config overrides: make demo ARGS="train.max_steps=400"
 test: setup
 	$(PY) -m pytest -q
 
+$(VENV)/.docs: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install -e '.[docs]'
+	touch $@
+
+docs: $(VENV)/.docs  # the documentation site from docs/ into site/; broken links and references fail
+	$(VENV)/bin/mkdocs build --strict
+
 clean:
-	rm -rf runs
+	rm -rf runs site

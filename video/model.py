@@ -222,7 +222,7 @@ class TextResampler(nn.Module):
     every text and dominate the output at initialisation: without the skip "door open" and "door close"
     gave vectors 2 % apart (with AVDC's 4 extra mean-pooled latents, about 5 %), and a synthetic task where
     only the text decides the motion was not learned in 900 steps; with it they are 20-40 % apart and
-    the task is learned (``benchmarks/video_text_probe.py``)."""
+    the task is learned (``benchmarks/video/video_text_probe.py``)."""
 
     def __init__(self, text_dim: int, width: int, out_dim: int, num_latents: int, max_tokens: int, depth: int = 2,
                  pooled_skip: bool = True):

@@ -66,11 +66,11 @@ def test_episodes_without_an_identity_are_refused(tmp_path):
 
 
 def _bench():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    sys.path.insert(0, str(ROOT / "benchmarks" / "robotics"))
     try:
         import robotics_bench
     finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+        sys.path.remove(str(ROOT / "benchmarks" / "robotics"))
     return robotics_bench
 
 

@@ -325,11 +325,11 @@ def test_oracle_rgbd_on_the_command_line_and_in_benchmark_names(tmp_path, capsys
     assert main([*args, "--planner", "oracle", "--plan-resolution", "4"]) == 2
     assert "--plan-resolution 4 is too small" in capsys.readouterr().err
     root = Path(__file__).resolve().parents[2]
-    sys.path.insert(0, str(root / "benchmarks"))
+    sys.path.insert(0, str(root / "benchmarks" / "robotics"))
     try:
         import robotics_bench
     finally:
-        sys.path.remove(str(root / "benchmarks"))
+        sys.path.remove(str(root / "benchmarks" / "robotics"))
     args = robotics_bench.build_parser().parse_args(["evaluate", "--planner", "oracle-rgbd", "--plan-resolution", "32"])
     assert robotics_bench.evaluate_name(args) == "evaluate_oracle-rgbd_avdc_plan32px"
 
