@@ -96,25 +96,96 @@ class LoadedCheckpoint:
     rng: Optional[dict[str, torch.Tensor]]
 
 
-def read_checkpoint(path: Path, rank: int, with_ema: bool) -> LoadedCheckpoint:
-    """Read and check every file of a checkpoint; raises ValueError saying what is wrong."""
+@dataclass
+class ExpectedShapes:
+    """What a checkpoint must hold to fit the objects it is loaded into: the model's tensors (name ->
+    (shape, storage), tied tensors share a storage and are saved once), the shapes of the optimised
+    parameters in the optimizer's order, and of all parameters (the EMA's shadow); ``groups``: the size of
+    each optimizer parameter group (``train.param_groups``), None = not checked."""
+
+    model: dict[str, tuple[tuple[int, ...], int]]
+    params: list[tuple[int, ...]]
+    ema: list[tuple[int, ...]]
+    groups: Optional[list[int]] = None
+
+    @classmethod
+    def of(cls, model: torch.nn.Module, params, groups: Optional[list[int]] = None) -> "ExpectedShapes":
+        return cls({k: (tuple(v.shape), v.untyped_storage().data_ptr()) for k, v in model.state_dict().items()},
+                   [tuple(p.shape) for p in params], [tuple(p.shape) for p in model.parameters()], groups)
+
+
+class WrongContents(ValueError):
+    """A checkpoint whose files read but hold the wrong things."""
+
+
+def _is_number(v, low: float = 0.0) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= low
+
+
+def check_contents(path: Path, state, model: dict, optimizer: dict, ema: Optional[list], expect: Optional[ExpectedShapes]) -> None:
+    """Raise ValueError when a well-formed checkpoint holds the wrong things: counters that are not
+    numbers (or another step than its folder's), or tensors that do not fit ``expect``."""
+    if not isinstance(state, dict):
+        raise WrongContents(f"{STATE} holds {type(state).__name__}, not the trainer's state")
+    if not (isinstance(state.get("step"), int) and _is_number(state["step"]) and _is_number(state.get("elapsed_s"))
+            and (state.get("best") is None or _is_number(state["best"], float("-inf")))):
+        raise WrongContents(f"{STATE} has no valid step, elapsed_s and best")
+    if state["step"] != checkpoint_step(path):
+        raise WrongContents(f"{STATE} says step {state['step']}, its folder step {checkpoint_step(path)}")
+    meta = state.get("optimizer")
+    if not (isinstance(meta, dict) and isinstance(meta.get("param_groups"), list)
+            and isinstance(meta.get("scalars"), dict) and isinstance(state.get("lr_scheduler"), dict)):
+        raise WrongContents(f"{STATE} has no valid optimizer and lr_scheduler state")
+    if expect is None:
+        return
+    present = {ptr for name, (_, ptr) in expect.model.items() if name in model}
+    for name, tensor in model.items():
+        if name not in expect.model or tuple(tensor.shape) != expect.model[name][0]:
+            raise WrongContents(f"model.safetensors does not fit the model ('{name}' {tuple(tensor.shape)} is "
+                             + ("not one of its tensors)" if name not in expect.model else f"{expect.model[name][0]} in the model)"))
+    missing = [name for name, (_, ptr) in expect.model.items() if name not in model and ptr not in present]
+    if missing:
+        raise WrongContents(f"model.safetensors lacks {missing[:3]} of the model")
+    groups = sum(len(g.get("params", ())) for g in meta["param_groups"] if isinstance(g, dict))
+    if groups != len(expect.params):
+        raise WrongContents(f"the optimizer state is for {groups} parameters, this run trains {len(expect.params)}")
+    sizes = [len(g.get("params", ())) if isinstance(g, dict) else 0 for g in meta["param_groups"]]
+    if expect.groups is not None and sizes != expect.groups:
+        raise WrongContents(f"the optimizer state has parameter groups of {sizes} parameters, this run's "
+                            f"train.param_groups make {expect.groups}")
+    for flat, tensor in optimizer.items():
+        idx = flat.split(".", 1)[0]
+        if not (idx.isdigit() and int(idx) < len(expect.params)) or (
+                tensor.ndim and tuple(tensor.shape) != expect.params[int(idx)]):
+            raise WrongContents(f"optimizer.safetensors does not fit the parameters ('{flat}' {tuple(tensor.shape)})")
+    if ema is not None and [tuple(t.shape) for t in ema] != expect.ema:
+        raise WrongContents("ema.safetensors does not fit the model's parameters")
+
+
+def read_checkpoint(path: Path, rank: int, with_ema: bool, expect: Optional[ExpectedShapes] = None) -> LoadedCheckpoint:
+    """Read and check every file of a checkpoint (with ``expect``: that its tensors fit); raises
+    ValueError saying what is wrong."""
     if not (path / STATE).is_file():
         raise ValueError("written by gencond < 0.2 in accelerate's pickle format, which is never loaded "
                          "because unpickling a file can run code")
     try:
         state = json.loads((path / STATE).read_text())
-        load_file(str(path / "model.safetensors"))  # checks the whole file before load_model
+        model_tensors = load_file(str(path / "model.safetensors"))  # checks the whole file before load_model
         opt_tensors = load_file(str(path / "optimizer.safetensors"))
+        check_contents(path, state, model_tensors, opt_tensors, None, None)
         ema_shadow = None
         if with_ema:
-            if "ema" not in state:
+            if not isinstance(state.get("ema"), dict):
                 raise ValueError("it has no EMA weights but train.ema_decay is set")
             flat = load_file(str(path / "ema.safetensors"))
             ema_shadow = [flat[str(i)] for i in range(len(flat))]
         rng_file = path / f"rng_{rank}.safetensors"
         rng = load_file(str(rng_file)) if rng_file.exists() else None
+        check_contents(path, state, model_tensors, opt_tensors, ema_shadow, expect)
     except FileNotFoundError as e:
         raise ValueError(f"{Path(e.filename).name} is missing") from None
+    except WrongContents:
+        raise
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
         raise ValueError(f"unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     return LoadedCheckpoint(path, state, _unflatten_optimizer(opt_tensors, state["optimizer"]), ema_shadow, rng)
@@ -137,15 +208,16 @@ def apply_checkpoint(ckpt: LoadedCheckpoint, *, model, optimizer, lr_scheduler, 
     return {k: ckpt.state[k] for k in ("step", "elapsed_s", "best")}
 
 
-def newest_readable(run_dir: Path, rank: int, with_ema: bool, say=print) -> Optional[LoadedCheckpoint]:
-    """The newest checkpoint that reads completely; says which newer ones it skipped and why.
+def newest_readable(run_dir: Path, rank: int, with_ema: bool, say=print,
+                    expect: Optional[ExpectedShapes] = None) -> Optional[LoadedCheckpoint]:
+    """The newest checkpoint that reads completely (and fits ``expect``); says which newer ones it skipped and why.
 
     None when the run has none; a one-line error when it has some and none of them reads."""
     dirs = checkpoint_dirs(run_dir)
     skipped = []
     for path in reversed(dirs):
         try:
-            return read_checkpoint(path, rank, with_ema)
+            return read_checkpoint(path, rank, with_ema, expect)
         except ValueError as e:
             skipped.append(f"{path.name}: {e}")
             say(f"skipping checkpoint {path}: {e}")

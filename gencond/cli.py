@@ -4,12 +4,13 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from .config import ConfigError, load_config, save_config
-from .errors import UserError
+from .errors import Interrupted, UserError
 from .registry import COMMANDS, SHARED_VERBS, get_task, get_task_verb, load_domains
 
 def _number(kind, what: str, ok):
@@ -65,11 +66,15 @@ def _changed_keys(old, new, prefix: str = "") -> list[str]:
 def train_command(args: argparse.Namespace) -> None:
     import torch
 
-    from .checkpoints import latest_checkpoint
-    from .runs import CONFIG, RunLock, check_run_name, remove_run
+    from .runs import CONFIG, RunLock, check_run_folder, check_run_name, remove_run
     from .training import process_state, train
 
     given = Path(args.config)
+    from .export import is_export
+
+    if is_export(given):
+        raise UserError(f"{given} is an exported model, not a run to resume; to train on from it: `gencond train "
+                        f"{given / CONFIG} name=NEW train.init_from={given} train.init_continue=true`")
     if given.is_dir():  # resume this folder, wherever it is now
         if not (given / CONFIG).is_file():
             raise UserError(f"{given} is a folder without {CONFIG}; pass a config file or a run directory")
@@ -82,34 +87,51 @@ def train_command(args: argparse.Namespace) -> None:
     else:
         cfg = load_config(given, args.overrides)
         run_dir = Path(cfg.runs_dir) / check_run_name(cfg.name)
-    saved = run_dir / CONFIG
     state = process_state()
     main_process = state.is_main_process  # when launched as several processes, one writes
-    if args.restart and main_process:
-        with RunLock(run_dir):
-            remove_run(run_dir)
-    state.wait_for_everyone()
-    if saved.exists() and latest_checkpoint(run_dir) is not None:
-        try:  # the saved config on today's schema: keys added since then take their defaults
-            old = OmegaConf.to_container(load_config(saved), resolve=True)
-        except ConfigError:
-            old = OmegaConf.to_container(OmegaConf.load(saved))
-        new = OmegaConf.to_container(cfg, resolve=True)
-        changed = [k for k in _changed_keys(old, new) if not (k.startswith("train.") and k[6:] in RESUMABLE_KEYS)
-                   and not k.startswith("sampling.") and k not in ("name", "runs_dir")]
-        if changed:
-            raise ConfigError(
-                f"{run_dir} was trained with a different config ({', '.join(changed)}); "
-                f"pass --restart to start over, or name=<new name> for a new run"
-            )
-    if main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, saved)
-    torch.manual_seed(cfg.seed)
-    job = get_task(cfg.task).build(cfg)
-    result = train(cfg, job, run_dir, progress=not args.quiet)
+    if main_process:  # nothing is written to the run before these checks pass and its lock is held
+        check_run_folder(run_dir, restart=args.restart)
+        if not args.restart:
+            _check_resumable(cfg, run_dir)
+    with RunLock(run_dir) if main_process else nullcontext():
+        if main_process:
+            if args.restart:
+                remove_run(run_dir)
+            else:
+                _check_resumable(cfg, run_dir)  # again: another trainer may have checkpointed meanwhile
+            save_config(cfg, run_dir / CONFIG)
+        state.wait_for_everyone()
+        if not main_process:
+            _check_resumable(cfg, run_dir)
+        torch.manual_seed(cfg.seed)
+        job = get_task(cfg.task).build(cfg)
+        result = train(cfg, job, run_dir, progress=not args.quiet)
     if main_process:
         print(f"{result.stopped}: step {result.step}, {result.elapsed_s:.0f} s of training; run directory: {run_dir}")
+    if result.stopped == "interrupted":
+        raise Interrupted(f"interrupted at step {result.step}, checkpoint saved; rerun the same command to resume")
+
+
+def _check_resumable(cfg, run_dir: Path) -> None:
+    """Refuse to resume a run that has checkpoints with a config that changes what it trains."""
+    from .checkpoints import latest_checkpoint
+    from .runs import CONFIG
+
+    saved = run_dir / CONFIG
+    if not (saved.exists() and latest_checkpoint(run_dir) is not None):
+        return
+    try:  # the saved config on today's schema: keys added since then take their defaults
+        old = OmegaConf.to_container(load_config(saved), resolve=True)
+    except ConfigError:
+        old = OmegaConf.to_container(OmegaConf.load(saved))
+    new = OmegaConf.to_container(cfg, resolve=True)
+    changed = [k for k in _changed_keys(old, new) if not (k.startswith("train.") and k[6:] in RESUMABLE_KEYS)
+               and not k.startswith("sampling.") and k not in ("name", "runs_dir")]
+    if changed:
+        raise ConfigError(
+            f"{run_dir} was trained with a different config ({', '.join(changed)}); "
+            f"pass --restart to start over, or name=<new name> for a new run"
+        )
 
 
 def shared_verb_command(args: argparse.Namespace):
@@ -137,9 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restart", action="store_true", help="delete the run (only a gencond run folder) and start over")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=train_command)
+    from .export import add_export_arguments, export_command
+
+    p = verbs.add_parser("export", help="write a trained run as a self-contained model folder (weights, config, model card)")
+    add_export_arguments(p)
+    p.set_defaults(run=export_command)
     for verb, help in SHARED_VERBS.items():
         p = verbs.add_parser(verb, help=help)
-        p.add_argument("run_dir", help="a run directory written by `gencond train`")
+        p.add_argument("run_dir", help="a run directory written by `gencond train`, or an export")
         p.add_argument("rest", nargs=argparse.REMAINDER, help="the task's own options (see RUN_DIR --help)")
         p.set_defaults(run=shared_verb_command)
     for name in sorted(COMMANDS):
@@ -162,7 +189,24 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"gencond {args.verb}: error: {e.args[0]}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(f"gencond {args.verb}: {e.args[0]}", file=sys.stderr)
+        return Interrupted.EXIT_STATUS
+    except KeyboardInterrupt:
+        print(f"gencond {args.verb}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return Interrupted.EXIT_STATUS
+    except OSError as e:
+        if e.filename is None:  # not about a file: a bug, shown with its traceback
+            raise
+        print(f"gencond {args.verb}: error: {file_error(e)}", file=sys.stderr)
+        return 2
     return 0
+
+
+def file_error(e: OSError) -> str:
+    """One line for a file-system error (permission denied, read-only, name too long, disk full, ...)."""
+    where = f"{e.filename} -> {e.filename2}" if getattr(e, "filename2", None) else str(e.filename)
+    return f"{where}: {e.strerror or type(e).__name__}"
 
 
 if __name__ == "__main__":

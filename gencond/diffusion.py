@@ -6,7 +6,7 @@ scheduler's own ``add_noise`` and ``get_velocity`` do the arithmetic they alread
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from diffusers import DDPMScheduler
@@ -131,6 +131,22 @@ class DiffusionProcess:
         loss = (per_sample * self.loss_weight(t)).mean()
         return loss, {"loss": loss.item()}
 
+
+    @torch.no_grad()
+    def condition_losses(self, model: torch.nn.Module, x0: torch.Tensor, conds: dict[str, Condition],
+                         timesteps: Sequence[int], seed: int = 0) -> dict[str, dict[int, float]]:
+        """The mean squared error of the training target on ``x0`` at each of ``timesteps`` under each named
+        condition, with the same noise for all: what differs between the conditions (real vs. shuffled vs.
+        empty) is what the model uses, and the gap says how much. {name: {t: loss}}."""
+        g = torch.Generator().manual_seed(seed)
+        noise = torch.randn(x0.shape, generator=g, dtype=x0.dtype).to(x0.device)
+        out: dict[str, dict[int, float]] = {name: {} for name in conds}
+        for step in timesteps:
+            t = torch.full((x0.shape[0],), int(step), dtype=torch.long, device=x0.device)
+            x_t, target = self.add_noise(x0, noise, t), self.target(x0, noise, t)
+            for name, cond in conds.items():
+                out[name][int(step)] = float((model(x_t, t, cond=cond) - target).float().square().mean())
+        return out
 
 def drop_condition(model: torch.nn.Module, cond: Condition, drop: torch.Tensor) -> Condition:
     """Replace the condition of the samples where ``drop`` (B,) is True by the model's null

@@ -12,6 +12,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Protocol, Union
 
+from .errors import UserError
+
 
 @dataclass
 class Verdict:
@@ -58,7 +60,12 @@ def judge(feedback: Optional[Feedback], sample: Any, round: int, timeout_s: Opti
                 pool.shutdown(wait=False)
     except Exception as e:  # a broken critic must not end the refinement
         return Verdict(False, reason=f"feedback failed: {type(e).__name__}: {e}")
-    return verdict if isinstance(verdict, Verdict) else Verdict(bool(verdict))
+    if isinstance(verdict, Verdict):
+        return verdict
+    if type(verdict).__name__ in ("bool", "bool_"):  # Python's or numpy's
+        return Verdict(bool(verdict))
+    raise UserError(f"a feedback returned {type(verdict).__name__} {str(verdict)[:40]!r}; it must return a bool "
+                    "(accept) or a gencond.refinement.Verdict")
 
 
 def refine(sample_fn: Callable[[Any, int], Any], feedback: Optional[Feedback], max_rounds: int,

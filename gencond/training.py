@@ -13,6 +13,7 @@ import shutil
 import signal
 import threading
 import time
+import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from omegaconf import DictConfig
 from safetensors.torch import save_model as save_model_file
 from tqdm.auto import tqdm
 
-from .checkpoints import apply_checkpoint, latest_checkpoint, newest_readable, remove_old, save_checkpoint
+from .checkpoints import ExpectedShapes, apply_checkpoint, latest_checkpoint, newest_readable, remove_old, save_checkpoint
 from .errors import UserError
 from .sampling import frozen
 from .runs import BEST_WEIGHTS, CHECKPOINTS, LAST_WEIGHTS, METRICS, RunLock, truncate_metrics
@@ -69,10 +70,13 @@ class TrainState:
     """Counters saved with every checkpoint."""
 
     def __init__(self):
+        from .export import machine_description
+
         self.step, self.elapsed_s, self.best = 0, 0.0, None
+        self.machine = machine_description()  # of the latest stretch of training (for model cards)
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "elapsed_s": self.elapsed_s, "best": self.best}
+        return {"step": self.step, "elapsed_s": self.elapsed_s, "best": self.best, "machine": self.machine}
 
     def load_state_dict(self, d: dict) -> None:
         self.step, self.elapsed_s, self.best = d["step"], d["elapsed_s"], d["best"]
@@ -115,19 +119,16 @@ def micro_batches(job: TrainingJob, seed: int, rank: int, start: int, stop: int,
         yield batch, gen
 
 
-def init_weights(model: torch.nn.Module, spec: str) -> Path:
-    """Load another run's weights into ``model`` (``train.init_from=RUN_DIR[:best|last]``); a model with
-    ``adapt_state_dict(state) -> state`` may first fit them to itself (e.g. zero weights for a new input)."""
+def _load_weights_file(folder: Path) -> dict:
     from safetensors.torch import load_file
 
-    from .runs import weights_folder
-
-    run, _, which = spec.partition(":")
-    folder = weights_folder(Path(run), which or "last")
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise UserError(f"train.init_from: {folder} holds no .safetensors weights")
-    state = load_file(str(files[0]))
+    return {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(files[0])).items()}
+
+
+def _fit_weights(model: torch.nn.Module, state: dict, folder: Path) -> dict:
     adapt = getattr(model, "adapt_state_dict", None)  # e.g. a model with an input added to the other run's
     if adapt is not None:
         state = adapt(state)
@@ -139,8 +140,41 @@ def init_weights(model: torch.nn.Module, spec: str) -> Path:
                 else f"unexpected {unexpected[:3]}")
         raise UserError(f"train.init_from: the weights in {folder} do not fit this model ({what}); "
                         "init_from needs a run of the same architecture")
-    model.load_state_dict(state)
-    return folder
+    return state
+
+
+@dataclass
+class InitWeights:
+    """What ``train.init_from`` gave: the folder, the EMA weights (for the EMA's shadow when training
+    goes on) and, for an export, its step and training time."""
+
+    folder: Path
+    ema_state: Optional[dict] = None
+    step: int = 0
+    elapsed_s: float = 0.0
+
+
+def init_weights(model: torch.nn.Module, spec: str, continue_steps: bool = False) -> InitWeights:
+    """Load another run's or an export's weights into ``model`` (``train.init_from=RUN_DIR[:best|last]``);
+    a model with ``adapt_state_dict(state) -> state`` may first fit them to itself (e.g. zero weights for a
+    new input). ``continue_steps``: an export's training weights (``raw/``) go into the model, its EMA
+    weights into the EMA, and its step and training time are returned, so that training goes on."""
+    from .export import RAW, is_export, read_manifest
+    from .runs import weights_folder
+
+    run, _, which = spec.partition(":")
+    folder = weights_folder(Path(run), which or "last")
+    if not continue_steps:
+        model.load_state_dict(_fit_weights(model, _load_weights_file(folder), folder))
+        return InitWeights(folder)
+    if not is_export(run):
+        raise UserError(f"train.init_continue: {run} is not an export; to go on training a run, resume it "
+                        f"(`gencond train {run}`), or export it first with `gencond export`")
+    manifest = read_manifest(run)
+    ema_state = _fit_weights(model, _load_weights_file(folder), folder)
+    raw = Path(run) / RAW
+    model.load_state_dict(_fit_weights(model, _load_weights_file(raw), raw) if raw.is_dir() else ema_state)
+    return InitWeights(folder, ema_state, int(manifest["step"]), float(manifest.get("training_wall_s") or 0.0))
 
 
 def select_trainable(model: torch.nn.Module, patterns) -> list[torch.nn.Parameter]:
@@ -158,6 +192,38 @@ def select_trainable(model: torch.nn.Module, patterns) -> list[torch.nn.Paramete
     if not chosen:
         raise UserError("no parameter is trainable; check train.trainable")
     return chosen
+
+
+def optimizer_groups(model: torch.nn.Module, trainable: list[torch.nn.Parameter], groups, lr: float,
+                     weight_decay: float) -> list[dict]:
+    """AdamW's parameter groups: the trainable parameters no pattern of ``train.param_groups`` claims at
+    ``lr`` and ``weight_decay`` (first), then one group per entry (fnmatch on parameter names). A pattern
+    that matches no trainable parameter, or two patterns claiming one parameter, is an error."""
+    if not groups:
+        return [{"params": list(trainable), "lr": lr, "weight_decay": weight_decay}]
+    chosen = {id(p) for p in trainable}
+    named = [(n, p) for n, p in model.named_parameters() if id(p) in chosen]
+    claimed: dict[str, str] = {}
+    out = []
+    for g in groups:
+        members = [(n, p) for n, p in named if fnmatch.fnmatchcase(n, g.pattern)]
+        if not members:
+            raise UserError(f"train.param_groups: '{g.pattern}' matches no trainable parameter; "
+                            f"names look like {[n for n, _ in named[:3]]}")
+        for n, _ in members:
+            if n in claimed:
+                raise UserError(f"train.param_groups: '{g.pattern}' claims '{n}', which '{claimed[n]}' already "
+                                "claims; make the patterns disjoint")
+            claimed[n] = g.pattern
+        wd = weight_decay if g.weight_decay is None else g.weight_decay
+        out.append({"params": [p for _, p in members], "lr": g.lr, "weight_decay": wd, "pattern": g.pattern})
+    rest = [p for n, p in named if n not in claimed]
+    return ([{"params": rest, "lr": lr, "weight_decay": weight_decay, "pattern": "default"}] if rest else []) + out
+
+
+def group_lrs(opt: torch.optim.Optimizer) -> dict[str, float]:
+    """The current lr of each named parameter group (``lr/<pattern>``), for the metrics log."""
+    return {f"lr/{g['pattern']}": g["lr"] for g in opt.param_groups if "pattern" in g}
 
 
 def save_model(model: torch.nn.Module, path: Path) -> None:
@@ -245,12 +311,25 @@ def _train(cfg: DictConfig, job: TrainingJob, run_dir: Path, progress: bool) -> 
     acc = Accelerator(cpu=use_cpu(), mixed_precision=tc.mixed_precision, log_with="tensorboard", project_dir=str(run_dir))
     acc.init_trackers("tensorboard")
     check_launch(acc.num_processes)
-    loaded = newest_readable(run_dir, acc.process_index, bool(tc.ema_decay), say=acc.print)
+    trainable = select_trainable(job.model, tc.trainable)
+    groups = optimizer_groups(job.model, trainable, tc.param_groups, tc.lr, tc.weight_decay)
+    trainable = [p for g in groups for p in g["params"]]  # in the optimizer's order (its checkpointed state)
+    loaded = newest_readable(run_dir, acc.process_index, bool(tc.ema_decay), say=acc.print,
+                             expect=ExpectedShapes.of(job.model, trainable, [len(g["params"]) for g in groups]))
     model = job.model
+    init = None
     if loaded is None and tc.init_from:
-        acc.print(f"starting from the weights in {init_weights(model, tc.init_from)}")
-    opt = torch.optim.AdamW(select_trainable(model, tc.trainable), lr=tc.lr, weight_decay=tc.weight_decay)
+        init = init_weights(model, tc.init_from, tc.init_continue)
+        acc.print(f"starting from the weights in {init.folder}")
+    elif tc.init_continue and not tc.init_from:
+        raise UserError("train.init_continue needs train.init_from=EXPORT (the export to go on from)")
+    opt = torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay)
     lr_sched = get_scheduler(tc.lr_schedule, opt, num_warmup_steps=tc.warmup_steps, num_training_steps=tc.max_steps)
+    if init is not None and tc.init_continue:
+        with warnings.catch_warnings():  # stepped before any optimizer step, on purpose
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(init.step):
+                lr_sched.step()
     model, opt, lr_sched = acc.prepare(model, opt, lr_sched)
     ema = EMAModel(acc.unwrap_model(model).parameters(), decay=tc.ema_decay) if tc.ema_decay else None
     state = TrainState()
@@ -258,6 +337,14 @@ def _train(cfg: DictConfig, job: TrainingJob, run_dir: Path, progress: bool) -> 
     def training_objects() -> dict:
         return dict(model=acc.unwrap_model(model), optimizer=opt, lr_scheduler=lr_sched, ema=ema, scaler=acc.scaler)
 
+    if init is not None and tc.init_continue:
+        if ema is not None:
+            ema.shadow_params = [init.ema_state[name].to(p.device, p.dtype).clone()
+                                 for name, p in acc.unwrap_model(model).named_parameters()]
+            ema.optimization_step = init.step  # the EMA's decay warm-up is over too
+        state.step, state.elapsed_s = init.step, init.elapsed_s
+        acc.print(f"continuing from step {init.step} of {tc.init_from} (lr schedule and step count go on; "
+                  "the optimizer starts fresh: exports hold no optimizer state)")
     if loaded is not None:
         state.load_state_dict(apply_checkpoint(loaded, **training_objects()))
         if acc.is_main_process:
@@ -345,7 +432,8 @@ def _train(cfg: DictConfig, job: TrainingJob, run_dir: Path, progress: bool) -> 
                 rate = window_steps / max(now - window_start, 1e-9)
                 avg = window_loss / window_steps
                 bar.set_postfix(loss=f"{avg:.4f}", it_s=f"{rate:.1f}")
-                log({"loss": avg, "lr": lr_sched.get_last_lr()[0], "steps_per_s": rate, "elapsed_s": state.elapsed_s})
+                log({"loss": avg, "lr": lr_sched.get_last_lr()[0], **group_lrs(opt), "steps_per_s": rate,
+                     "elapsed_s": state.elapsed_s})
                 window_loss, window_steps, window_start = 0.0, 0, now
             if job.validate is not None and tc.validate_every and state.step % tc.validate_every == 0:
                 t1 = time.perf_counter()

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from gencond.errors import UserError
+from gencond.files import parsing, read_text
 
 from robotics.envs import CameraFrame, TaskEnv, check_camera, check_task
 from robotics.experts import Demonstration
@@ -111,7 +112,7 @@ def save_demonstration(demo: Demonstration, path: str | Path) -> Path:
 def load_demonstration(path: str | Path) -> RgbdDemonstration:
     """Read an episode file written by :func:`save_demonstration`; ``depth`` is None when the episode
     was collected without depth."""
-    with np.load(path, allow_pickle=False) as z:
+    with parsing(path, "episode file", f"a {FORMAT} episode (.npz; collect it again)"), np.load(path, allow_pickle=False) as z:
         missing = [k for k in EPISODE_KEYS if k not in z.files]
         if missing:
             raise ValueError(f"{path} is not a {FORMAT} episode: missing {', '.join(missing)}")
@@ -153,7 +154,14 @@ def read_index(root: str | Path) -> dict:
     if not path.exists():
         raise UserError(f"no dataset at {root} (missing index.json); create one with "
                                 f"`gencond collect --out {root}`")
-    index = json.loads(path.read_text())
+    try:
+        index = json.loads(read_text(path, "dataset index", "the JSON written by `gencond collect`"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); delete it and rerun "
+                        "`gencond collect` with the dataset's options: it is rebuilt from the episode files") from None
+    if not isinstance(index, dict) or not isinstance(index.get("episodes"), list):
+        raise UserError(f"{path} is not a dataset index (a JSON object with 'episodes'); delete it and rerun "
+                        "`gencond collect` with the dataset's options: it is rebuilt from the episode files")
     if index.get("format") != FORMAT:
         raise UserError(f"{path} has format {index.get('format')!r}, expected {FORMAT!r}")
     return index

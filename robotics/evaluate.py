@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from gencond.errors import UserError
-from gencond.runs import claim_output
+from gencond.runs import claim_output, read_resume_log
 
 from robotics.collect import check_resolution
 from robotics.envs import CAMERAS, MAX_EPISODE_STEPS, check_camera, check_task
@@ -49,13 +49,7 @@ def check_identity(out: Path, identity: dict) -> None:
 
 
 def _read_done(path: Path) -> dict[tuple, dict]:
-    done = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                done[(rec["task"], rec["camera"], rec["seed"])] = rec
-    return done
+    return {(rec["task"], rec["camera"], rec["seed"]): rec for rec in read_resume_log(path, ("task", "camera", "seed", "success"))}
 
 
 def success_table(records: list[dict], tasks, cameras) -> dict:

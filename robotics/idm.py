@@ -135,8 +135,14 @@ def idm_folder(path: str | Path) -> Path:
 
 
 def load_idm(path: str | Path) -> InverseDynamicsModel:
-    """An inverse-dynamics model from a run directory (its ``model/``) or a saved model folder."""
-    return InverseDynamicsModel.from_pretrained(idm_folder(path)).eval()
+    """An inverse-dynamics model from a run directory or an export (its ``model/``, through the run
+    loader) or a saved model folder."""
+    folder = idm_folder(path)
+    if (Path(path) / CONFIG).is_file():  # a run or an export: through the one run loader
+        from gencond.runs import load_run
+
+        return load_run(path, "last", task="robotics-idm", needed_by="--idm")[1]
+    return InverseDynamicsModel.from_pretrained(folder).eval()
 
 
 def describe_idm(path: str | Path) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from gencond.config import RunConfig, TrainConfig
+from gencond.config import RunConfig, TrainConfig, at_least, ranged
 
 
 @dataclass
@@ -13,15 +13,15 @@ class IdmDataConfig:
     tasks: Optional[List[str]] = None  # None = all in the dataset
     cameras: Optional[List[str]] = None
     val_seeds: List[int] = field(default_factory=list)  # seeds held out for validation
-    gap_min: int = 2
-    gap_max: int = 16
+    gap_min: int = ranged(2, at_least(1))
+    gap_max: int = ranged(16, at_least(1))
 
 
 @dataclass
 class IdmModelConfig:
-    image_size: int = 64
-    chunk: int = 4
-    width: int = 32
+    image_size: int = ranged(64, at_least(8))
+    chunk: int = ranged(4, at_least(1))
+    width: int = ranged(32, at_least(1))
 
 
 @dataclass

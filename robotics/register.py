@@ -5,10 +5,12 @@ Kept light: heavy modules (mujoco, metaworld, torch) are imported inside the ``r
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from gencond.cli import positive_int
 from gencond.errors import UserError
 from gencond.registry import register_command, register_task
+from gencond.runs import default_runs_dir
 
 from robotics.idm_config import IdmConfig
 
@@ -56,7 +58,7 @@ def _common_arguments(p: argparse.ArgumentParser, default_out: str, default_seed
 
 
 def add_collect_arguments(p: argparse.ArgumentParser) -> None:
-    _common_arguments(p, "runs/robotics/demos", "0-4")
+    _common_arguments(p, str(Path(default_runs_dir()) / "robotics" / "demos"), "0-4")
     p.add_argument("--depth", action="store_true",
                    help="also store every frame's metric depth (float16 metres; for RGB-D video planners)")
 
@@ -74,7 +76,7 @@ def collect_command(args: argparse.Namespace) -> dict:
 
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     # evaluation seeds default to ones no collected demonstration (seeds 0-4) used
-    _common_arguments(p, "runs/robotics/eval", "100-104")
+    _common_arguments(p, str(Path(default_runs_dir()) / "robotics" / "eval"), "100-104")
     p.add_argument("--planner", default="oracle",
                    help="oracle, oracle-rgbd, repeat-first, video:RUN_DIR (a trained video planner), "
                         "videoagent:RUN_DIR[,rounds=4,critic=CRITIC_RUN,from=noise|plan,strength=0.5,"

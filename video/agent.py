@@ -94,24 +94,14 @@ def _verdict(v: Verdict) -> dict:
 def make_videoagent_planner(spec: str) -> VideoAgentPlanner:
     """``--planner videoagent:RUN_DIR[,rounds=4][,critic=RUN_DIR][,threshold=0.5][,from=noise|plan]
     [,strength=0.5][,feedback=none|critic|simulator]`` on the command line."""
-    run, *options = spec.split(",")
-    opts = {}
-    for o in options:
-        key, eq, value = o.partition("=")
-        if not eq:
-            raise UserError(f"--planner videoagent:{spec}: option '{o}' is not key=value")
-        opts[key.strip()] = value.strip()
-    known = {"rounds", "critic", "threshold", "from", "strength", "feedback"}
-    unknown = sorted(set(opts) - known)
-    if unknown:
-        raise UserError(f"--planner videoagent: unknown option {unknown[0]}; options: {', '.join(sorted(known))}")
+    run, opts = parse_videoagent_options(spec)
     kind = opts.get("feedback", "critic" if "critic" in opts else "none")
     if kind == "critic":
         from .feedback import CriticFeedback
 
         if "critic" not in opts:
             raise UserError("--planner videoagent:RUN,feedback=critic needs critic=CRITIC_RUN_DIR")
-        feedback = CriticFeedback(opts["critic"], float(opts.get("threshold", 0.5)))
+        feedback = CriticFeedback(opts["critic"], opts.get("threshold", 0.5))
     elif kind == "simulator":
         from .feedback import SimulatorFeedback
 
@@ -120,8 +110,57 @@ def make_videoagent_planner(spec: str) -> VideoAgentPlanner:
         feedback = None
     else:
         raise UserError(f"--planner videoagent: feedback={kind}; use none, critic or simulator")
-    return VideoAgentPlanner(run, max_rounds=int(opts.get("rounds", 4)), feedback=feedback,
-                             refine_from=opts.get("from", "noise"), strength=float(opts.get("strength", 0.5)))
+    return VideoAgentPlanner(run, max_rounds=opts.get("rounds", 4), feedback=feedback,
+                             refine_from=opts.get("from", "noise"), strength=opts.get("strength", 0.5))
+
+
+def _option(kind, what: str, ok):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise ValueError(what)
+        return value
+    return parse
+
+
+VIDEOAGENT_OPTIONS = {  # option -> how its value is read (ValueError: what it must be)
+    "rounds": _option(int, "an integer ≥ 0", lambda v: v >= 0),
+    "critic": _option(str, "a video-critic run directory", bool),
+    "threshold": _option(float, "a number in [0, 1]", lambda v: 0 <= v <= 1),
+    "from": _option(str, "noise or plan", lambda v: v in ("noise", "plan")),
+    "strength": _option(float, "a number in (0, 1]", lambda v: 0 < v <= 1),
+    "feedback": _option(str, "none, critic or simulator", lambda v: v in ("none", "critic", "simulator")),
+}
+CRITIC_OPTIONS = ("critic", "threshold")  # read only by feedback=critic
+
+
+def parse_videoagent_options(spec: str) -> tuple[str, dict]:
+    """``RUN_DIR,key=value,...`` -> (RUN_DIR, typed options); a malformed, unknown, repeated or ignored
+    option (critic/threshold with another feedback) is a one-line error."""
+    run, *options = spec.split(",")
+    opts = {}
+    for o in options:
+        key, eq, value = (part.strip() for part in o.partition("="))
+        if not eq:
+            raise UserError(f"--planner videoagent:{spec}: option '{o}' is not key=value")
+        if key not in VIDEOAGENT_OPTIONS:
+            raise UserError(f"--planner videoagent: unknown option {key}; options: {', '.join(sorted(VIDEOAGENT_OPTIONS))}")
+        if key in opts:
+            raise UserError(f"--planner videoagent: option {key} is given twice; give it once")
+        try:
+            opts[key] = VIDEOAGENT_OPTIONS[key](value)
+        except ValueError as e:
+            raise UserError(f"--planner videoagent: {key}={value!r} must be {e}") from None
+    ignored = [k for k in CRITIC_OPTIONS if k in opts and opts.get("feedback", "critic") != "critic"]
+    if ignored:
+        raise UserError(f"--planner videoagent: {ignored[0]}= is read only by feedback=critic, "
+                        f"not feedback={opts['feedback']}; drop it or use feedback=critic")
+    if "threshold" in opts and "critic" not in opts:
+        raise UserError("--planner videoagent: threshold= is read only with critic=CRITIC_RUN_DIR")
+    return run, opts
 
 
 def make_planner(run_dir: str | Path, rounds: int = 0, critic: Optional[str] = None, weights: str = "best"):

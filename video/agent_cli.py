@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from gencond.cli import non_negative_int, positive_int
+from gencond.runs import output_dir
 
 
 def _scenes(p: argparse.ArgumentParser, seeds: str) -> None:
@@ -67,7 +68,7 @@ def add_online_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=positive_int, default=1, help="evaluation processes (default 1)")
     p.add_argument("--out", help="output folder (default RUN_DIR/online)")
     _agent(p, 4)
-    _scenes(p, "0-4")
+    _scenes(p, "5-29")  # new scenes: not the demonstrations' (0-4), not the evaluation's (100-124)
 
 
 def online_command(args: argparse.Namespace) -> list:
@@ -79,7 +80,7 @@ def online_command(args: argparse.Namespace) -> list:
 
     torch.set_num_threads(args.threads)
     tasks, cameras, seeds = _lists(args)
-    out = Path(args.out) if args.out else Path(args.run_dir) / "online"
+    out = Path(args.out) if args.out else output_dir(args.run_dir) / "online"
     log = online(args.run_dir, out, args.iterations, tasks, cameras, seeds, parse_seeds(args.eval_seeds), args.steps,
                  args.rounds, args.critic, args.max_replans, args.resolution, args.workers, progress=not args.quiet)
     for entry in log:
@@ -110,7 +111,7 @@ def critic_eval_command(args: argparse.Namespace) -> dict:
     seen = sum(s in train_scenes for s in data.scenes)
     table = accuracy_table(scores(model, data, pooled_text(data.texts)), data.labels, args.threshold)
     table["scenes_seen_in_training"] = seen
-    out = Path(args.run_dir) / "eval" / "critic.json"
+    out = output_dir(args.run_dir) / "eval" / "critic.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(table, indent=1))
     print(json.dumps(table))

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from gencond.cli import non_negative_float, non_negative_int
-from gencond.runs import add_sampling_arguments
+from gencond.runs import add_sampling_arguments, output_dir, read_resume_log
 
 EVAL_SEEDS = "100-104"  # no demonstration uses these (`gencond collect` defaults to 0-4)
 
@@ -86,7 +86,7 @@ def sample_command(args: argparse.Namespace) -> Path:
     else:
         columns = {"plan": plan_rgb(planner.plan(first, task_text(task), camera))}
     suffix = f"_rounds{args.rounds}" if args.rounds else ""
-    out = Path(args.out) if args.out else Path(args.run_dir) / "samples" / f"{task}_{camera}_seed{args.seed}{suffix}.gif"
+    out = Path(args.out) if args.out else output_dir(args.run_dir) / "samples" / f"{task}_{camera}_seed{args.seed}{suffix}.gif"
     write_labelled_gif(out, {**columns, "expert": truth})
     for name, plan in columns.items():
         scores = [psnr(p, t) for p, t in zip(plan[1:], truth[1:])]
@@ -131,7 +131,7 @@ def evaluate_plans(planner, tasks, cameras, seeds, out: Path, render: int = 128,
 
     check_identity(out, {"planner": describe(planner), "render": render, "metric": "plan-quality/1"})
     log = out / "episodes.jsonl"
-    done = {(r["task"], r["camera"], r["seed"]): r for r in map(json.loads, log.read_text().splitlines())} if log.exists() else {}
+    done = {(r["task"], r["camera"], r["seed"]): r for r in read_resume_log(log, ("task", "camera", "seed"))}
     todo = [(t, c, s) for t in tasks for c in cameras for s in seeds if (t, c, s) not in done]
     n = planner.model.config.frames + 1
     for task, camera, seed in tqdm(todo, desc="plan quality", unit="ep", disable=not progress):
@@ -175,7 +175,7 @@ def eval_command(args: argparse.Namespace) -> dict:
     from robotics.register import parse_list, parse_seeds
 
     planner = _planner(args)
-    out = Path(args.out) if args.out else Path(args.run_dir) / "eval" / "plan_quality"
+    out = Path(args.out) if args.out else output_dir(args.run_dir) / "eval" / "plan_quality"
     table = evaluate_plans(planner, parse_list(args.tasks, BENCHMARK_TASKS), parse_list(args.cameras, CAMERAS),
                            parse_seeds(args.seeds), out, args.render, progress=not args.quiet)
     print((out / "results.md").read_text())

@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from gencond.config import DiffusionConfig, RunConfig, SamplingConfig, TrainConfig
+from gencond.config import DiffusionConfig, RunConfig, SamplingConfig, TrainConfig, above, at_least, between, one_of, ranged
 
 
 @dataclass
 class VideoDataConfig:
-    root: str = "runs/robotics/demos"  # a folder written by `gencond collect`
-    resolution: int = 32  # square frames the model sees (AVDC: 128)
-    frames: int = 8  # frames per clip: the first is the condition, the rest are predicted (AVDC: 8)
+    root: str = "${runs_dir}/robotics/demos"  # a folder written by `gencond collect`
+    resolution: int = ranged(32, at_least(8))  # square frames the model sees (AVDC: 128)
+    frames: int = ranged(8, at_least(2))  # frames per clip: the first is the condition, the rest are predicted (AVDC: 8)
     depth: bool = False  # RGB-D plans: also predict metric depth (the demos must hold depth: collect --depth)
     tasks: Optional[List[str]] = None  # None = every task in the demos
     cameras: Optional[List[str]] = None  # None = every camera in the demos
@@ -24,15 +24,15 @@ class VideoDataConfig:
 class VideoModelConfig:
     """AVDC's factorized space-time UNet (video.model.VideoUNet)."""
 
-    base_channels: int = 32  # AVDC: 128
-    channel_mult: List[int] = field(default_factory=lambda: [1, 2, 2])  # AVDC: [1, 2, 3, 4, 5]
-    num_res_blocks: int = 1  # per level (AVDC: 2)
-    attention_resolutions: List[int] = field(default_factory=lambda: [8])  # feature-map sizes with spatial attention
-    head_channels: int = 32
-    text_latents: int = 8  # Perceiver-resampler latents over the text's token states (AVDC: 64)
-    text_max_tokens: int = 16
+    base_channels: int = ranged(32, at_least(1))  # AVDC: 128
+    channel_mult: List[int] = ranged(domain=at_least(1), factory=lambda: [1, 2, 2])  # AVDC: [1, 2, 3, 4, 5]
+    num_res_blocks: int = ranged(1, at_least(1))  # per level (AVDC: 2)
+    attention_resolutions: List[int] = ranged(domain=at_least(1), factory=lambda: [8])  # feature-map sizes with spatial attention
+    head_channels: int = ranged(32, at_least(1))
+    text_latents: int = ranged(8, at_least(1))  # Perceiver-resampler latents over the text's token states (AVDC: 64)
+    text_max_tokens: int = ranged(16, at_least(2))
     text_pooled_skip: bool = True  # add the tokens' masked mean to the resampler's output (AVDC: no)
-    dropout: float = 0.0
+    dropout: float = ranged(0.0, between(0, 1, high_open=True))
     scale_shift_norm: bool = True  # time+text vector as a scale and shift after the norm (AVDC: added before it)
     previous_plan: bool = False  # VideoAgent: also conditioned on an earlier plan (plan self-conditioning)
 
@@ -43,9 +43,13 @@ class ConsistencyConfig:
     future is the target (plan self-conditioning; needs ``model.previous_plan: true``)."""
 
     plans_from: Optional[str] = None  # RUN_DIR[:best|last] whose plans are the condition (None: AVDC training)
-    starts_per_episode: int = 4  # cached clips per demonstration: its first frame and k-1 seeded random starts
-    plan_prob: float = 0.5  # fraction of training clips given a cached plan; the rest first-frame-only (slot empty)
-    batch_size: int = 8  # plans generated per sampler call while filling the cache
+    starts_per_episode: int = ranged(4, at_least(1))  # cached clips per demonstration: its first frame and k-1 seeded random starts
+    plan_prob: float = ranged(0.5, between(0, 1))  # fraction of training clips given a cached plan; the rest first-frame-only (slot empty)
+    batch_size: int = ranged(8, at_least(1))  # plans generated per sampler call while filling the cache
+    drafts: str = ranged("own_plans", one_of("own_plans", "noised_future"))  # what fills the previous-plan slot in
+    # training: own_plans = plans_from's cached plans (the paper); noised_future = the clip's real future plus
+    # Gaussian noise of std draft_noise (the positive control: informative drafts, no plans_from needed)
+    draft_noise: float = ranged(0.5, above(0))
 
 
 def _video_diffusion() -> DiffusionConfig:
@@ -77,17 +81,17 @@ class VideoPlannerConfig(RunConfig):
 class CriticDataConfig:
     executions: List[str] = field(default_factory=list)  # folders written by video.executions (training seeds only)
     val_executions: List[str] = field(default_factory=list)  # held-out scenes: validation accuracy, best checkpoint
-    resolution: int = 32  # the critic's square frame size
-    frames: int = 8  # plan frames, observation first
+    resolution: int = ranged(32, at_least(8))  # the critic's square frame size
+    frames: int = ranged(8, at_least(2))  # plan frames, observation first
 
 
 @dataclass
 class CriticModelConfig:
     """A factorized-conv video classifier over (observation + plan, instruction) (video.critic.PlanCritic)."""
 
-    base_channels: int = 32
-    channel_mult: List[int] = field(default_factory=lambda: [1, 2, 2])
-    dropout: float = 0.1
+    base_channels: int = ranged(32, at_least(1))
+    channel_mult: List[int] = ranged(domain=at_least(1), factory=lambda: [1, 2, 2])
+    dropout: float = ranged(0.1, between(0, 1, high_open=True))
 
 
 def _critic_train() -> TrainConfig:

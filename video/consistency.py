@@ -62,7 +62,7 @@ def cached_plans(clips: DemoClips, plans_from: str, per_episode: int, seed: int 
     from tqdm import tqdm
 
     from gencond.diffusion import DiffusionProcess
-    from gencond.runs import load_run, weights_fingerprint, weights_folder
+    from gencond.runs import load_run, output_dir, weights_fingerprint, weights_folder
     from gencond.sampling import sample
     from gencond.text import text_encoder
 
@@ -82,7 +82,7 @@ def cached_plans(clips: DemoClips, plans_from: str, per_episode: int, seed: int 
                 "clips": [[clips.episodes[e].task, clips.episodes[e].camera, clips.episodes[e].seed,
                            len(clips.episodes[e].video), s] for e, s in items]}
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
-    out = Path(run) / "plan_cache" / key
+    out = output_dir(run) / "plan_cache" / key
     out.mkdir(parents=True, exist_ok=True)
     (out / "identity.json").write_text(json.dumps(identity))
     text = text_encoder(model.config.text_max_tokens).encode(clips.texts)
@@ -128,3 +128,46 @@ class ConsistencyClips:
             previous[i] = self.cache.plans[j].float()
         out["previous_plan"] = previous
         return out
+
+
+class NoisedFutureClips:
+    """The positive control of plan self-conditioning: the previous-plan slot of a fraction ``plan_prob`` of
+    the clips holds the clip's own real future plus Gaussian noise of std ``noise`` (further from the truth
+    than a plan, but informative about it); the others keep the slot empty."""
+
+    def __init__(self, clips: DemoClips, noise: float, plan_prob: float):
+        if not noise > 0:
+            raise UserError(f"consistency.draft_noise is {noise}; the noised-future drafts need a std > 0")
+        self.clips, self.noise, self.plan_prob = clips, noise, plan_prob
+        self.texts = clips.texts
+
+    def batch(self, size: int, generator: torch.Generator) -> dict:
+        out = self.clips.batch(size, generator)
+        use = (torch.rand(size, generator=generator) < self.plan_prob).view(-1, 1, 1, 1, 1)
+        noisy = out["video"] + self.noise * torch.randn(out["video"].shape, generator=generator)
+        out["previous_plan"] = torch.where(use, noisy.clamp(-1, 1), torch.zeros_like(noisy))
+        return out
+
+
+def plan_use(model, process, clips: DemoClips, text, items: list[tuple[int, int]], plans: torch.Tensor,
+             timesteps=(30, 60, 90), seed: int = 0) -> dict:
+    """Does a VideoAgent network use its previous-plan input? Its loss on the real futures of ``items``
+    ((episode, start) clips) with the matching ``plans`` (N, C, T, H, W), another episode's plan and an empty
+    slot, at each of ``timesteps`` with the same noise. A network that uses the
+    plan has a matched loss below both others; ``gap`` is min(other, empty) - matched per timestep."""
+    from .task import plan_condition
+
+    device = next(model.parameters()).device
+    future = torch.stack([clips.clip(e, s)[1:].movedim(0, 1) for e, s in items]).to(device)
+    cond = _condition(clips, text, items)
+    base = {k: v.to(device) for k, v in cond.items()}
+    plans = plans.float().to(device)
+    episodes = [e for e, _ in items]  # another clip: the batch rolled far enough that no episode meets itself
+    shift = next((k for k in range(1, len(items)) if all(episodes[i] != episodes[(i + k) % len(items)]
+                                                          for i in range(len(items)))), 1)
+    conds = {name: plan_condition(base["first_frame"], base["text"], base["text_mask"], p)
+             for name, p in (("matched", plans), ("other_clip", plans.roll(-shift, 0)),
+                             ("empty", torch.zeros_like(plans)))}
+    losses = process.condition_losses(model, future, conds, timesteps, seed)
+    gap = {t: min(losses["other_clip"][t], losses["empty"][t]) - losses["matched"][t] for t in losses["matched"]}
+    return {**losses, "gap": gap}

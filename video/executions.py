@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from gencond.errors import UserError
+from gencond.runs import read_resume_log
 
 EPISODES = "episodes.jsonl"
 PLANS = "plans"
@@ -32,8 +33,7 @@ def plan_path(out: Path, task: str, camera: str, seed: int, draw: int) -> Path:
 
 
 def read_episodes(out: str | Path) -> list[dict]:
-    path = Path(out) / EPISODES
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return read_resume_log(Path(out) / EPISODES, ("task", "camera", "seed", "draw", "success"))
 
 
 def execute_plans(planner, tasks: Sequence[str], cameras: Sequence[str], seeds: Sequence[int], out: str | Path,

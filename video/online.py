@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from gencond.errors import UserError
+from gencond.runs import read_resume_log
 
 LOG = "online.jsonl"
 
@@ -38,6 +39,20 @@ def finetune_config(base_run: Path, previous: Path, run_dir: Path, successes: Se
     cfg.data.extra_roots = [*cfg.data.extra_roots, *map(str, successes)]
     cfg.consistency.plans_from = f"{previous}:last"
     return cfg
+
+
+def _demonstration_seeds(run_dir: Path) -> set[int]:
+    """The scene seeds of the demonstrations a VideoAgent run was trained on (empty when they are gone)."""
+    from gencond.config import load_config
+    from gencond.runs import CONFIG
+    from robotics.collect import read_index
+
+    cfg = load_config(Path(run_dir) / CONFIG)
+    seeds = set()
+    for root in [cfg.data.root, *cfg.data.extra_roots]:
+        if (Path(root) / "index.json").is_file():
+            seeds |= {int(e["seed"]) for e in read_index(root)["episodes"]}
+    return seeds if cfg.data.seeds is None else seeds & set(cfg.data.seeds)
 
 
 def train_run(cfg, run_dir: Path, progress: bool = True):
@@ -73,10 +88,15 @@ def online(run_dir: str | Path, out: str | Path, iterations: int, tasks: Sequenc
         raise UserError(f"training seeds and evaluation seeds overlap ({overlap[:5]}); online data must come "
                         "from scenes the evaluation does not use")
 
+    demo_seeds = _demonstration_seeds(run_dir)
+    if set(seeds) & demo_seeds:
+        raise UserError(f"online scenes {sorted(set(seeds) & demo_seeds)[:5]} are the demonstrations' own scenes; "
+                        "online data must come from new scenes (e.g. --seeds 5-29)")
+
     planner = functools.partial(make_planner, rounds=max_rounds, critic=critic, weights="last")
 
     log_path = out / LOG
-    done = {r["iteration"]: r for r in map(json.loads, log_path.read_text().splitlines())} if log_path.exists() else {}
+    done = {r["iteration"]: r for r in read_resume_log(log_path, ("iteration",))}
     previous, successes = run_dir, []
     for k in range(1, iterations + 1):
         folder = out / f"iter_{k}"

@@ -61,7 +61,13 @@ def build(cfg: DictConfig) -> TrainingJob:
     process = DiffusionProcess(cfg.diffusion)
     batch_size = cfg.train.batch_size
     sc = cfg.consistency
-    if sc.plans_from:  # VideoAgent: self-conditioning consistency on the planner's own cached plans
+    if sc.drafts == "noised_future":  # the positive control: informative drafts
+        from .consistency import NoisedFutureClips
+
+        if not cfg.model.previous_plan:
+            raise UserError("consistency.drafts=noised_future needs model.previous_plan: true (the previous-plan input)")
+        clips = NoisedFutureClips(clips, sc.draft_noise, sc.plan_prob)
+    elif sc.plans_from:  # VideoAgent: self-conditioning consistency on the planner's own cached plans
         from .consistency import ConsistencyClips, cached_plans
 
         if not cfg.model.previous_plan:
@@ -77,7 +83,33 @@ def build(cfg: DictConfig) -> TrainingJob:
                               None if previous is None else previous.to(device))
         return process.training_loss(model, batch["video"].to(device), cond=cond, generator=generator)
 
-    return TrainingJob(model, lambda step, g: clips.batch(batch_size, g), loss_fn)
+    validate = _plan_use_validation(cfg, clips, text, process) if cfg.model.previous_plan else None
+    return TrainingJob(model, lambda step, g: clips.batch(batch_size, g), loss_fn, validate=validate,
+                       monitor="plan_loss_matched")
+
+
+def _plan_use_validation(cfg: DictConfig, clips, text, process, count: int = 16):
+    """VideoAgent's validation: :func:`video.consistency.plan_use` on a fixed set of its training drafts
+    (the cached plans, or noised futures), logged as the mean losses over t = 50, 80, 95 and the gap."""
+    from .consistency import ConsistencyClips, clip_starts, plan_use
+
+    if isinstance(clips, ConsistencyClips):
+        take = torch.linspace(0, len(clips.cache) - 1, min(count, len(clips.cache))).long()
+        items = [(int(clips.cache.episode[i]), int(clips.cache.start[i])) for i in take]
+        drafts, demos = clips.cache.plans[take].float(), clips.clips
+    else:
+        demos = getattr(clips, "clips", clips)
+        items = clip_starts(demos, 1, cfg.seed)[:count]
+        future = torch.stack([demos.clip(e, s)[1:].movedim(0, 1) for e, s in items])
+        noise = getattr(clips, "noise", 0.0) * torch.randn(future.shape, generator=torch.Generator().manual_seed(cfg.seed))
+        drafts = (future + noise).clamp(-1, 1)
+
+    def validate(model) -> dict:
+        result = plan_use(model, process, demos, text, items, drafts, timesteps=(50, 80, 95), seed=cfg.seed)
+        return {f"plan_loss_{k}": sum(result[k].values()) / len(result[k])
+                for k in ("matched", "other_clip", "empty", "gap")}
+
+    return validate
 
 
 def load_model(folder):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from gencond.cli import non_negative_float
 from gencond.errors import UserError
-from gencond.runs import add_sampling_arguments, apply_sampling_arguments, load_run
+from gencond.runs import add_sampling_arguments, apply_sampling_arguments, load_run, output_dir
 
 MIN_CELL_PX = 64  # sample grids are upscaled so that each sample is at least this wide
 
@@ -87,7 +87,7 @@ def sample_command(args: argparse.Namespace) -> Path:
     s = cfg.sampling
     tag = f"{s.scheduler}{s.num_steps or cfg.diffusion.num_train_timesteps}_seed{args.seed}" + (
         f"_cfg{s.cfg_scale:g}" if s.cfg_scale is not None else "") + (f"_label{args.label}" if labels is not None else "")
-    out = Path(args.out) if args.out else Path(args.run_dir) / "samples" / f"{tag}.png"
+    out = Path(args.out) if args.out else output_dir(args.run_dir) / "samples" / f"{tag}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     scale = args.scale or grid_scale(cfg.data.image_size)
     save_grid(images, out, nrow=max(1, int(math.ceil(math.sqrt(args.num)))), scale=scale)
@@ -175,7 +175,7 @@ def eval_command(args: argparse.Namespace) -> dict:
     s = cfg.sampling
     tag = f"{args.weights}_{s.scheduler}{s.num_steps or cfg.diffusion.num_train_timesteps}" + (
         f"_cfg{s.cfg_scale:g}" if s.cfg_scale is not None else "")
-    out = Path(args.out) if args.out else Path(args.run_dir) / "eval" / f"{tag}.json"
+    out = Path(args.out) if args.out else output_dir(args.run_dir) / "eval" / f"{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     if result.get("frechet", {}).get("warning"):

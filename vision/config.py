@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from gencond.config import DiffusionConfig, RunConfig, SamplingConfig, TrainConfig
+from gencond.config import DiffusionConfig, RunConfig, SamplingConfig, TrainConfig, above, at_least, between, one_of, ranged
 
 ARCHITECTURES = ("uvit", "dit")
 
@@ -13,24 +13,24 @@ ARCHITECTURES = ("uvit", "dit")
 class ImageDataConfig:
     dataset: str = "???"  # digits | mnist | a torchvision dataset (cifar10, fashionmnist, ...) | a folder of images
     root: Optional[str] = None  # where the dataset lives (else $GENCOND_DATA_DIR/<dataset>)
-    image_size: int = 28  # images must be image_size x image_size ...
-    channels: int = 1  # ... with this many channels, unless resize is on
+    image_size: int = ranged(28, at_least(1))  # images must be image_size x image_size ...
+    channels: int = ranged(1, at_least(1))  # ... with this many channels, unless resize is on
     resize: bool = False  # image folders: resize / convert images that do not match instead of refusing them
     download: bool = False  # torchvision datasets: allow downloading into root
-    test_fraction: float = 0.1  # image folders: share of images held out as the test split
-    max_train: Optional[int] = None  # use only the first N training images
-    max_test: Optional[int] = None
+    test_fraction: float = ranged(0.1, between(0, 1, high_open=True))  # image folders: share of images held out as the test split
+    max_train: Optional[int] = ranged(None, at_least(1))  # use only the first N training images
+    max_test: Optional[int] = ranged(None, at_least(1))
     hflip: bool = False  # random horizontal flips of training images (not for digits)
 
 
 @dataclass
 class ImageModelConfig:
-    arch: str = "uvit"  # uvit (Bao et al., long skips) | dit (Peebles & Xie, adaLN-Zero)
-    patch_size: int = 4
-    width: int = 192
-    depth: int = 7  # transformer blocks; U-ViT: (depth-1)/2 in-blocks, a middle block, (depth-1)/2 out-blocks
-    heads: int = 4
-    mlp_ratio: float = 4.0
+    arch: str = ranged("uvit", one_of(*ARCHITECTURES))  # uvit (Bao et al., long skips) | dit (Peebles & Xie, adaLN-Zero)
+    patch_size: int = ranged(4, at_least(1))
+    width: int = ranged(192, at_least(1))
+    depth: int = ranged(7, at_least(1))  # transformer blocks; U-ViT: (depth-1)/2 in-blocks, a middle block, (depth-1)/2 out-blocks
+    heads: int = ranged(4, at_least(1))
+    mlp_ratio: float = ranged(4.0, above(0))
     class_conditional: bool = False  # labels as condition; with diffusion.cond_drop_prob > 0, CFG at sampling
 
 
@@ -42,11 +42,11 @@ class DDAEConfig:
     source_block: Optional[int] = None  # block whose output is pooled (default: the last encoder-side block)
     contrastive: bool = False  # contrastive self-distillation (MoCo-v3 loss, EMA teacher, augmentation)
     contrastive_weight: float = 0.1
-    temperature: float = 0.2
-    teacher_momentum: float = 0.99
-    projection_dim: int = 128
+    temperature: float = ranged(0.2, above(0))
+    teacher_momentum: float = ranged(0.99, between(0, 1))
+    projection_dim: int = ranged(128, at_least(1))
     contrastive_max_t: int = 500  # pairs count only when both views are noised below this timestep
-    augment_prob: float = 0.5  # chance of each augmentation (translate, rotate, scale, brightness, flip)
+    augment_prob: float = ranged(0.5, between(0, 1))  # chance of each augmentation (translate, rotate, scale, brightness, flip)
     augment_xflip: bool = False  # horizontal flip among the augmentations (off for digits)
 
 
@@ -56,15 +56,15 @@ class ImageEvalConfig:
 
     probe_blocks: Optional[List[int]] = None  # default: every other block from the middle on
     probe_timesteps: List[int] = field(default_factory=lambda: [10, 50, 100, 200])
-    probe_epochs: int = 15
-    probe_batch_size: int = 128
-    probe_lr: float = 1e-3
-    probe_max_train: Optional[int] = None
-    probe_max_test: Optional[int] = None
-    fd_samples: int = 2000
-    fd_batch_size: int = 250
-    fd_classifier_steps: int = 1500  # training steps of the in-project feature classifier (cached)
-    sample_batch_size: int = 64
+    probe_epochs: int = ranged(15, at_least(1))
+    probe_batch_size: int = ranged(128, at_least(1))
+    probe_lr: float = ranged(1e-3, above(0))
+    probe_max_train: Optional[int] = ranged(None, at_least(1))
+    probe_max_test: Optional[int] = ranged(None, at_least(1))
+    fd_samples: int = ranged(2000, at_least(2))
+    fd_batch_size: int = ranged(250, at_least(1))
+    fd_classifier_steps: int = ranged(1500, at_least(1))  # training steps of the in-project feature classifier (cached)
+    sample_batch_size: int = ranged(64, at_least(1))
 
 
 def _image_diffusion() -> DiffusionConfig:

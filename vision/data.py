@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from gencond.errors import UserError
+from gencond.files import check_file, parsing
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 DIGITS_TRAIN = 1500  # sklearn digits: the first 1500 of 1797 images train, the rest test
@@ -62,11 +63,16 @@ def load_digits() -> ImageSplits:
 def read_idx(path: Path) -> np.ndarray:
     """A raw MNIST IDX file (optionally gzipped) as a numpy array."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    with parsing(check_file(path, "MNIST file"), "MNIST file", "a raw IDX file of unsigned bytes"):
+        with opener(path, "rb") as f:
+            raw = f.read()
+        if len(raw) < 4 or raw[:3] != b"\x00\x00\x08" or len(raw) < 4 + 4 * raw[3]:
+            raise ValueError("no IDX header (0x0000 08 ndim)")
+        ndim = raw[3]
+        shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+        if len(raw) - 4 - 4 * ndim != int(np.prod(shape)):
+            raise ValueError(f"the header says {shape}, {int(np.prod(shape))} bytes, the file holds {len(raw) - 4 - 4 * ndim}")
+        return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
 def _find_idx(root: Path, stem: str) -> Path:

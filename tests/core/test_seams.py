@@ -143,6 +143,16 @@ def test_a_failing_feedback_rejects_with_its_reason_and_refinement_goes_on():
     assert len(result.rounds) == 3 and "critic offline" in result.verdicts[0].reason
 
 
+def test_a_feedback_returning_neither_bool_nor_verdict_is_a_one_line_error():
+    import numpy as np
+
+    from gencond.errors import UserError
+
+    assert refine(lambda p, r: r, lambda s, r: np.bool_(r == 1), max_rounds=3).accepted == 1
+    with pytest.raises(UserError, match=r"returned str 'Accept'; it must return a bool"):
+        refine(lambda p, r: r, lambda s, r: "Accept", max_rounds=2)
+
+
 def test_a_feedback_that_times_out_rejects_and_the_last_round_can_go_unjudged():
     import time
 

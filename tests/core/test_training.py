@@ -87,3 +87,44 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 def test_time_budget_stops_training(tmp_path):
     result = train(make_cfg(max_steps=1000, max_minutes=0.0), make_job(), tmp_path, progress=False)
     assert result.stopped == "max_minutes" and result.step == 0
+
+
+GROUPS = [{"pattern": "net.2.*", "lr": 1e-1, "weight_decay": 0.5}]
+
+
+def test_param_groups_follow_the_schedule_and_resume_exactly(tmp_path):
+    full = train(make_cfg(max_steps=20, param_groups=GROUPS), make_job(), tmp_path / "full", progress=False)
+    first = train(make_cfg(max_steps=20, param_groups=GROUPS), make_job(interrupt_at=7), tmp_path / "split", progress=False)
+    assert first.stopped == "interrupted"
+    second = train(make_cfg(max_steps=20, param_groups=GROUPS), make_job(), tmp_path / "split", progress=False)
+    assert full.step == second.step == 20
+    a, b = params(tmp_path / "full" / "model"), params(tmp_path / "split" / "model")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    rows = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert len({round(r["lr"], 12) for r in rows}) > 3  # warm-up then cosine: the schedule moves...
+    for r in rows:  # ...and scales every group alike
+        assert r["lr/net.2.*"] == pytest.approx(10 * r["lr/default"]) and r["lr/default"] == r["lr"]
+    plain = train(make_cfg(max_steps=20), make_job(), tmp_path / "plain", progress=False)
+    c = params(plain.run_dir / "model")
+    assert not torch.equal(a["net.2.weight"], c["net.2.weight"])  # the group's own lr and decay were used
+
+
+@pytest.mark.parametrize("groups, message", [
+    ([{"pattern": "decoder.*", "lr": 1e-2}], r"train.param_groups: 'decoder.\*' matches no trainable parameter"),
+    ([{"pattern": "net.2.*", "lr": 1e-2}, {"pattern": "*.bias", "lr": 1e-3}],
+     r"'\*.bias' claims 'net.2.bias', which 'net.2.\*' already claims"),
+])
+def test_param_group_errors_name_the_pattern(tmp_path, groups, message):
+    from gencond.errors import UserError
+
+    with pytest.raises(UserError, match=message):
+        train(make_cfg(max_steps=2, param_groups=groups), make_job(), tmp_path, progress=False)
+
+
+def test_resuming_with_other_param_groups_is_refused(tmp_path):
+    from gencond.errors import UserError
+
+    train(make_cfg(max_steps=5), make_job(), tmp_path, progress=False)
+    with pytest.raises(UserError, match=r"parameter groups of \[4\] parameters, this run's train.param_groups make \[2, 2\]"):
+        train(make_cfg(max_steps=10, param_groups=GROUPS), make_job(), tmp_path, progress=False)

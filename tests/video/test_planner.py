@@ -23,14 +23,15 @@ def moving_square(direction: int, start: int, steps: int = 12, speed: int = 1) -
     return frames
 
 
-def write_square_demos(root: Path, starts, steps: int = 12, speed: int = 1) -> Path:
-    """'door open' moves the square right, 'door close' moves it left, from the same start frames."""
+def write_square_demos(root: Path, starts, steps: int = 12, speed=1) -> Path:
+    """'door open' moves the square right, 'door close' moves it left, from the same start frames
+    (``speed``: pixels a frame, or one speed per start)."""
     from robotics.collect import save_demonstration, write_index
     from robotics.experts import Demonstration
 
     for task, direction in (("door-open", 1), ("door-close", -1)):
         for seed, start in enumerate(starts):
-            frames = moving_square(direction, start, steps, speed)
+            frames = moving_square(direction, start, steps, speed if isinstance(speed, int) else speed[seed])
             n = len(frames)
             demo = Demonstration(task=task, camera="corner", seed=seed, frames=frames,
                                  actions=np.zeros((n - 1, 4), np.float32), states=np.zeros((n, 39), np.float32),
@@ -159,3 +160,19 @@ def test_evaluating_on_the_training_seeds_warns(trained, tmp_path):
     with pytest.warns(UserWarning, match=r"seeds \[1\], which the planner's training demonstrations used"):
         evaluate(planner, AvdcFollower, ["door-open"], ["corner"], [1, 100], tmp_path, resolution=64,
                  max_steps=5, max_replans=0, videos=0, progress=False)
+
+
+def test_an_exported_planner_plans_as_its_run(trained, tmp_path):
+    from gencond.cli import main
+    from video.planner import VideoPlanner
+
+    first = moving_square(1, 6)[0]
+    plan = VideoPlanner(trained, weights="last", seed=1).plan(first, "door open", "corner")
+    for dtype in ("float32", "float16"):
+        out = tmp_path / dtype
+        assert main(["export", str(trained), "--out", str(out), "--weights", "last", "--dtype", dtype]) == 0
+        exported = VideoPlanner(out, seed=1).plan(first, "door open", "corner")
+        if dtype == "float32":
+            assert np.array_equal(plan, exported)  # the same EMA weights, the same plan
+        else:  # half-precision weights: the same plan up to a few levels of 255 in places
+            assert np.abs(plan.astype(int) - exported.astype(int)).mean() < 2

@@ -239,10 +239,12 @@ def test_online_iterations_log_their_steps_and_resume(runs, tmp_path, monkeypatc
     from video.online import online
 
     _, _, agent = runs
-    scenes = dict(tasks=["door-open"], cameras=["corner"], seeds=[0], eval_seeds=[100], steps=3, max_rounds=1,
+    scenes = dict(tasks=["door-open"], cameras=["corner"], seeds=[5], eval_seeds=[100], steps=3, max_rounds=1,
                   max_replans=0, resolution=64, progress=False)
     with pytest.raises(UserError, match="overlap"):
-        online(agent, tmp_path / "x", 1, **{**scenes, "eval_seeds": [0]})
+        online(agent, tmp_path / "x", 1, **{**scenes, "eval_seeds": [5]})
+    with pytest.raises(UserError, match="demonstrations' own scenes"):  # seeds 0-2 are the demos'
+        online(agent, tmp_path / "x", 1, **{**scenes, "seeds": [2, 5]})
     real, calls = video.online.train_run, []
 
     def stop_in_iteration_2(cfg, run_dir, progress=True):
@@ -262,3 +264,35 @@ def test_online_iterations_log_their_steps_and_resume(runs, tmp_path, monkeypatc
     cfg = OmegaConf.load(tmp_path / "online" / "iter_2" / "model" / "config.yaml")
     assert cfg.train.init_from.endswith("iter_1/model:last") and cfg.consistency.plans_from.endswith("iter_1/model:last")
     assert [Path(p).parent.parent.name for p in cfg.data.extra_roots] == ["iter_1", "iter_2"]
+
+
+def test_a_videoagent_trained_on_informative_drafts_uses_the_plan(tmp_path):
+    """The positive control of plan self-conditioning: where the first frame and the text leave the future
+    open (the square moves 1 or 3 pixels a frame from the same start), drafts that are the real future plus
+    noise carry the missing information, and a short training learns to use them: the loss with the matching
+    draft is clearly below the loss with another clip's draft and with an empty slot, on training clips and
+    on a held-out start position."""
+    from gencond.config import load_config
+    from gencond.diffusion import DiffusionProcess
+    from gencond.runs import load_run
+    from gencond.text import text_encoder
+    from video.consistency import clip_starts, plan_use
+    from video.task import load_clips
+
+    demos = write_square_demos(tmp_path / "demos", (4, 4, 5, 5, 6, 6, 7, 7), speed=(1, 3) * 4)
+    torch.manual_seed(0)
+    assert cli.main(["train", AGENT_CONFIG, f"runs_dir={tmp_path}", "name=control", f"data.root={demos}", *TINY,
+                     "consistency.drafts=noised_future", "consistency.draft_noise=0.3", "consistency.plans_from=null",
+                     "train.init_from=null", "data.seeds=[0,1,2,3,4,5]", "train.max_steps=400", "train.lr=3e-3",
+                     "train.checkpoint_every=400", "train.threads=1", "--quiet"]) == 0
+    cfg, model = load_run(tmp_path / "control", "last")
+    clips = load_clips(load_config(tmp_path / "control" / "config.yaml", ["data.seeds=null"]))
+    text = text_encoder(cfg.model.text_max_tokens).encode(clips.texts)
+    process = DiffusionProcess(cfg.diffusion)
+    for seeds in ({0, 1, 2, 3, 4, 5}, {6, 7}):  # training clips, then the held-out start position
+        items = [(e, s) for e, s in clip_starts(clips, 3, seed=1) if clips.episodes[e].seed in seeds]
+        future = torch.stack([clips.clip(e, s)[1:].movedim(0, 1) for e, s in items])
+        drafts = (future + 0.3 * torch.randn(future.shape, generator=torch.Generator().manual_seed(2))).clamp(-1, 1)
+        result = plan_use(model, process, clips, text, items, drafts, timesteps=(80, 90, 95))
+        for t, matched in result["matched"].items():
+            assert matched < 0.85 * min(result["other_clip"][t], result["empty"][t]), (seeds, t, result)

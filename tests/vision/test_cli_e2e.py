@@ -35,6 +35,11 @@ def test_train_sample_eval_on_digits(tmp_path, fd_cache, capsys):
     assert fd["reliable"] == (acc >= 0.9) and ("warning" in fd) == (acc < 0.9)
     assert "FD-DIGITS-classifier" in capsys.readouterr().out
 
+    exported = tmp_path / "exported"  # an export samples exactly as its run
+    assert main(["export", str(run), "--out", str(exported)]) == 0
+    assert main(["sample", str(exported), "--num", "9", "--quiet", "--out", str(tmp_path / "grid2.png")]) == 0
+    assert (tmp_path / "grid.png").read_bytes() == (tmp_path / "grid2.png").read_bytes()
+
 
 def test_class_conditional_with_cfg(tmp_path, capsys):
     assert main(["train", CONFIG, f"runs_dir={tmp_path}", "name=cond", "model.class_conditional=true",
@@ -73,7 +78,7 @@ def test_contrastive_self_distillation_loss_and_teacher(tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("model.arch=vit", "unknown architecture 'vit'; model.arch must be one of ['dit', 'uvit']"),
+    ("model.arch=vit", "override 'model.arch=vit': bad value for 'model.arch': 'vit'; allowed: one of uvit, dit"),
     ("data.image_size=28", "dataset 'digits' images are 8x8 with 1 channel(s), but the config expects 28x28"),
     ("model.patch_size=3", "image size 8 is not a multiple of model.patch_size 3"),
 ])

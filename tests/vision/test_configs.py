@@ -5,8 +5,9 @@ import pytest
 from gencond.config import ConfigError, load_config
 
 ALL = sorted((Path(__file__).resolve().parents[2] / "configs" / "vision").glob("*.yaml"))
-HOI = [p for p in ALL if p.stem.startswith("hoi_shapes")]
-CONFIGS = [p for p in ALL if p not in HOI]  # DDAE / DDAE++
+CONTROL = "hoi_shapes_control"  # the positive control: other data (tested on its own)
+HOI = [p for p in ALL if p.stem.startswith("hoi_shapes") and p.stem != CONTROL]
+CONFIGS = [p for p in ALL if not p.stem.startswith("hoi_shapes")]  # DDAE / DDAE++
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -41,3 +42,13 @@ def test_hoi_shapes_configs_validate_and_differ_only_in_grounding(path):
         interact = load_config(path.parent / "hoi_shapes_interact.yaml")
         cfg.model.grounding, cfg.model.interaction_embedding, cfg.name = "interact", True, interact.name
         assert cfg == interact
+
+
+def test_the_hoi_shapes_control_changes_only_its_data_and_caption_drop():
+    control = load_config(ALL[0].parent / f"{CONTROL}.yaml")
+    assert (control.data.split, control.model.caption_drop, control.model.max_interactions) == ("single", 1.0, 1)
+    assert [(g.pattern, g.lr) for g in control.train.param_groups] == [("*.alpha_*", 1e-2)]
+    interact = load_config(ALL[0].parent / "hoi_shapes_interact.yaml")
+    control.data.split, control.model.caption_drop, control.model.max_interactions = "train", 0.5, 30
+    control.train.max_steps, control.train.validate_every, control.name = 10000, 250, interact.name
+    assert control == interact

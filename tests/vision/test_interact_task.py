@@ -308,3 +308,9 @@ def test_interact_starts_from_a_gligen_run(runs, tmp_path, capsys):
     assert cli.main(["train", str(CONFIGS / "hoi_shapes_gligen.yaml"), f"runs_dir={runs}", "name=bad",
                      f"model.base={runs / 'base'}", f"model.from_gligen={runs / 'gligen'}", *TINY]) != 0
     assert "model.from_gligen starts an InteractDiffusion run" in capsys.readouterr().err
+
+
+def test_an_exported_interact_model_samples_as_its_run(runs, tmp_path):
+    out = tmp_path / "exported"
+    assert cli.main(["export", str(runs / "inter"), "--out", str(out)]) == 0
+    assert np_equal(sampled(runs / "inter", tmp_path, "run", PROMPT), sampled(out, tmp_path, "export", PROMPT))

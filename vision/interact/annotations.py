@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterable, Union
 
 from gencond.errors import UserError
+from gencond.files import parsing, read_text
 
 from .tokenizer import MAX_INTERACTIONS
 
@@ -117,6 +118,8 @@ def parse_annotation(raw, root: Path, check_image: bool = True,
     image = image if image.is_absolute() else root / image
     if check_image and not image.is_file():
         raise ValueError(f"image {image} does not exist")
+    if check_image:
+        check_image_decodes(image)
     return Annotation(image, caption, parse_triplets(raw.get("triplets", []), max_interactions))
 
 
@@ -127,27 +130,38 @@ def load_annotations(path: Union[str, Path], check_images: bool = True,
     if not path.is_file():
         raise UserError(f"annotation file {path} does not exist; give a JSON-lines file (one image per line)")
     annotations = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{number}: not valid JSON ({e.msg} at column {e.colno})") from None
-            try:
-                annotations.append(parse_annotation(raw, path.parent, check_images, max_interactions))
-            except ValueError as e:
-                raise UserError(f"{path}:{number}: {e}") from None
+    text = read_text(path, "annotation file", 'JSON lines, {"image": ..., "caption": ..., "triplets": [...]} per line')
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{number}: not valid JSON ({e.msg} at column {e.colno})") from None
+        try:
+            annotations.append(parse_annotation(raw, path.parent, check_images, max_interactions))
+        except ValueError as e:
+            raise UserError(f"{path}:{number}: {e}") from None
+    if not annotations:
+        raise UserError(f"annotation file {path} holds no annotation; expected one JSON object per line")
     return annotations
+
+
+def check_image_decodes(image: Path) -> None:
+    """A ValueError unless ``image`` is an image PIL can read (its header and data are checked, not decoded)."""
+    from PIL import Image
+
+    try:
+        with Image.open(image) as im:
+            im.verify()
+    except Exception as e:  # PIL raises UnidentifiedImageError, SyntaxError, OSError ... for damaged files
+        raise ValueError(f"image {image} cannot be decoded ({type(e).__name__}); expected a PNG/JPEG/... image") from None
 
 
 def read_json(path: Union[str, Path], flag: str):
     """The JSON document in ``path``, or a one-line UserError naming the command-line ``flag``."""
     try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"{flag} {path}: no such file") from None
+        return json.loads(read_text(path, flag, "a JSON document"))
     except json.JSONDecodeError as e:
         raise UserError(f"{flag} {path}: not valid JSON ({e})") from None
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from gencond.cli import non_negative_float, positive_int
 from gencond.errors import UserError
-from gencond.runs import add_sampling_arguments
+from gencond.runs import add_sampling_arguments, output_dir
 
 LABEL_COLOURS = ((230, 40, 40), (40, 120, 230), (30, 160, 60), (200, 120, 0))
 
@@ -49,16 +49,26 @@ def read_prompts(path, caption) -> list[tuple[str, list]]:
             raise UserError("give --triplets FILE.json (caption and triplets) or at least --caption TEXT")
         return [(caption, [])]
     raw = read_json(path, "--triplets")
+    if raw == []:
+        raise UserError(f"--triplets {path} holds no prompt; expected {PROMPT_FORMAT} (or a list of them)")
     prompts = []
     for i, item in enumerate(raw if isinstance(raw, list) else [raw]):
         if not isinstance(item, dict):
-            raise UserError(f"--triplets {path}: prompt {i} must be an object with caption and triplets")
+            raise UserError(f"--triplets {path}: prompt {i} must be {PROMPT_FORMAT}")
+        unknown = sorted(set(item) - {"caption", "triplets"})
+        if unknown:
+            raise UserError(f"--triplets {path}: prompt {i} has unknown key '{unknown[0]}'; a prompt is {PROMPT_FORMAT}")
+        if not isinstance(item.get("caption", ""), str):
+            raise UserError(f"--triplets {path}: prompt {i}: 'caption' must be a string, got {item['caption']!r}")
         try:
             triplets = parse_triplets(item.get("triplets", []))
         except ValueError as e:
             raise UserError(f"--triplets {path}: prompt {i}: {e}") from None
-        prompts.append((caption if caption is not None else str(item.get("caption", "")), triplets))
+        prompts.append((caption if caption is not None else item.get("caption", ""), triplets))
     return prompts
+
+
+PROMPT_FORMAT = '{"caption": "...", "triplets": [{"subject", "action", "object", "subject_box", "object_box"}, ...]}'
 
 
 def overlay(image, triplets, scale: int):
@@ -116,7 +126,7 @@ def sample_command(args: argparse.Namespace) -> Path:
     size, grounded = model.unet.config.sample_size, model.grounded
     if not grounded and any(ts for _, ts in prompts):
         print(f"note: {args.run_dir} has no grounding (model.grounding none); the triplets only label the images")
-    out = Path(args.out) if args.out else Path(args.run_dir) / "samples"
+    out = Path(args.out) if args.out else output_dir(args.run_dir) / "samples"
     out.mkdir(parents=True, exist_ok=True)
     scale = max(1, math.ceil(128 / size))
     generator = torch.Generator().manual_seed(args.seed)
@@ -235,7 +245,7 @@ def eval_command(args: argparse.Namespace) -> dict:
               f"(renders {r['renders_accuracy']:.3f}); triplet recall@0.5 {r['triplet_recall_iou50']:.3f} "
               f"(renders {r['renders_triplet_recall_iou50']:.3f}); box alignment {r['box_alignment']:.3f} "
               f"(renders {r['renders_box_alignment']:.3f}); FD {r['fd_evaluator_features']:.2f}, KID {r['kid_evaluator_features']:.4f}")
-    out = Path(args.out) if args.out else Path(args.run_dir) / "eval" / "hoi_shapes"
+    out = Path(args.out) if args.out else output_dir(args.run_dir) / "eval" / "hoi_shapes"
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     print(f"results in {out / 'results.json'}")

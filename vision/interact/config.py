@@ -5,34 +5,36 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from gencond.config import DiffusionConfig, RunConfig, SamplingConfig, TrainConfig
+from gencond.config import DiffusionConfig, RunConfig, SamplingConfig, TrainConfig, at_least, between, one_of, ranged
 
 
 @dataclass
 class InteractDataConfig:
     dataset: str = "hoi-shapes"  # hoi-shapes (generated, deterministic per seed) | an annotations .jsonl file
-    image_size: int = 32
-    num_train: int = 20_000  # hoi-shapes: the first N scenes of the train split
+    image_size: int = ranged(32, at_least(8))
+    num_train: int = ranged(20_000, at_least(1))  # hoi-shapes: the first N scenes of the train split
     seed: int = 0  # hoi-shapes: the scene generator's seed
     hflip: bool = True  # random horizontal flips (boxes mirrored with the image)
+    split: str = ranged("train", one_of("train", "single"))  # hoi-shapes split trained on: train (one or two pairs) | single (one pair: the positive control)
+    val_scenes: int = ranged(32, at_least(2))  # held-out scenes of the validation (grounding gap): hoi-shapes scenes num_train.. of the split
 
 
 @dataclass
 class InteractModelConfig:
-    grounding: str = "interact"  # none (text only: the base) | gligen (boxes + phrases) | interact (triplets)
+    grounding: str = ranged("interact", one_of("none", "gligen", "interact"))  # none (text only: the base) | gligen (boxes + phrases) | interact (triplets)
     base: Optional[str] = None  # grounded runs: the base UNet, a gencond run of grounding none or a diffusers folder
     from_gligen: Optional[str] = None  # interact: start from a GLIGEN-style run on the same base (its gated
     # layers, and its MLP in both of the interaction tokenizer's MLPs: the official initialisation)
     interaction_embedding: bool = True  # interact: instance + role embeddings (False: the ablation)
-    max_interactions: int = 30
-    text_max_tokens: int = 24  # caption tokens (MiniLM, [CLS] and [SEP] included)
-    caption_drop: float = 0.5  # training: caption replaced by the null caption (official: "" with p = 0.5)
-    grounding_drop: float = 0.1  # training: grounding replaced by the null grounding (official: 0.1)
+    max_interactions: int = ranged(30, at_least(1))
+    text_max_tokens: int = ranged(24, at_least(2))  # caption tokens (MiniLM, [CLS] and [SEP] included)
+    caption_drop: float = ranged(0.5, between(0, 1))  # training: caption replaced by the null caption (official: "" with p = 0.5)
+    grounding_drop: float = ranged(0.1, between(0, 1))  # training: grounding replaced by the null grounding (official: 0.1)
     # the base UNet built from scratch (model.base unset): vision.interact.adapter.small_unet
-    block_out_channels: List[int] = field(default_factory=lambda: [32, 64, 128])
+    block_out_channels: List[int] = ranged(domain=at_least(1), factory=lambda: [32, 64, 128])
     attention_levels: List[bool] = field(default_factory=lambda: [False, True, True])
-    layers_per_block: int = 1
-    head_dim: int = 16
+    layers_per_block: int = ranged(1, at_least(1))
+    head_dim: int = ranged(16, at_least(1))
 
 
 def _diffusion() -> DiffusionConfig:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from gencond.errors import UserError
+from gencond.files import parsing, read_text
 
 from .annotations import Annotation, Triplet, read_json, write_annotations
 from .tokenizer import MAX_INTERACTIONS
@@ -41,10 +42,12 @@ COCO_NAMES = dict(zip(
 
 def read_verbs(path: str | Path) -> list[str]:
     """Verb names in id order from a file of one verb per line (``1 adjust`` or ``adjust``)."""
-    try:
-        lines = [line.split() for line in Path(path).read_text().splitlines() if line.strip()]
-    except FileNotFoundError:
-        raise UserError(f"--verbs {path}: no such file") from None
+    lines = [line.split() for line in read_text(path, "--verbs", "one verb per line").splitlines() if line.strip()]
+    if not lines:
+        raise UserError(f"--verbs {path} is empty; expected one verb per line (`1 adjust` or `adjust`)")
+    bare = next((n for n, parts in enumerate(lines, 1) if len(parts) == 1 and parts[0].isdigit()), None)
+    if bare:
+        raise UserError(f"--verbs {path}: verb {bare} is only an id ({lines[bare - 1][0]}); expected `ID VERB` or `VERB` per line")
     return [(parts[1] if len(parts) > 1 and parts[0].isdigit() else parts[0]).replace("_", " ") for parts in lines]
 
 
@@ -59,7 +62,7 @@ def convert_image(item: dict, images: Path, verbs: Sequence[str], where: str) ->
     path = images / item["file_name"]
     if not path.is_file():
         raise UserError(f"{where}: image {path} does not exist (check --images)")
-    with Image.open(path) as im:
+    with parsing(path, f"{where}: image", "an image PIL can decode"), Image.open(path) as im:
         width, height = im.size
     boxes = item.get("annotations", [])
     pairs = []

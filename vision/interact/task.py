@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from gencond.conditions import select_condition
 from gencond.diffusion import DiffusionProcess
 from gencond.errors import UserError
+from gencond.files import parsing
 from gencond.training import TrainingJob
 
 from .annotations import Triplet
@@ -40,7 +41,7 @@ class TrainingScenes:
         if data.dataset == "hoi-shapes":
             from .scenes import HOIShapes
 
-            self.hoi = HOIShapes("train", data.seed, data.image_size)
+            self.hoi = HOIShapes(data.split, data.seed, data.image_size)
             self.count, self.annotations = data.num_train, None
         else:
             from .annotations import load_annotations
@@ -53,6 +54,14 @@ class TrainingScenes:
     def __len__(self) -> int:
         return self.count
 
+    def held_out(self, count: int) -> list[tuple[torch.Tensor, str, list[Triplet]]]:
+        """Validation scenes: hoi-shapes scenes ``num_train ..`` of the split (never trained on); for an
+        annotation file its last ``count`` items (also trained on: files have no held-out part here)."""
+        if self.hoi is not None:
+            scenes = [self.hoi.scene(self.count + i) for i in range(count)]
+            return [(image_tensor(sc.render(self.size)), sc.caption, sc.triplets) for sc in scenes]
+        return [self.item(i) for i in range(max(0, self.count - count), self.count)]
+
     def item(self, index: int) -> tuple[torch.Tensor, str, list[Triplet]]:
         if self.hoi is not None:
             scene = self.hoi.scene(index)
@@ -60,7 +69,7 @@ class TrainingScenes:
         from PIL import Image
 
         a = self.annotations[index]
-        with Image.open(a.image) as im:
+        with parsing(a.image, "image", "an image PIL can decode (named by the annotations)"), Image.open(a.image) as im:
             image = im.convert("RGB").resize((self.size, self.size), Image.BICUBIC)
         return image_tensor(image), a.caption, a.triplets
 
@@ -156,7 +165,28 @@ def build(cfg: DictConfig) -> TrainingJob:
         cond = {k: v.to(device) for k, v in cond.items()}
         return process.training_loss(model, batch["image"].to(device), cond=cond, generator=generator)
 
-    return TrainingJob(model, batch_fn, loss_fn)
+    return TrainingJob(model, batch_fn, loss_fn, validate=grounding_validation(cfg, scenes, process))
+
+
+def grounding_validation(cfg: DictConfig, scenes: TrainingScenes, process: DiffusionProcess):
+    """``validate(model)``: the loss on ``data.val_scenes`` held-out scenes (``val_loss``) and, for a grounded
+    model, the grounding gap and the gates' |tanh α| (:mod:`.grounding_gap`). The caption is kept unless
+    training always drops it (``model.caption_drop: 1``)."""
+    from .grounding_gap import gate_openness, grounding_gap
+
+    m = cfg.model
+    batch = {}  # made at the first validation
+
+    def validate(model) -> dict[str, float]:
+        if not batch:
+            held = scenes.held_out(cfg.data.val_scenes)
+            cond = condition([caption for _, caption, _ in held], [ts for _, _, ts in held], m.text_max_tokens,
+                             m.grounding != "none", m.max_interactions)
+            batch.update(x0=torch.stack([image for image, _, _ in held]),
+                         cond=null_text(cond) if m.caption_drop >= 1 else cond)
+        return {**grounding_gap(model, process, batch["x0"], batch["cond"], seed=cfg.seed), **gate_openness(model)}
+
+    return validate
 
 
 def load_model(folder):
