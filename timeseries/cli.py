@@ -9,7 +9,7 @@ from pathlib import Path
 
 from gencond.cli import non_negative_float, non_negative_int, positive_float, positive_int
 from gencond.errors import UserError
-from gencond.runs import add_sampling_arguments, apply_sampling_arguments, claim_output, load_run
+from gencond.runs import add_sampling_arguments, apply_sampling_arguments, claim_output, load_run, output_dir, prepare_output
 
 from .config import MISSING_SCENARIOS, REFINERS
 
@@ -33,6 +33,10 @@ def add_forecast_arguments(p: argparse.ArgumentParser) -> None:
                    "multiple of batch-size // samples); slices written into one --out add up to the whole forecast")
     p.add_argument("--allow-negative", action="store_true", help="keep negative samples even when every training "
                    "value is ≥ 0 (by default such data gets non-negative forecasts)")
+    p.add_argument("--recalibrate", action=argparse.BooleanOptionalAction, default=None,
+                   help="recalibrate the quantiles on windows before each forecast (default: the config's forecast.recalibrate, off)")
+    p.add_argument("--calibration-windows", type=positive_int,
+                   help="recalibrate on this many windows per series (default: the config's forecast.calibration_windows, 2)")
     _common_arguments(p, "forecast only the first N test entries", "RUN_DIR/forecasts/<settings>")
 
 
@@ -55,7 +59,16 @@ def _common_arguments(p: argparse.ArgumentParser, max_series_help: str, out_defa
     _batch_size_argument(p)
     add_sampling_arguments(p, sampler)
     p.add_argument("--out", help=f"output folder (default: {out_default})")
+    _overwrite_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+FORECAST_RESULTS = ("metrics.json", "forecasts.csv", "fan_chart.png")
+
+
+def _overwrite_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true", help="replace the results already in --out (by default a folder "
+                   "holding results of another command is refused; the same forecast resumes)")
 
 
 def _batch_size_argument(p: argparse.ArgumentParser) -> None:
@@ -100,6 +113,9 @@ def forecast_command(args: argparse.Namespace) -> dict:
     overrides = {k: v for k, v in {"guidance": args.guidance, "scale": args.scale, "num_samples": args.samples}.items() if v is not None}
     if args.plain_guidance:
         overrides["proximal"] = False
+    cfg.forecast.recalibrate = args.recalibrate if args.recalibrate is not None else (
+        cfg.forecast.recalibrate or bool(args.calibration_windows))
+    cfg.forecast.calibration_windows = args.calibration_windows or cfg.forecast.calibration_windows
     non_negative = not args.allow_negative and all(float(np.nanmin(e["target"])) >= 0 for e in data.train if len(e["target"]))
     forecaster = make_forecaster(cfg, model, builder, seed=args.seed, progress=not args.quiet, non_negative=non_negative,
                                  **overrides)
@@ -117,8 +133,9 @@ def forecast_command(args: argparse.Namespace) -> dict:
     tag += f"_{cfg.sampling.timestep_spacing}" if cfg.sampling.timestep_spacing else ""
     tag += f"_n{forecaster.num_samples}"
     tag += f"_{cfg.forecast.missing}{cfg.data.missing_points}" if cfg.forecast.missing else ""
-    out = Path(args.out) if args.out else Path(args.run_dir) / "forecasts" / (tag + ("_future" if args.future else ""))
-    out.mkdir(parents=True, exist_ok=True)
+    tag += f"_recal{forecaster.calibration_windows}" if forecaster.calibration_windows else ""
+    out = Path(args.out) if args.out else output_dir(args.run_dir) / "forecasts" / (tag + ("_future" if args.future else ""))
+    out = prepare_output(out, FORECAST_RESULTS, identity=out / "samples" / "identity.json", overwrite=args.overwrite)
     store = out / "samples"
     claim_output(store / "identity.json", {"run": str(Path(args.run_dir).resolve()), "weights": args.weights, "settings": tag,
                          "seed": args.seed, "chunk_size": forecaster.chunk_size, "non_negative": non_negative,
@@ -128,9 +145,9 @@ def forecast_command(args: argparse.Namespace) -> dict:
 
     start = time.perf_counter()
     if args.future:
+        forecasts = forecaster.predict(entries[series], data.freq, store, offset=series.start, calibrate_on=entries)
         entries = entries[series]
-        forecasts = forecaster.predict(entries, data.freq, store, offset=series.start)
-        metrics = {}
+        metrics = {"recalibrated": forecaster.recalibrated} if forecaster.calibration_windows else {}
     else:
         forecasts, metrics = forecast_and_evaluate(forecaster, entries, data.freq, data.prediction_length,
                                                    missing=cfg.forecast.missing, missing_points=cfg.data.missing_points,
@@ -140,8 +157,14 @@ def forecast_command(args: argparse.Namespace) -> dict:
     metrics.update(method=forecaster.method, missing=cfg.forecast.missing, series=len(entries), seconds=seconds,
                    seconds_per_series=seconds / max(1, len(entries)), settings=tag, non_negative=non_negative,
                    proximal_guidance=None if forecaster.conditional else forecaster.proximal,
+                   calibration_windows=forecaster.calibration_windows,
                    slice=None if args.series is None else f"{series.start}:{series.start + len(entries)}")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if metrics.get("calibration", "ok") != "ok":
+        import warnings
+
+        warnings.warn(f"the forecast intervals do not mean what they say: {metrics['calibration']}" + (
+            "" if forecaster.calibration_windows else " (as sampled; --recalibrate fits them on earlier windows)"), stacklevel=2)
     _write_quantiles(forecasts, out / "forecasts.csv", data.freq)
     title = f"{data.name}: {forecaster.method}" + (f" ({cfg.forecast.missing} missing)" if cfg.forecast.missing else "") + (
         f", CRPS {metrics['CRPS']:.4f}" if "CRPS" in metrics else "")
@@ -217,11 +240,12 @@ def refine_command(args: argparse.Namespace) -> dict:
     process = _process(cfg)
     tau = choose_tau(model, process, builder, data.train, seed=args.seed, tau=args.tau if args.tau is not None else r.tau)
     label = args.base.replace(":", "_").replace(".", "_")
-    out = Path(args.out) if args.out else Path(args.run_dir) / "refine" / label
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out) if args.out else output_dir(args.run_dir) / "refine" / label
+    out = prepare_output(out, ("metrics.json", "base.png", "refined.png") if args.out else (), overwrite=args.overwrite)
     results = {"base": args.base, "series": len(entries), "tau": tau, "step_size": r.step_size if args.step_size is None else args.step_size,
                "iterations": args.iterations if args.iterations is not None else r.iterations,
-               "CRPS": {"base": evaluate(entries, base_forecasts, data.freq)["CRPS"]}, "seconds": {}}
+               "CRPS": {}, "calibration": {}, "seconds": {}}
+    _score(results, "base", evaluate(entries, base_forecasts, data.freq))
     print(f"{args.base}: CRPS {results['CRPS']['base']:.4f}; tau = {tau}")
     best = None
     for name in names:
@@ -233,8 +257,9 @@ def refine_command(args: argparse.Namespace) -> dict:
         start = time.perf_counter()
         refined = refiner.predict(pasts, base_forecasts, data.freq)
         results["seconds"][name] = time.perf_counter() - start
-        results["CRPS"][name] = evaluate(entries, refined, data.freq)["CRPS"]
-        print(f"  {name}: CRPS {results['CRPS'][name]:.4f} ({results['seconds'][name]:.0f} s)")
+        _score(results, name, evaluate(entries, refined, data.freq))
+        print(f"  {name}: CRPS {results['CRPS'][name]:.4f}, 80 % interval covers "
+              f"{100 * results['calibration'][name]['coverage_80']:.0f} % ({results['seconds'][name]:.0f} s)")
         if best is None or results["CRPS"][name] < results["CRPS"][best[0]]:
             best = (name, refined)
     (out / "metrics.json").write_text(json.dumps(results, indent=2))
@@ -243,6 +268,12 @@ def refine_command(args: argparse.Namespace) -> dict:
               title=f"{data.name}: {args.base} refined by {best[0]}, CRPS {results['CRPS'][best[0]]:.4f}")
     print(f"wrote {out}/metrics.json, base.png, refined.png")
     return results
+
+
+def _score(results: dict, name: str, metrics: dict) -> None:
+    """CRPS and the calibration metrics (coverage, MSIS, WIS, flag) of one forecaster into the refine results."""
+    results["CRPS"][name] = metrics["CRPS"]
+    results["calibration"][name] = {k: v for k, v in metrics.items() if k.startswith("coverage") or k in ("MSIS", "WIS", "calibration")}
 
 
 def _process(cfg):
@@ -259,6 +290,7 @@ def add_sample_arguments(p: argparse.ArgumentParser, num: int = 1000) -> None:
     _batch_size_argument(p)
     add_sampling_arguments(p)
     p.add_argument("--out", help="output folder (default: RUN_DIR/samples)")
+    _overwrite_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -280,8 +312,8 @@ def sample_command(args: argparse.Namespace) -> Path:
 
     cfg, model = _load_run(args)
     data, builder, windows = _synthesize(cfg, model, args, args.num)
-    out = Path(args.out) if args.out else Path(args.run_dir) / "samples"
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out) if args.out else output_dir(args.run_dir) / "samples"
+    out = prepare_output(out, ("windows.npy", "windows.png") if args.out else (), overwrite=args.overwrite)
     np.save(out / "windows.npy", windows)
     plot_windows(data, windows, out / "windows.png", builder.context_length, seed=args.seed,
                  title=f"{data.name}: real vs. TSDiff samples (scaled)")
@@ -312,8 +344,8 @@ def eval_command(args: argparse.Namespace) -> dict:
     else:
         data, builder, windows = _synthesize(cfg, model, args, args.num)
     report = lps_report(windows, data, builder.context_length, seed=args.seed)
-    out = Path(args.out) if args.out else Path(args.run_dir) / "eval"
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out) if args.out else output_dir(args.run_dir) / "eval"
+    out = prepare_output(out, ("lps.json", "real_vs_synthetic.png") if args.out else (), overwrite=args.overwrite)
     (out / "lps.json").write_text(json.dumps(report, indent=2))
     plot_windows(data, windows, out / "real_vs_synthetic.png", builder.context_length, seed=args.seed,
                  title=f"{data.name}: LPS synthetic {report['LPS_synthetic']:.4f} vs. real {report['LPS_real']:.4f}")

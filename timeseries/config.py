@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from gencond.config import DiffusionConfig, RunConfig, SamplingConfig, TrainConfig
+from gencond.config import DiffusionConfig, RunConfig, SamplingConfig, TrainConfig, above, at_least, between, one_of, ranged
 
 MISSING_SCENARIOS = ("RM", "BM-B", "BM-E")  # random, a block at the beginning / end of the context
 REFINERS = tuple(f"{method}-{prior}" for method in ("lmc", "ml") for prior in ("quantile", "mse"))
@@ -12,17 +12,17 @@ REFINERS = tuple(f"{method}-{prior}" for method in ("lmc", "ml") for prior in ("
 
 @dataclass
 class TSDiffModelConfig:
-    hidden_channels: int = 64
-    num_blocks: int = 3
-    state_size: int = 128
-    step_embedding_dim: int = 128
+    hidden_channels: int = ranged(64, at_least(1))
+    num_blocks: int = ranged(3, at_least(1))
+    state_size: int = ranged(128, at_least(1))
+    step_embedding_dim: int = ranged(128, at_least(2))
     init_skip: bool = False
-    dropout: float = 0.0
+    dropout: float = ranged(0.0, between(0, 1, high_open=True))
     conditional: bool = False  # TSDiff-Cond: the denoiser also reads the known context and its mask
     # TSDiff-Cond training: chance that a window's context loses data.missing_points points as in a
     # random missing-value scenario (so one model serves RM, BM-B and BM-E)
-    cond_missing_prob: float = 0.5
-    cond_missing: List[str] = field(default_factory=lambda: ["RM", "BM-B", "BM-E"])
+    cond_missing_prob: float = ranged(0.5, between(0, 1))
+    cond_missing: List[str] = ranged(domain=one_of(*MISSING_SCENARIOS), factory=lambda: ["RM", "BM-B", "BM-E"])
 
 
 @dataclass
@@ -30,43 +30,48 @@ class TSDataConfig:
     dataset: str = "???"  # a GluonTS dataset name, 'synthetic', or a .csv / .jsonl file
     root: Optional[str] = None  # where GluonTS datasets live (else $GENCOND_DATA_DIR/gluonts, then GluonTS's cache)
     freq: Optional[str] = None  # required for .jsonl, inferred for .csv, the dataset's own otherwise
-    prediction_length: Optional[int] = None  # required for files; must match a GluonTS dataset's
-    context_length: int = 360
-    lags: Optional[List[int]] = None  # None = TSDiff's defaults for the frequency
+    prediction_length: Optional[int] = ranged(None, at_least(1))  # required for files; must match a GluonTS dataset's
+    context_length: int = ranged(360, at_least(1))
+    lags: Optional[List[int]] = ranged(None, at_least(1))  # None = TSDiff's defaults for the frequency
     use_lags: bool = True
-    num_test_windows: int = 1  # rolling test windows cut from the end of .csv / .jsonl / synthetic series
+    num_test_windows: int = ranged(1, at_least(1))  # rolling test windows cut from the end of .csv / .jsonl / synthetic series
     timestamp_column: Optional[str] = None  # CSV; default: the first column
     coerce_non_numeric: bool = False  # CSV: read cells that are not numbers as missing values (default: an error)
-    max_series: Optional[int] = None  # use only the first N series (quick experiments, tests)
-    missing_points: int = 168  # context points a missing-value scenario hides (paper: 168; Exchange 180)
+    max_series: Optional[int] = ranged(None, at_least(1))  # use only the first N series (quick experiments, tests)
+    missing_points: int = ranged(168, at_least(1))  # context points a missing-value scenario hides (paper: 168; Exchange 180)
 
 
 @dataclass
 class ForecastConfig:
-    guidance: str = "quantile"  # quantile (TSDiff-Q) | mse (TSDiff-MS)
+    guidance: str = ranged("quantile", one_of("quantile", "mse"))  # quantile (TSDiff-Q) | mse (TSDiff-MS)
     scale: float = 8.0  # guidance scale s
     # guide by the loss's Moreau envelope at each step's own size (gencond.guidance.ObservationGuidance): coarse
     # steps stop overshooting the context; false = TSDiff's plain loss gradient (the paper's, for DDPM-100)
     proximal_guidance: bool = True
-    num_samples: int = 100
+    num_samples: int = ranged(100, at_least(1))
     # windows (series × samples) sampled together; on CPU, batches whose activations pass glibc's
     # 32 MB mmap threshold are page-faulted in at every step, which dominates the time: raise it on a GPU
-    batch_size: int = 200
-    validation_samples: int = 16
-    validation_series: int = 64
-    missing: Optional[str] = None  # RM | BM-B | BM-E: hide data.missing_points context points before forecasting
+    batch_size: int = ranged(200, at_least(1))
+    validation_samples: int = ranged(16, at_least(1))
+    validation_series: int = ranged(64, at_least(1))
+    missing: Optional[str] = ranged(None, one_of(*MISSING_SCENARIOS))  # RM | BM-B | BM-E: hide data.missing_points context points before forecasting
+    # recalibrate each forecast's quantiles on calibration_windows windows (prediction_length values each) per series
+    # that end before the forecast starts (timeseries.calibration; README "Calibration"). Off by default: it calibrates
+    # the generated series but cost Exchange 37 % CRPS (benchmarks/results/timeseries/tsdiff_calibration.jsonl)
+    recalibrate: bool = False
+    calibration_windows: int = ranged(2, at_least(1))
 
 
 @dataclass
 class RefineConfig:
     """Refinement of base forecasts (TSDiff §4.2): the paper's settings."""
 
-    step_size: float = 0.1  # eta (the paper: 0.01 for Exchange)
-    iterations: int = 20
+    step_size: float = ranged(0.1, above(0))  # eta (the paper: 0.01 for Exchange)
+    iterations: int = ranged(20, at_least(1))
     prior_weight: float = 1.0  # lambda
     noise_scale: float = 0.1  # LMC's noise factor
     tau: Optional[int] = None  # None = the step whose denoising loss is closest to the mean
-    num_samples: int = 100
+    num_samples: int = ranged(100, at_least(1))
 
 
 def _tsdiff_diffusion() -> DiffusionConfig:

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from gencond.errors import UserError
+from gencond.files import read_text
 
 from .config import MISSING_SCENARIOS
 
@@ -149,8 +150,11 @@ def read_series_file(path: Path, freq: Optional[str], timestamp_column: Optional
         if freq is None:
             raise UserError(f"{path}: JSON lines carry no frequency; pass data.freq (e.g. H, D, B)")
         _check_freq(path, freq)
-        lines = enumerate(path.read_text().splitlines(), start=1)
-        return [_json_entry(path, number, line, freq) for number, line in lines if line.strip()], freq
+        lines = enumerate(read_text(path, "data file", JSONL_FORMAT).splitlines(), start=1)
+        entries = [_json_entry(path, number, line, freq) for number, line in lines if line.strip()]
+        if not entries:
+            raise UserError(f"{path} holds no series (an empty file); expected {JSONL_FORMAT}")
+        return entries, freq
     raise UserError(f"{path}: unsupported file type; use .csv (timestamp + one column per series) or .jsonl (GluonTS)")
 
 
@@ -177,12 +181,42 @@ def _json_entry(path: Path, number: int, line: str, freq: str) -> dict:
     return {"start": start, "target": target, "item_id": str(e.get("item_id", number - 1))}
 
 
+JSONL_FORMAT = 'one JSON object per line, {"start": ..., "target": [...]}'
+CSV_FORMAT = "a header line (timestamp, then one column per series) and one row per time step"
+
+
+def _csv_frame(path: Path) -> pd.DataFrame:
+    """A CSV file's table; an empty, binary, header-only or ragged file is a one-line error."""
+    import io
+
+    import csv
+
+    text = read_text(path, "data file", CSV_FORMAT)
+    rows = csv.reader(io.StringIO(text))
+    header = next(rows, None)
+    for number, row in enumerate(rows, start=2):
+        if row and len(row) != len(header):
+            raise UserError(f"{path} line {number}: a ragged row of {len(row)} fields under a header of {len(header)}; "
+                            "every row needs a value (or an empty cell) per column")
+    try:
+
+        frame = pd.read_csv(io.StringIO(text))
+    except pd.errors.EmptyDataError:
+        raise UserError(f"{path} is empty; expected {CSV_FORMAT}") from None
+    except pd.errors.ParserError as e:  # "Error tokenizing data. C error: Expected 3 fields in line 4, saw 4"
+        detail = str(e).split("error: ")[-1].strip().rstrip(".")
+        raise UserError(f"{path}: a ragged row ({detail}); every row needs a value (or an empty cell) per column") from None
+    if frame.empty or len(frame.columns) < 2:
+        raise UserError(f"{path} holds {'no rows' if frame.empty else 'a single column'}; expected {CSV_FORMAT}")
+    return frame
+
+
 def _read_csv(path: Path, freq: Optional[str], timestamp_column: Optional[str],
               coerce_non_numeric: bool) -> tuple[list[dict], str]:
     """A CSV's series. Empty cells, NaN and null are missing values; anything else that is not a
     number, a timestamp column that holds no timestamps, or timestamps off the ``freq`` grid are errors
     naming the cell (line numbers count the header as line 1)."""
-    frame = pd.read_csv(path)
+    frame = _csv_frame(path)
     col = timestamp_column or frame.columns[0]
     if col not in frame.columns:
         raise UserError(f"{path}: no timestamp column '{col}'; columns are {list(frame.columns)}")

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from gencond.config import SamplingConfig
 from gencond.diffusion import DiffusionProcess
 from gencond.errors import UserError
+from gencond.runs import read_arrays
 from gencond.guidance import ObservationGuidance, evenly_spaced_quantiles
 from gencond.sampling import sample
 
@@ -49,6 +50,7 @@ class TSDiffForecaster:
         device: torch.device | str = "cpu",
         progress: bool = True,
         non_negative: bool = False,
+        calibration_windows: int = 0,
     ):
         if guidance not in GUIDANCE_KINDS:
             raise UserError(f"unknown guidance '{guidance}'; use one of {GUIDANCE_KINDS}")
@@ -62,6 +64,11 @@ class TSDiffForecaster:
         self.batch_size, self.seed, self.device, self.progress = batch_size, seed, device, progress
         self.non_negative = non_negative  # clip samples at 0 (for data that is never negative)
         self.conditional = getattr(model, "cond_channels", 0) > 0
+        if calibration_windows < 0:
+            raise UserError(f"the number of calibration windows must be ≥ 0, got {calibration_windows}")
+        # > 0: forecasts are recalibrated on this many windows per series before the earliest forecast start
+        self.calibration_windows = calibration_windows
+        self.recalibrated = 0  # forecasts recalibrated by the last predict
 
     @property
     def chunk_size(self) -> int:
@@ -95,12 +102,11 @@ class TSDiffForecaster:
         for start in chunks:
             path = None if store is None else Path(store) / f"chunk_{offset + start:06d}.npz"
             group = windows[start : start + per_batch]
-            if path is not None and path.is_file():
-                with np.load(path, allow_pickle=False) as z:
-                    if len(z["samples"]) == len(group):
-                        out.append(z["samples"])
-                        misfits.append(torch.from_numpy(z["misfit"]))
-                        continue
+            saved = read_arrays(path, ("samples", "misfit")) if path is not None and path.is_file() else None
+            if saved is not None and len(saved["samples"]) == len(group):
+                out.append(saved["samples"])
+                misfits.append(torch.from_numpy(saved["misfit"]))
+                continue
             future, misfit = self._sample_chunk(group, torch.Generator().manual_seed(self.seed * 1_000_003 + offset + start),
                                                 show_steps=self.progress and len(chunks) == 1)
             if self.non_negative:
@@ -142,17 +148,49 @@ class TSDiffForecaster:
         future = draws[:, self.builder.context_length :, 0].float().cpu().reshape(len(group), n, -1)
         return (future * scale[:, None, None]).numpy(), misfit
 
-    def predict(self, entries: Iterable[dict], freq: str, store: Optional[Path] = None, offset: int = 0):
+    def predict(self, entries: Iterable[dict], freq: str, store: Optional[Path] = None, offset: int = 0,
+                calibrate_on: Optional[Sequence[dict]] = None):
         """GluonTS ``SampleForecast``s for entries whose ``target`` is the past to forecast from
-        (``store``: see :meth:`sample_futures`)."""
+        (``store``: see :meth:`sample_futures`). With ``calibration_windows`` > 0 each forecast is
+        recalibrated (:func:`recalibrated`) on windows cut from ``calibrate_on`` (default: ``entries``)."""
         from gluonts.model.forecast import SampleForecast
 
         entries = list(entries)
         samples = self.sample_futures([e["target"] for e in entries], store, offset)
+        if self.calibration_windows:
+            samples, self.recalibrated = recalibrated(self, entries, samples, entries if calibrate_on is None else calibrate_on,
+                                                      None if store is None else Path(store) / "calibration")
         return [
             SampleForecast(s, start_date=pd.Period(e["start"], freq) + len(e["target"]), item_id=e.get("item_id"))
             for e, s in zip(entries, samples)
         ]
+
+
+def recalibrated(forecaster: TSDiffForecaster, pasts: Sequence[dict], samples: np.ndarray, calibrate_on: Sequence[dict],
+                 store: Optional[Path] = None) -> tuple[np.ndarray, int]:
+    """(``samples`` of ``pasts`` recalibrated, how many were): the forecaster forecasts its
+    ``calibration_windows`` windows per series before the series' earliest forecast start in
+    ``calibrate_on`` (with other noise than the forecasts: seed + 1), and each forecast is mapped by a
+    :class:`~timeseries.calibration.QuantileRecalibration` fitted on the windows that end before it starts."""
+    import copy
+
+    from .calibration import MIN_CALIBRATION_POINTS, calibration_windows, recalibrate
+    from .data import series_id
+
+    windows = calibration_windows(calibrate_on, forecaster.builder.prediction_length, forecaster.calibration_windows, series_id)
+    if not windows:
+        return samples, 0
+    other = copy.copy(forecaster)
+    other.seed, other.progress = forecaster.seed + 1, False
+    window_samples = other.sample_futures([w["target"] for w in windows], store)
+    out, done = recalibrate(pasts, samples, windows, window_samples)
+    if forecaster.non_negative:
+        out = np.maximum(out, 0.0)
+    if done < len(pasts):
+        warnings.warn(f"{len(pasts) - done} of {len(pasts)} forecasts are left as sampled: the windows before them hold "
+                      f"fewer than {MIN_CALIBRATION_POINTS} observed values, or the recalibration fitted on the older ones "
+                      f"did not improve the newest (timeseries.calibration.checked_fit)", stacklevel=3)
+    return out, done
 
 
 def known_condition(x: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
@@ -167,10 +205,13 @@ def context_misfit(draws: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, con
     return (err.sum(1) / m.sum(1).clamp_min(1)).sqrt()
 
 
-def evaluate(entries: Sequence[dict], forecasts: Sequence, freq: str) -> dict[str, float]:
-    """CRPS (GluonTS mean weighted quantile loss over 0.1…0.9), ND and NRMSE of forecasts whose
-    truth is the last values of each entry's ``target``."""
+def evaluate(entries: Sequence[dict], forecasts: Sequence, freq: str) -> dict:
+    """CRPS (GluonTS mean weighted quantile loss over 0.1…0.9), ND, NRMSE and MSE of forecasts whose
+    truth is the last values of each entry's ``target``, and their calibration
+    (:func:`timeseries.calibration.calibration_metrics`: coverage, MSIS, WIS and a flag)."""
     from gluonts.evaluation import Evaluator
+
+    from .calibration import calibration_metrics, evaluator_quantiles
 
     truths = [
         pd.DataFrame(e["target"], index=pd.period_range(pd.Period(e["start"], freq), periods=len(e["target"]), freq=freq))
@@ -178,10 +219,13 @@ def evaluate(entries: Sequence[dict], forecasts: Sequence, freq: str) -> dict[st
     ]
     from gluonts.env import env
 
-    evaluator = Evaluator(quantiles=EVAL_QUANTILES, num_workers=0)
+    evaluator = Evaluator(quantiles=evaluator_quantiles(EVAL_QUANTILES), num_workers=0)
     with env._let(use_tqdm=False):
         agg, _ = evaluator(iter(truths), iter(forecasts), num_series=len(truths))
-    return {"CRPS": float(agg["mean_wQuantileLoss"]), "ND": float(agg["ND"]), "NRMSE": float(agg["NRMSE"]), "MSE": float(agg["MSE"])}
+    points = sum(int(np.isfinite(e["target"][len(e["target"]) - f.samples.shape[1]:]).sum()) for e, f in zip(entries, forecasts))
+    crps = float(np.mean([agg[f"wQuantileLoss[{q}]"] for q in EVAL_QUANTILES]))  # the mean over 0.1…0.9 only
+    return {"CRPS": crps, "ND": float(agg["ND"]), "NRMSE": float(agg["NRMSE"]), "MSE": float(agg["MSE"]),
+            **calibration_metrics(agg, points)}
 
 
 def forecast_and_evaluate(forecaster: TSDiffForecaster, entries: Sequence[dict], freq: str, prediction_length: int,
@@ -195,16 +239,22 @@ def forecast_and_evaluate(forecaster: TSDiffForecaster, entries: Sequence[dict],
     if missing:
         ctx = forecaster.builder.context_length
         pasts = [{**p, "target": hide_context(p["target"], missing, missing_points, ctx, rng)} for p in pasts]
-    entries, pasts = list(entries)[series], pasts[series]
-    forecasts = forecaster.predict(pasts, freq, store, offset=series.start or 0)
-    return forecasts, evaluate(entries, forecasts, freq)
+    entries, every_past, pasts = list(entries)[series], pasts, pasts[series]
+    forecasts = forecaster.predict(pasts, freq, store, offset=series.start or 0, calibrate_on=every_past)
+    metrics = evaluate(entries, forecasts, freq)
+    if forecaster.calibration_windows:
+        metrics["recalibrated"] = forecaster.recalibrated
+    return forecasts, metrics
 
 
 def fan_chart(entries: Sequence[dict], forecasts: Sequence, path, freq: str, *, max_series: int = 6,
               history: Optional[int] = None, title: str = "", unit: str = "test windows"):
     """A PNG of forecast fans (median, 50 % and 90 % intervals) over the recent history and the
     truth (an entry's values from the forecast start on); the title says how many of the ``unit``
-    (test windows, series) it shows. Returns the (closed) figure."""
+    (test windows, series) it shows and, where there is truth, the share of it inside each band
+    over the windows shown. Returns the (closed) figure."""
+    from .calibration import interval_coverage
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -214,6 +264,7 @@ def fan_chart(entries: Sequence[dict], forecasts: Sequence, path, freq: str, *, 
     k = min(max_series, len(entries))
     cols = 2 if k > 1 else 1
     rows = (k + cols - 1) // cols
+    truths, fans = [], []
     fig, axes = plt.subplots(rows, cols, figsize=(7 * cols, 2.6 * rows), squeeze=False)
     for ax, e, f in zip(axes.flat, entries, forecasts):
         n = f.samples.shape[1]
@@ -233,6 +284,9 @@ def fan_chart(entries: Sequence[dict], forecasts: Sequence, path, freq: str, *, 
         ax.plot(idx[first:cut], e["target"][first:cut], color="black", lw=1, label="history")
         if cut < len(idx):
             ax.plot(idx[cut:], e["target"][cut:], color="tab:red", lw=1, label="truth")
+            if len(idx) - cut == n:
+                truths.append(np.asarray(e["target"][cut:], dtype=np.float64))
+                fans.append(f.samples)
         for lo, hi, alpha in ((0.05, 0.95, 0.2), (0.25, 0.75, 0.4)):
             ax.fill_between(fidx, f.quantile(lo), f.quantile(hi), color="tab:blue", alpha=alpha, lw=0,
                             label=f"{round(100 * (hi - lo))} % interval")
@@ -243,6 +297,9 @@ def fan_chart(entries: Sequence[dict], forecasts: Sequence, path, freq: str, *, 
         ax.axis("off")
     axes.flat[0].legend(fontsize=7, loc="upper left")
     shown = f"{k} of {len(entries)} {unit} shown"
+    if truths:
+        inside = [interval_coverage(np.stack(truths), np.stack(fans), p) for p in (50, 90)]
+        shown += f"; truth inside the 50 % band {100 * inside[0]:.0f} %, the 90 % band {100 * inside[1]:.0f} % of the time"
     fig.suptitle(f"{title}\n{shown}" if title else shown, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from gencond.config import SamplingConfig
 from gencond.diffusion import DiffusionProcess
 from gencond.errors import UserError
+from gencond.files import parsing
 from gencond.sampling import sample
 
 from .baselines import RidgeForecaster, real_windows
@@ -95,7 +96,8 @@ def load_windows(path, length: int) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no such file: {path} (write one with `gencond sample RUN_DIR`)")
-    windows = np.load(path)
+    with parsing(path, "--windows", "a .npy array of windows (written by `gencond sample`)"):
+        windows = np.load(path, allow_pickle=False)
     if windows.ndim != 2 or windows.shape[1] != length:
         raise UserError(f"{path} holds windows of shape {windows.shape}; this run's windows are (N, {length})")
     return windows

@@ -48,7 +48,7 @@ def build_model(cfg: DictConfig, channels: int) -> torch.nn.Module:
 def make_forecaster(cfg: DictConfig, model, builder: WindowBuilder, **overrides) -> TSDiffForecaster:
     f = cfg.forecast
     options = dict(guidance=f.guidance, scale=f.scale, proximal=f.proximal_guidance, num_samples=f.num_samples,
-                   batch_size=f.batch_size, seed=cfg.seed)
+                   batch_size=f.batch_size, seed=cfg.seed, calibration_windows=f.calibration_windows if f.recalibrate else 0)
     options.update(overrides)
     device = next(model.parameters()).device
     return TSDiffForecaster(model, DiffusionProcess(cfg.diffusion), builder, cfg.sampling, device=device, **options)
@@ -81,7 +81,8 @@ def build(cfg: DictConfig) -> TrainingJob:
     val_entries = data.validation_entries(cfg.forecast.validation_series)
 
     def validate(model) -> dict[str, float]:
-        forecaster = make_forecaster(cfg, model, builder, num_samples=cfg.forecast.validation_samples, progress=False)
+        forecaster = make_forecaster(cfg, model, builder, num_samples=cfg.forecast.validation_samples, progress=False,
+                                     calibration_windows=0)  # raw forecasts: validation compares checkpoints
         _, metrics = forecast_and_evaluate(forecaster, val_entries, data.freq, data.prediction_length)
         return {"val_crps": metrics["CRPS"], "val_nd": metrics["ND"]}
 

@@ -43,7 +43,11 @@ def test_forecast_writes_metrics_csv_and_fan_chart(run_dir, tmp_path, capsys):
     assert main(["forecast", str(run_dir), "--out", str(out), "--quiet", "--scheduler", "ddim", "--steps", "5"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["series"] == 10  # 2 series × 5 rolling windows
-    assert all(np.isfinite(metrics[k]) and metrics[k] > 0 for k in ("CRPS", "ND", "NRMSE"))
+    assert all(np.isfinite(metrics[k]) and metrics[k] > 0 for k in ("CRPS", "ND", "NRMSE", "MSIS", "WIS"))
+    coverage = [metrics[f"coverage_q{q / 10:.1f}"] for q in range(1, 10)]
+    assert all(0 <= c <= 1 for c in coverage) and coverage == sorted(coverage)
+    assert metrics["coverage_80"] == pytest.approx(metrics["coverage_q0.9"] - metrics["coverage_q0.1"])
+    assert metrics["calibration_windows"] == 0 and "recalibrated" not in metrics and "calibration" in metrics  # off by default
     table = pd.read_csv(out / "forecasts.csv")
     assert len(table) == 10 * 30 and (table["q0.1"] <= table["q0.9"]).all()
     assert (out / "fan_chart.png").read_bytes()[:4] == b"\x89PNG"
@@ -152,8 +156,7 @@ def test_an_interrupted_forecast_resumes_to_the_uninterrupted_one(run_dir, tmp_p
 
     monkeypatch.setattr(forecast.TSDiffForecaster, "_sample_chunk", interrupted)
     resumed = tmp_path / "resumed"
-    with pytest.raises(KeyboardInterrupt):
-        main(["forecast", str(run_dir), "--out", str(resumed), *FAST])
+    assert main(["forecast", str(run_dir), "--out", str(resumed), *FAST]) == 130  # Ctrl-C: gencond.errors.Interrupted's status
     assert len(list((resumed / "samples").glob("chunk_*.npz"))) == 2  # two chunks of 2 windows were written
     assert main(["forecast", str(run_dir), "--out", str(resumed), *FAST]) == 0
     assert len(calls) == 3 + 3  # 5 chunks: 2 read back, 3 sampled
@@ -221,3 +224,17 @@ def test_hourly_data_prints_no_deprecation_warning_per_series(run_dir, tmp_path)
     assert done.returncode == 0, done.stderr
     assert "'H' is deprecated" not in done.stderr
     assert (tmp_path / "h" / "fan_chart.png").exists()
+
+
+def test_recalibration_switch_changes_the_quantiles_and_is_recorded(run_dir, tmp_path):
+    outs = {}
+    for name, extra in (("recal", ["--recalibrate"]), ("raw", []), ("one", ["--calibration-windows", "1"])):
+        outs[name] = tmp_path / name
+        assert main(["forecast", str(run_dir), "--out", str(outs[name]), *FAST, *extra]) == 0
+    recal, raw, one = (json.loads((outs[n] / "metrics.json").read_text()) for n in ("recal", "raw", "one"))
+    assert recal["calibration_windows"] == 2 and recal["recalibrated"] == 10 and recal["settings"].endswith("_recal2")
+    assert raw["calibration_windows"] == 0 and "recalibrated" not in raw and "_recal" not in raw["settings"]
+    assert one["calibration_windows"] == 1 and one["settings"].endswith("_recal1")
+    assert not (outs["raw"] / "samples" / "calibration").exists()
+    a, b = samples_of(outs["recal"]), samples_of(outs["raw"])
+    assert a.shape == b.shape and not np.allclose(a, b)
