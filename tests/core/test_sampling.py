@@ -306,7 +306,8 @@ def test_micro_batches_run_on_worker_threads_with_the_same_samples_on_any_thread
                              generator=torch.Generator().manual_seed(0), progress=False)
             assert sorted(size for size, _, _ in model.calls) == sorted([10] * 4 * 3 + [5] * 3)  # rows per call fixed
             names = {name for _, name, _ in model.calls}
-            assert len(names) == n and all(name.startswith("gencond-sampling") for name in names) == (n > 1)
+            # up to n workers (the pool reuses a worker that is already idle, as on a busy machine)
+            assert 1 <= len(names) <= n and all(name.startswith("gencond-sampling") for name in names) == (n > 1)
             assert {k for _, _, k in model.calls} == {1}  # each worker runs its ops single-threaded
             assert torch.get_num_threads() == n  # restored
         assert torch.equal(runs[2], runs[1]) and torch.equal(runs[3], runs[1])
