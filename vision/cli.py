@@ -120,7 +120,7 @@ def evaluate_run(cfg, model, *, probe_blocks=None, probe_timesteps=None, probe_e
     from .frechet import (classifier_features, frechet_distance, inception_available, inception_features,
                           trained_classifier, weak_classifier_warning)
     from .generate import generate_images
-    from .probe import probe_grid
+    from .probe import probe_grid, raw_pixel_baselines
 
     splits = load_images(cfg.data)
     if len(splits.test_images) == 0:
@@ -138,8 +138,12 @@ def evaluate_run(cfg, model, *, probe_blocks=None, probe_timesteps=None, probe_e
                           epochs=probe_epochs or e.probe_epochs, batch_size=e.probe_batch_size, lr=e.probe_lr,
                           progress=progress)
         best = max(rows, key=lambda r: r["accuracy"])
+        baselines = raw_pixel_baselines(ptr, pte, splits.num_classes, getattr(model.config, "patch_size", 4),
+                                        epochs=probe_epochs or e.probe_epochs, batch_size=e.probe_batch_size, lr=e.probe_lr)
         result["linear_probe"] = {"best_accuracy": best["accuracy"], "best_block": best["block"], "best_t": best["t"],
-                                  "grid": rows, "seconds": time.perf_counter() - start}
+                                  "grid": rows, "baselines": baselines,
+                                  "beats_raw_pixels": best["accuracy"] > baselines["raw_pixels"],
+                                  "seconds": time.perf_counter() - start}
     if not skip_fd:
         n = fd_samples or e.fd_samples
         fake, rate = generate_images(model, cfg, n, batch_size=e.fd_batch_size, seed=seed, progress=progress)
@@ -185,6 +189,7 @@ def eval_command(args: argparse.Namespace) -> dict:
         lp = result["linear_probe"]
         summary["linear_probe_accuracy"] = round(lp["best_accuracy"], 4)
         summary["probe_at"] = f"block {lp['best_block']}, t={lp['best_t']}"
+        summary.update({f"probe_{k}": round(v, 4) for k, v in lp["baselines"].items()})
     if "frechet" in result and result["frechet"]["value"] is not None:
         fd = result["frechet"]
         summary[fd["metric"]] = round(fd["value"], 3)

@@ -74,3 +74,20 @@ def probe_grid(model, process: DiffusionProcess, train: tuple[torch.Tensor, torc
             acc = train_linear_probe(ftr[b], train[1], fte[b], test[1], num_classes, epochs, batch_size, lr)
             rows.append({"block": b, "t": int(t), "accuracy": acc})
     return rows
+
+
+def raw_pixel_baselines(train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
+                        num_classes: int, patch: int, epochs: int = 15, batch_size: int = 128,
+                        lr: float = 1e-3) -> dict[str, float]:
+    """What a probe must beat for the features to be features: the same linear probe on the raw pixels
+    (flattened) and on the mean over the image's raw ``patch`` x ``patch`` patches (a pooled token's worth
+    of pixels, as the model's features are pooled tokens)."""
+    def pooled(images: torch.Tensor) -> torch.Tensor:
+        patches = F.unfold(images.float(), kernel_size=patch, stride=patch)  # (N, C*p*p, L)
+        return patches.mean(-1)
+
+    flat = lambda images: images.float().flatten(1)  # noqa: E731
+    return {"raw_pixels": train_linear_probe(flat(train[0]), train[1], flat(test[0]), test[1], num_classes,
+                                             epochs, batch_size, lr),
+            f"pooled_raw_patches_{patch}x{patch}": train_linear_probe(pooled(train[0]), train[1], pooled(test[0]),
+                                                                      test[1], num_classes, epochs, batch_size, lr)}

@@ -164,6 +164,8 @@ def summarize(results: dict, over: dict, args) -> tuple[dict, str]:
     for r in rows:
         lines.append(f"| {r['variant']} | {r['seed']} | {100 * r['probe_acc']:.2f} % | {r['probe_at']} | {r['fd']:.3f} | "
                      f"{r['train_img_s']:.1f} | {r['sample_img_s']:.1f} |")
+    for name, acc in (any_result["linear_probe"].get("baselines") or {}).items():  # the rows to beat
+        lines.append(f"| *{name.replace('_', ' ')} (same probe, no model)* | | {100 * acc:.2f} % | | | | |")
     for variant, st in stats.items():
         lines.append(f"| **{variant} mean ± std** | | {100 * st['probe_acc']['mean']:.2f} ± {100 * st['probe_acc']['std']:.2f} % | | "
                      f"{st['fd']['mean']:.3f} ± {st['fd']['std']:.3f} | {st['train_img_s']['mean']:.1f} | {st['sample_img_s']['mean']:.1f} |")

@@ -28,6 +28,10 @@ def test_train_sample_eval_on_digits(tmp_path, fd_cache, capsys):
     grid = result["linear_probe"]["grid"]
     assert sorted((r["block"], r["t"]) for r in grid) == [(0, 5), (0, 50), (2, 5), (2, 50)]
     assert result["linear_probe"]["best_accuracy"] > 0.2  # chance is 0.1; 40 training steps
+    base = result["linear_probe"]["baselines"]  # the rows every probe figure is read against
+    assert sorted(base) == ["pooled_raw_patches_2x2", "raw_pixels"] and base["raw_pixels"] > 0.85  # 8x8 digits
+    assert base["pooled_raw_patches_2x2"] < base["raw_pixels"]  # pooling throws away where the ink is
+    assert result["linear_probe"]["beats_raw_pixels"] == (result["linear_probe"]["best_accuracy"] > base["raw_pixels"])
     fd = result["frechet"]
     assert fd["metric"] == "FD-DIGITS-classifier" and fd["samples"] == 48 and fd["value"] > 0
     acc = fd["feature_classifier_test_accuracy"]
