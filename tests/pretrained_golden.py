@@ -61,8 +61,28 @@ def _video_planner(model: Path, scratch: Path) -> dict:
     return {"plan": np.asarray(plan, np.float64)}
 
 
-GOLDEN_OF = {"tsdiff": _tsdiff, "ddae": _ddae, "video-planner": _video_planner}
-TOLERANCE = {"tsdiff": 1e-4, "ddae": 1e-4, "video-planner": 2.0}  # absolute; plans are uint8 levels
+def _interact(model: Path, scratch: Path) -> dict:
+    """Two images of one caption (and one triplet where the model is grounded), DDIM-3, seed 0."""
+    from gencond.diffusion import DiffusionProcess
+    from gencond.runs import load_run
+    from omegaconf import OmegaConf
+    from vision.interact.cli import generate
+    from vision.interact.task import condition
+
+    (scratch / "p.json").write_text('{"caption": "a person holding a red kite"}')
+    _gencond("sample", str(model), "--triplets", str(scratch / "p.json"), "--num", "1", "--steps", "3", "--quiet",
+             "--out", str(scratch / "s"))
+    cfg, net = load_run(model)
+    torch.set_num_threads(1)
+    sampling = OmegaConf.merge(cfg.sampling, {"num_steps": 3, "scheduler": "ddim"})
+    cond = condition(["a person holding a red kite"] * 2, [[]] * 2, cfg.model.text_max_tokens, net.grounded,
+                     cfg.model.max_interactions)
+    images = generate(net, DiffusionProcess(cfg.diffusion), sampling, cond, 2, torch.Generator().manual_seed(0))
+    return {"images": images.numpy().astype(np.float64)}
+
+
+GOLDEN_OF = {"tsdiff": _tsdiff, "ddae": _ddae, "video-planner": _video_planner, "interact": _interact}
+TOLERANCE = {"tsdiff": 1e-4, "ddae": 1e-4, "video-planner": 2.0, "interact": 1e-4}  # absolute; plans are uint8 levels
 
 
 def golden_output(model: Path) -> dict:
