@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -161,10 +162,9 @@ def forecast_command(args: argparse.Namespace) -> dict:
                    slice=None if args.series is None else f"{series.start}:{series.start + len(entries)}")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if metrics.get("calibration", "ok") != "ok":
-        import warnings
-
-        warnings.warn(f"the forecast intervals do not mean what they say: {metrics['calibration']}" + (
-            "" if forecaster.calibration_windows else " (as sampled; --recalibrate fits them on earlier windows)"), stacklevel=2)
+        print(f"gencond {getattr(args, 'verb', 'forecast')}: warning: the forecast intervals do not mean what they say: "
+              f"{metrics['calibration']}" + ("" if forecaster.calibration_windows else
+                                             " (as sampled; --recalibrate fits them on earlier windows)"), file=sys.stderr)
     _write_quantiles(forecasts, out / "forecasts.csv", data.freq)
     title = f"{data.name}: {forecaster.method}" + (f" ({cfg.forecast.missing} missing)" if cfg.forecast.missing else "") + (
         f", CRPS {metrics['CRPS']:.4f}" if "CRPS" in metrics else "")
