@@ -296,3 +296,24 @@ def test_a_videoagent_trained_on_informative_drafts_uses_the_plan(tmp_path):
         result = plan_use(model, process, clips, text, items, drafts, timesteps=(80, 90, 95))
         for t, matched in result["matched"].items():
             assert matched < 0.85 * min(result["other_clip"][t], result["empty"][t]), (seeds, t, result)
+
+
+def test_an_online_iteration_turns_a_success_on_a_new_scene_into_a_clip_it_finetunes_on(runs, tmp_path, monkeypatch):
+    """The success -> clip -> finetune path end to end: the expert's own plans (the oracle, in place of the
+    refined plans) succeed on a scene the demonstrations never showed; that execution becomes a clip of the
+    finetuning run's data."""
+    import video.agent
+    from gencond.config import load_config
+    from robotics.planners import OraclePlanner
+    from video.online import online
+    from video.task import load_clips
+
+    _, _, agent = runs
+    monkeypatch.setattr(video.agent, "make_planner", lambda run, **kw: OraclePlanner(8, 128))
+    log = online(agent, tmp_path / "online", 1, tasks=["door-close"], cameras=["corner"], seeds=[5],
+                 eval_seeds=[100], steps=2, max_rounds=1, max_replans=0, resolution=128, progress=False)
+    assert log[0]["execution_success"] == 1 and log[0]["clips_added"] == 1 and log[0]["finetune_steps"] == 2
+    cfg = load_config(tmp_path / "online" / "iter_1" / "model" / "config.yaml")
+    clips = load_clips(cfg)
+    new = [e for e in clips.episodes if e.seed == 5]
+    assert len(new) == 1 and new[0].text == "door close" and len(clips.episodes) == 7  # 6 demos + the success
