@@ -104,3 +104,12 @@ def test_every_results_file_a_page_names_exists():
                     missing += [f"{page.relative_to(ROOT)}: {p}#{r}" for r in expand(run)
                                 if not any(re.fullmatch(re.sub(r"<[^>]+>", ".+", r).replace("*", ".*"), x) for x in runs)]
     assert not missing, "pages name results that are not there:\n" + "\n".join(sorted(missing))
+
+
+def test_every_benchmark_script_compiles():
+    import py_compile
+
+    scripts = sorted((ROOT / "benchmarks").rglob("*.py"))
+    assert len(scripts) > 10
+    for script in scripts:
+        py_compile.compile(str(script), doraise=True)

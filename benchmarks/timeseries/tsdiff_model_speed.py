@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--tune-malloc", action="store_true", help="raise glibc's mmap/trim thresholds first")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/tsdiff_model_speed.json"),
-                        help="this run's JSON; add it to the study with benchmarks/record.py"))
+                        help="this run's JSON; add it to the study with benchmarks/record.py")
     args = parser.parse_args()
 
     malloc_tuned = tune_glibc_malloc() if args.tune_malloc else False

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Iterable, Union
 
 from gencond.errors import UserError
-from gencond.files import parsing, read_text
+from gencond.files import read_text
 
 from .tokenizer import MAX_INTERACTIONS
 
