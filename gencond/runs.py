@@ -351,25 +351,23 @@ def load_run(run_dir: str | Path, weights: str = "best", task: str | tuple[str, 
 
     ``task``: the task(s) the caller can use; a model of another task is a one-line error."""
     from .config import load_config
+    from .export import check_export, is_export
     from .registry import get_task
 
     run_dir = Path(run_dir)
-    found = run_task(run_dir)
+    export = check_export(run_dir) if is_export(run_dir) else None  # the files are hashed once per load
+    found = export["task"] if export else run_task(run_dir)
     wanted = (task,) if isinstance(task, str) else task
     if wanted and found not in wanted:
-        from .export import is_export
-
-        raise UserError(f"{run_dir} is a '{found}' {'export' if is_export(run_dir) else 'run'}; {needed_by} needs a "
+        raise UserError(f"{run_dir} is a '{found}' {'export' if export else 'run'}; {needed_by} needs a "
                         + " or ".join(f"'{t}'" for t in wanted) + " run")
-    folder = weights_folder(run_dir, weights)
+    folder = run_dir / LAST_WEIGHTS if export else weights_folder(run_dir, weights)
     cfg = load_config(run_dir / CONFIG)
     loader = get_task(cfg.task).load_model
     if loader is None:
         raise UserError(f"task '{cfg.task}' does not say how to load its weights (register_task(load_model=...))")
     model = loader(folder)
-    from .export import is_export, read_manifest
-
-    if is_export(run_dir) and read_manifest(run_dir).get("dtype", "float32") != "float32":
+    if export and export.get("dtype", "float32") != "float32":
         model.float()  # stored in half precision, computed in float32
     return cfg, model.eval()
 
