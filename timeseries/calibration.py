@@ -80,6 +80,17 @@ def _spread(sorted_samples: np.ndarray) -> np.ndarray:
     return np.maximum(hi - lo, floor)
 
 
+def _calibration_inputs(samples, truths) -> tuple[np.ndarray, np.ndarray]:
+    """``samples`` (M, N, L) and ``truths`` (M, L) as float64, checked: matching shapes, enough observed points."""
+    samples, truths = np.asarray(samples, dtype=np.float64), np.asarray(truths, dtype=np.float64)
+    if samples.ndim != 3 or truths.shape != (samples.shape[0], samples.shape[2]):
+        raise UserError(f"calibration samples (M, N, L) and truths (M, L) do not match: {samples.shape}, {truths.shape}")
+    points = int(np.isfinite(truths).sum())
+    if points < MIN_CALIBRATION_POINTS:
+        raise UserError(f"{points} observed calibration points; the recalibration needs ≥ {MIN_CALIBRATION_POINTS}")
+    return samples, truths
+
+
 class QuantileRecalibration:
     """Per-level conformal shifts: the k-th smallest of N samples (level k / (N-1), the rank GluonTS reads a
     quantile from, kept within 1/2N of 0 and 1) moves by ``shift[k]``
@@ -94,12 +105,8 @@ class QuantileRecalibration:
     @classmethod
     def fit(cls, samples: np.ndarray, truths: np.ndarray) -> "QuantileRecalibration":
         """``samples`` (M, N, L) forecast for calibration windows whose observed values are ``truths`` (M, L)."""
-        samples, truths = np.asarray(samples, dtype=np.float64), np.asarray(truths, dtype=np.float64)
-        if samples.ndim != 3 or truths.shape != (samples.shape[0], samples.shape[2]):
-            raise UserError(f"calibration samples (M, N, L) and truths (M, L) do not match: {samples.shape}, {truths.shape}")
+        samples, truths = _calibration_inputs(samples, truths)
         ok = np.isfinite(truths)
-        if ok.sum() < MIN_CALIBRATION_POINTS:
-            raise UserError(f"{int(ok.sum())} observed calibration points; the recalibration needs ≥ {MIN_CALIBRATION_POINTS}")
         ranked = np.sort(samples, axis=1)
         scores = (truths[:, None, :] - ranked) / _spread(ranked)[:, None, :]  # (M, N, L)
         scores = scores.transpose(1, 0, 2)[:, ok]  # (N, points)
@@ -119,6 +126,37 @@ class QuantileRecalibration:
         out = np.empty_like(moved)
         np.put_along_axis(out, order, moved, axis=1)
         return out.astype(samples.dtype)
+
+
+class WidthRecalibration:
+    """One factor ``width`` for every sample's distance to its point's median, chosen on calibration
+    windows to minimise the quantile score (:func:`quantile_score`) over a grid of 1/4..4. The median
+    stays where it was sampled: only the spread is corrected, so a bias in the calibration windows
+    that does not last (a market that turned) cannot move later forecasts."""
+
+    GRID = np.geomspace(0.25, 4.0, 49)
+
+    def __init__(self, width: float, points: int):
+        self.width, self.points = width, points
+
+    @classmethod
+    def fit(cls, samples: np.ndarray, truths: np.ndarray) -> "WidthRecalibration":
+        """``samples`` (M, N, L) forecast for calibration windows whose observed values are ``truths`` (M, L)."""
+        samples, truths = _calibration_inputs(samples, truths)
+        points = int(np.isfinite(truths).sum())
+        scores = [quantile_score(cls(w, points).apply(samples), truths) for w in cls.GRID]
+        return cls(float(cls.GRID[int(np.argmin(scores))]), points)
+
+    def apply(self, samples: np.ndarray) -> np.ndarray:
+        """Recalibrated copy of ``samples`` (S, N, L): median + width × (sample − median), per point."""
+        samples = np.asarray(samples)
+        if samples.ndim != 3:
+            raise UserError(f"samples must be (series, samples, length), got shape {samples.shape}")
+        median = np.median(samples, axis=1, keepdims=True)
+        return (median + self.width * (samples - median)).astype(samples.dtype)
+
+
+RECALIBRATIONS = {"width": WidthRecalibration, "quantile": QuantileRecalibration}
 
 
 def calibration_windows(pasts: Sequence[dict], prediction_length: int, windows: int, series_of) -> list[dict]:
@@ -156,21 +194,21 @@ def quantile_score(samples: np.ndarray, truths: np.ndarray) -> float:
     return float(np.mean(losses))
 
 
-def checked_fit(window_samples: np.ndarray, truths: np.ndarray, ages: np.ndarray) -> QuantileRecalibration | None:
+def checked_fit(window_samples: np.ndarray, truths: np.ndarray, ages: np.ndarray, method: str = "width"):
     """A recalibration fitted on all windows, or None where it fails a check in time: fitted on the older
     windows only (age > 1), it must lower the quantile score of the newest ones (age 1) against the samples
     as drawn. A shift learnt from one market episode that did not carry over to the next is not used.
     With windows of one age only, or too few points for the check, the fit is used unchecked."""
     older, newest = ages > 1, ages == 1
     if np.isfinite(truths[older]).sum() >= MIN_CALIBRATION_POINTS and np.isfinite(truths[newest]).sum() > 0:
-        trial = QuantileRecalibration.fit(window_samples[older], truths[older])
+        trial = RECALIBRATIONS[method].fit(window_samples[older], truths[older])
         if quantile_score(trial.apply(window_samples[newest]), truths[newest]) >= quantile_score(window_samples[newest], truths[newest]):
             return None
-    return QuantileRecalibration.fit(window_samples, truths)
+    return RECALIBRATIONS[method].fit(window_samples, truths)
 
 
-def recalibrate(pasts: Sequence[dict], samples: np.ndarray, windows: Sequence[dict], window_samples: np.ndarray
-                ) -> tuple[np.ndarray, int]:
+def recalibrate(pasts: Sequence[dict], samples: np.ndarray, windows: Sequence[dict], window_samples: np.ndarray,
+                method: str = "width") -> tuple[np.ndarray, int]:
     """``samples`` (S, N, L) of the forecasts of ``pasts``, each recalibrated (:func:`checked_fit`) with the
     calibration ``windows`` that end at or before its own forecast start; returns (samples, how many were
     recalibrated)."""
@@ -179,7 +217,9 @@ def recalibrate(pasts: Sequence[dict], samples: np.ndarray, windows: Sequence[di
     ends = [w["end"] for w in windows]
     ages = np.array([w.get("age", 1) for w in windows])
     truths = np.stack([np.asarray(w["truth"], dtype=np.float64) for w in windows])
-    fitted: dict[tuple, QuantileRecalibration | None] = {}
+    if method not in RECALIBRATIONS:
+        raise UserError(f"unknown recalibration '{method}'; use one of {sorted(RECALIBRATIONS)}")
+    fitted: dict[tuple, QuantileRecalibration | WidthRecalibration | None] = {}
     out, done = np.array(samples, copy=True), 0
     for i, p in enumerate(pasts):
         start = _end(p)
@@ -187,7 +227,7 @@ def recalibrate(pasts: Sequence[dict], samples: np.ndarray, windows: Sequence[di
         if usable not in fitted:
             use = list(usable)
             enough = np.isfinite(truths[use]).sum() >= MIN_CALIBRATION_POINTS if usable else False
-            fitted[usable] = checked_fit(window_samples[use], truths[use], ages[use]) if enough else None
+            fitted[usable] = checked_fit(window_samples[use], truths[use], ages[use], method) if enough else None
         if fitted[usable] is not None:
             out[i] = fitted[usable].apply(samples[i : i + 1])[0]
             done += 1

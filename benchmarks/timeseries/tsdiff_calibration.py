@@ -23,9 +23,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from gencond.runs import load_run
+from gencond.pipeline import Pipeline, set_threads
 from timeseries.calibration import calibration_windows, recalibrate
 from timeseries.data import TimeSeriesData, series_id, split_rolling, synthetic_series
 from timeseries.forecast import evaluate
@@ -55,7 +54,8 @@ def heldout(cfg, seed: int) -> TimeSeriesData:
 
 def run_spec(spec: str, args) -> dict:
     s = parse_spec(spec)
-    cfg, model = load_run(args.run_dir, args.weights, task="tsdiff")
+    pipeline = Pipeline.from_run(args.run_dir, args.weights, task="tsdiff", device="cpu")
+    cfg, model = pipeline.cfg, pipeline.model
     if "steps" in s:
         cfg.sampling.timesteps, cfg.sampling.num_steps = None, int(s["steps"])
     data = heldout(cfg, args.heldout_seed) if args.heldout_seed is not None else load_data(cfg)
@@ -84,10 +84,15 @@ def run_spec(spec: str, args) -> dict:
     per_series = len({series_id(p) for p in pasts})
     for c in range(1, args.windows + 1):
         used = windows[: c * per_series]
-        fixed, done = recalibrate(pasts, raw, used, window_samples[: len(used)])
+        fixed, done = recalibrate(pasts, raw, used, window_samples[: len(used)], "quantile")
         if forecaster.non_negative:
             fixed = np.maximum(fixed, 0.0)
         row[f"recal{c}"] = {**_scores(entries, fixed, data.freq), "recalibrated": done, "calibration_windows": len(used)}
+        for method in args.methods:
+            fixed, done = recalibrate(pasts, raw, used, window_samples[: len(used)], method)
+            if forecaster.non_negative:
+                fixed = np.maximum(fixed, 0.0)
+            row[f"recal{c}_{method}"] = {**_scores(entries, fixed, data.freq), "recalibrated": done, "calibration_windows": len(used)}
     return row
 
 
@@ -115,6 +120,7 @@ def main() -> None:
     p.add_argument("--max-series", type=int, help="only the first N test windows")
     p.add_argument("--heldout-seed", type=int, help="forecast generated series of this seed instead of the run's data")
     p.add_argument("--windows", type=int, default=2, help="calibration windows per series (up to)")
+    p.add_argument("--methods", nargs="*", default=["width"], help="recalibrations scored beside 'quantile' (recalN)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--work", default="/tmp/tsdiff_calibration", help="where samples are kept")
@@ -122,7 +128,7 @@ def main() -> None:
     args = p.parse_args()
     for spec in args.specs:
         parse_spec(spec)
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     out = Path(args.out)
     saved = json.loads(out.read_text()) if out.exists() else {"rows": []}
     for spec in args.specs:

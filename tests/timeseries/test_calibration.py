@@ -7,7 +7,7 @@ from gluonts.model.forecast import SampleForecast
 
 from gencond.config import SamplingConfig
 from gencond.errors import UserError
-from timeseries.calibration import QuantileRecalibration, calibration_windows, recalibrate
+from timeseries.calibration import QuantileRecalibration, WidthRecalibration, calibration_windows, recalibrate
 from timeseries.data import WindowBuilder, series_id
 from timeseries.forecast import TSDiffForecaster, evaluate
 
@@ -73,6 +73,27 @@ def test_recalibration_widens_a_too_narrow_forecast_to_its_nominal_coverage():
     np.testing.assert_array_equal(np.argsort(fixed, axis=1), np.argsort(samples, axis=1))
     with pytest.raises(UserError, match="needs ≥ 50"):
         QuantileRecalibration.fit(rng.normal(size=(1, 50, 20)), rng.normal(size=(1, 20)))
+
+
+def test_width_recalibration_widens_around_the_median_it_leaves_in_place():
+    rng = np.random.default_rng(6)
+    fit = WidthRecalibration.fit(0.3 * rng.normal(size=(100, 50, 20)), rng.normal(size=(100, 20)))
+    assert 2.5 < fit.width < 4.0  # truth spread 1 against samples 0.3: about 1 / 0.3
+    samples = 0.3 * rng.normal(size=(200, 50, 20)) + 0.5  # too narrow and biased
+    fixed = fit.apply(samples)
+    np.testing.assert_allclose(np.median(fixed, axis=1), np.median(samples, axis=1))  # only the spread moves
+    truths = rng.normal(size=(200, 20)) + 0.5
+    assert abs(((truths > np.quantile(fixed, 0.1, axis=1)) & (truths <= np.quantile(fixed, 0.9, axis=1))).mean() - 0.8) < 0.03
+    calibrated = WidthRecalibration.fit(rng.normal(size=(100, 50, 20)), rng.normal(size=(100, 20)))
+    assert 0.85 < calibrated.width < 1.15  # a calibrated forecast stays about as it is
+    with pytest.raises(UserError, match="needs ≥ 50"):
+        WidthRecalibration.fit(rng.normal(size=(1, 50, 20)), rng.normal(size=(1, 20)))
+
+
+def test_an_unknown_recalibration_is_refused():
+    with pytest.raises(UserError, match="unknown recalibration 'conformal'.*quantile"):
+        recalibrate([{"start": "2024-01-01", "target": np.ones(5)}], np.ones((1, 4, 2)),
+                    [{"end": pd.Period("2024-01-01", "D"), "truth": np.ones(2)}], np.ones((1, 4, 2)), "conformal")
 
 
 class _NarrowForecaster(TSDiffForecaster):
@@ -144,15 +165,16 @@ def test_fan_chart_states_the_coverage_of_the_windows_it_shows(tmp_path):
     assert "2 of 4 test windows shown" in fig._suptitle.get_text()
 
 
-def test_a_recalibration_that_fails_on_the_newest_windows_is_not_used():
+@pytest.mark.parametrize("method", ["width", "quantile"])
+def test_a_recalibration_that_fails_on_the_newest_windows_is_not_used(method):
     from timeseries.calibration import checked_fit
 
     rng = np.random.default_rng(5)
     ages = np.repeat([1, 2], 20)
     samples = 0.3 * rng.normal(size=(40, 50, 20))
     narrow = rng.normal(size=(40, 20))  # every window: truth spread 1, samples 0.3 -> widened
-    assert checked_fit(samples, narrow, ages) is not None
+    assert checked_fit(samples, narrow, ages, method) is not None
     episode = 0.3 * rng.normal(size=(40, 20))
     episode[ages == 2] += 2.0  # the older windows alone drifted up; the newest did not
-    assert checked_fit(samples, episode, ages) is None
-    assert checked_fit(samples[ages == 2], episode[ages == 2], ages[ages == 2] - 1) is not None  # one age: unchecked
+    assert checked_fit(samples, episode, ages, method) is None
+    assert checked_fit(samples[ages == 2], episode[ages == 2], ages[ages == 2] - 1, method) is not None  # one age: unchecked
