@@ -14,7 +14,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip >/dev/null
-	$(PY) -m pip install -e '.[test]'
+	$(PY) -m pip install -e '.[all,test]'  # every domain's extra, and the test tools
 	touch $@
 
 demo: setup  # extra config overrides: make demo ARGS="train.max_steps=400"

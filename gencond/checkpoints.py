@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from .errors import UserError
-from .runs import CHECKPOINTS
+from .layout import CHECKPOINTS
 
 STATE = "trainer_state.json"
 LEGACY_MARK = "complete"  # gencond < 0.2: accelerate's save_state, with pickled custom state

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -12,40 +11,6 @@ from omegaconf import OmegaConf
 from .config import ConfigError, load_config, save_config
 from .errors import Interrupted, UserError
 from .registry import COMMANDS, SHARED_VERBS, get_task, get_task_verb, load_domains
-
-def _number(kind, what: str, ok):
-    """An argparse type: ``kind(text)`` if ``ok`` accepts it, else a one-line 'must be <what>' error."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or not (math.isfinite(value) and ok(value)):
-            raise argparse.ArgumentTypeError(f"must be {what}, got '{text}'")
-        return value
-    return parse
-
-
-positive_int = _number(int, "an integer ≥ 1", lambda v: v >= 1)
-non_negative_int = _number(int, "an integer ≥ 0", lambda v: v >= 0)
-positive_float = _number(float, "a finite number > 0", lambda v: v > 0)
-non_negative_float = _number(float, "a finite number ≥ 0", lambda v: v >= 0)
-
-
-def timestep_ranges(text: str) -> list[int]:
-    """An argparse type: '99:52:12+50:26:2+25:0:1' (ranges FIRST:LAST:STRIDE, LAST included, joined by +)
-    -> the decreasing timesteps 99, 87, 75, 63, 50, 48, ..., 26, 25, 24, ..., 0."""
-    steps = set()
-    for part in text.split("+"):
-        try:
-            first, last, stride = (int(v) for v in part.split(":"))
-        except ValueError:
-            first = None
-        if first is None or stride < 1 or last > first or last < 0:
-            raise argparse.ArgumentTypeError(f"must be ranges FIRST:LAST:STRIDE (FIRST >= LAST >= 0, STRIDE >= 1) "
-                                             f"joined by +, e.g. 99:52:12+50:26:2+25:0:1; got '{text}'")
-        steps.update(range(first, last - 1, -stride))
-    return sorted(steps, reverse=True)
 
 
 # Keys that may change between a run and its resumption without changing what is trained.

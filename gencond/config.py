@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import math
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence
@@ -19,7 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from .errors import UserError
-from .runs import default_runs_dir
+from .layout import default_runs_dir
 
 
 class ConfigError(UserError):
@@ -306,8 +307,50 @@ def parse_overrides(overrides: Sequence[str]) -> DictConfig:
     return merged
 
 
+def _moved(tree: dict, old: str, new: str, source: str) -> None:
+    """Move the value at dotted key ``old`` of ``tree`` (nested dicts) to ``new``, if it is there."""
+    *path, leaf = old.split(".")
+    node = tree
+    for part in path:
+        node = node.get(part) if isinstance(node, dict) else None
+    if not isinstance(node, dict) or leaf not in node:
+        return
+    *path, new_leaf = new.split(".")
+    target = tree
+    for part in path:
+        target = target.setdefault(part, {})
+    if new_leaf in target:
+        raise ConfigError(f"{source}: '{old}' is the old name of '{new}'; give '{new}' only")
+    warnings.warn(f"{source}: config key '{old}' is now '{new}' (the old name still loads; rename it)",
+                  FutureWarning, stacklevel=4)
+    target[new_leaf] = node.pop(leaf)
+
+
+def renamed_keys(schema: type, raw: DictConfig, overrides: Sequence[str], source: str) -> tuple[DictConfig, list[str]]:
+    """``raw`` and ``overrides`` with the old key names a schema lists in its ``RENAMED_KEYS`` class attribute
+    (old dotted key -> new) replaced by the new ones, each with a one-line deprecation warning."""
+    renames = getattr(schema, "RENAMED_KEYS", {})
+    if not renames:
+        return raw, list(overrides)
+    tree = OmegaConf.to_container(raw, resolve=False)
+    for old, new in renames.items():
+        _moved(tree, old, new, source)
+    items = []
+    for item in overrides:
+        key, eq, value = item.partition("=")
+        for old, new in renames.items():
+            if key == old or key.startswith(old + "."):
+                warnings.warn(f"command-line override '{item}': config key '{old}' is now '{new}' (the old name "
+                              "still works; rename it)", FutureWarning, stacklevel=3)
+                key = new + key[len(old):]
+        items.append(key + eq + value)
+    return OmegaConf.create(tree), items
+
+
 def build_config(schema: type, raw: DictConfig, source: str, overrides: Sequence[str] = ()) -> DictConfig:
-    """Merge ``raw`` (from ``source``) and ``overrides`` onto ``schema``; fill ``name``."""
+    """Merge ``raw`` (from ``source``) and ``overrides`` onto ``schema``; fill ``name``. Old key names
+    (the schema's ``RENAMED_KEYS``) load as the new ones, with a deprecation warning."""
+    raw, overrides = renamed_keys(schema, raw, overrides, source)
     cfg = _merge(OmegaConf.structured(schema), raw, source)
     overridden = {}
     if overrides:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import UserError
-from .runs import BEST_WEIGHTS, CONFIG, LAST_WEIGHTS, METRICS, WEIGHTS, is_run_dir
+from .layout import BEST_WEIGHTS, CONFIG, LAST_WEIGHTS, METRICS, WEIGHTS, is_run_dir, run_weights_folder
 
 EXPORT = "export.json"
 CARD = "MODEL_CARD.md"
@@ -167,6 +167,37 @@ def export_run(run_dir: str | Path, out: str | Path, weights: str = "best", dtyp
     from omegaconf import OmegaConf
 
     run_dir, out = Path(run_dir), Path(out)
+    _check_request(run_dir, out, weights, dtype)
+    dtype = None if dtype == "float32" else dtype
+    config = OmegaConf.load(run_dir / CONFIG)
+    _check_out(out, config, overwrite)
+    folder = run_weights_folder(run_dir, weights)
+    state = _training_state(run_dir)
+    used_best = folder.name == BEST_WEIGHTS
+    step = (_best_step(run_dir) or state["step"]) if used_best else state["step"]
+    raw = state["ema"] and not used_best
+    manifest = {"format": FORMAT, "task": str(config.get("task")), "name": out.name, "step": step,
+                "weights": "best" if used_best else "last", "ema": state["ema"], "raw_weights": raw,
+                "dtype": dtype or "float32", "trained_steps": state["step"],
+                "training_wall_s": round(state["elapsed_s"], 1), "machine": state["machine"],
+                "source": str(run_dir.resolve()), "exported": time.strftime("%Y-%m-%d %H:%M:%S"),
+                **{k: v for k, v in (card or {}).items() if v},
+                "files": {}}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        _write_export(tmp, run_dir, folder, state["checkpoint"] if raw else None, dtype, manifest)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _check_request(run_dir: Path, out: Path, weights: str, dtype: str | None) -> None:
+    """One-line errors for an export that cannot be made: not a run, unknown settings, ``out`` inside a model."""
     if is_export(run_dir):
         raise UserError(f"{run_dir} is already an export; copy the folder instead")
     if not is_run_dir(run_dir):
@@ -176,54 +207,43 @@ def export_run(run_dir: str | Path, out: str | Path, weights: str = "best", dtyp
         raise UserError(f"unknown --weights '{weights}'; use 'best' or 'last'")
     if dtype not in (None, "float32", "float16", "bfloat16"):
         raise UserError(f"unknown --dtype '{dtype}'; use float32, float16 or bfloat16")
-    dtype = None if dtype == "float32" else dtype
     host = _out_inside_model(out)
     if host is not None:
         raise UserError(f"--out {out} lies inside the model folder {host}; choose a folder outside it")
-    config = OmegaConf.load(run_dir / CONFIG)
-    if out.exists():
-        if out.is_file() or out.is_symlink():
-            raise UserError(f"--out {out} is a file; give a folder")
-        if is_export(out) and not overwrite:
-            old = read_manifest(out)
-            if old.get("task") != config.get("task") or OmegaConf.load(out / CONFIG).get("model") != config.get("model"):
-                raise UserError(f"{out} holds another model (task '{old.get('task')}', other model settings); "
-                                "pass --overwrite to replace it, or choose another --out")
-        elif any(out.iterdir()) and not is_export(out):
-            raise UserError(f"--out {out} is a folder with other files; choose a new or empty folder")
-    from .runs import weights_folder
 
-    folder = weights_folder(run_dir, weights)
-    state = _training_state(run_dir)
-    used_best = folder.name == BEST_WEIGHTS
-    step = (_best_step(run_dir) or state["step"]) if used_best else state["step"]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        exported_config = OmegaConf.load(run_dir / CONFIG)
-        exported_config.pop("runs_dir", None)  # where the run lived; users' runs go to their own runs_dir
-        (tmp / CONFIG).write_text(OmegaConf.to_yaml(exported_config))
-        _copy_weights(folder, tmp / LAST_WEIGHTS, dtype)
-        raw = state["ema"] and not used_best
-        if raw:
-            _copy_weights_file(state["checkpoint"] / "model.safetensors", tmp / RAW / "model.safetensors", dtype)
-        manifest = {"format": FORMAT, "task": str(config.get("task")), "name": out.name, "step": step,
-                    "weights": "best" if used_best else "last", "ema": state["ema"], "raw_weights": raw,
-                    "dtype": dtype or "float32", "trained_steps": state["step"],
-                    "training_wall_s": round(state["elapsed_s"], 1), "machine": state["machine"],
-                    "source": str(run_dir.resolve()), "exported": time.strftime("%Y-%m-%d %H:%M:%S"),
-                    **{k: v for k, v in (card or {}).items() if v},
-                    "files": {}}
-        manifest["files"] = {name: sha256(tmp / name) for name in _files(tmp)}
-        (tmp / EXPORT).write_text(json.dumps(manifest, indent=1) + "\n")
-        (tmp / CARD).write_text(model_card(manifest, OmegaConf.load(tmp / CONFIG)))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+def _check_out(out: Path, config, overwrite: bool) -> None:
+    """Refuse an ``out`` that is a file, a folder of other files, or (without ``overwrite``) another model's export."""
+    from omegaconf import OmegaConf
+
+    if not out.exists():
+        return
+    if out.is_file() or out.is_symlink():
+        raise UserError(f"--out {out} is a file; give a folder")
+    if is_export(out) and not overwrite:
+        old = read_manifest(out)
+        if old.get("task") != config.get("task") or OmegaConf.load(out / CONFIG).get("model") != config.get("model"):
+            raise UserError(f"{out} holds another model (task '{old.get('task')}', other model settings); "
+                            "pass --overwrite to replace it, or choose another --out")
+    elif any(out.iterdir()) and not is_export(out):
+        raise UserError(f"--out {out} is a folder with other files; choose a new or empty folder")
+
+
+def _write_export(tmp: Path, run_dir: Path, folder: Path, checkpoint: Path | None, dtype: str | None,
+                  manifest: dict) -> None:
+    """The export's files into ``tmp``: the config, the weights of ``folder`` (and the training weights of
+    ``checkpoint``, if given, under ``raw/``), the manifest with every file's sha256, and the model card."""
+    from omegaconf import OmegaConf
+
+    exported_config = OmegaConf.load(run_dir / CONFIG)
+    exported_config.pop("runs_dir", None)  # where the run lived; users' runs go to their own runs_dir
+    (tmp / CONFIG).write_text(OmegaConf.to_yaml(exported_config))
+    _copy_weights(folder, tmp / LAST_WEIGHTS, dtype)
+    if checkpoint is not None:
+        _copy_weights_file(checkpoint / "model.safetensors", tmp / RAW / "model.safetensors", dtype)
+    manifest["files"] = {name: sha256(tmp / name) for name in _files(tmp)}
+    (tmp / EXPORT).write_text(json.dumps(manifest, indent=1) + "\n")
+    (tmp / CARD).write_text(model_card(manifest, OmegaConf.load(tmp / CONFIG)))
 
 
 def _copy_weights_file(src: Path, dst: Path, dtype: Optional[str]) -> None:

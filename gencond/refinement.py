@@ -1,9 +1,9 @@
-"""Plan self-conditioning: iterative refinement in which each round's sample conditions the next.
+"""Refinement rounds: each round's sample conditions the next, until a feedback accepts one.
 
 ``refine(sample_fn, feedback, max_rounds)`` calls ``sample_fn(previous, round)`` (``previous`` is
 None in round 0), asks ``feedback(sample, round)`` for a verdict, and stops at the first accepted
-sample. VideoAgent's self-conditioning consistency refines video plans this way; any sampler whose
-condition can hold an earlier sample can be refined with it.
+sample. VideoAgent's plan refinement (``video.plan_refinement``) refines video plans this way; any
+sampler whose condition can hold an earlier sample can be refined with it.
 """
 from __future__ import annotations
 

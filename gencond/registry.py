@@ -7,17 +7,22 @@ and :func:`register_command`. :func:`load_domains` imports them all on first use
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any, Callable, Optional
+from typing import Any
 
-TASKS: dict[str, "Task"] = {}
-COMMANDS: dict[str, "Command"] = {}
-TASK_VERBS: dict[tuple[str, str], "Command"] = {}  # (task, verb) -> how that task runs a shared verb
+from .errors import UserError
+
+TASKS: dict[str, Task] = {}
+COMMANDS: dict[str, Command] = {}
+TASK_VERBS: dict[tuple[str, str], Command] = {}  # (task, verb) -> how that task runs a shared verb
 SHARED_VERBS = {"sample": "draw samples from a trained run (RUN_DIR --help: the task's options)",
                 "eval": "evaluate a trained run (RUN_DIR --help: the task's options)"}
+UNAVAILABLE: dict[str, str] = {}  # extra -> why its domain module could not be imported
 _loaded = False
 
 
@@ -29,7 +34,7 @@ class Task:
     name: str
     schema: type
     build: Callable[[Any], Any]
-    load_model: Optional[Callable[[Any], Any]] = None
+    load_model: Callable[[Any], Any] | None = None
     module: str = ""
 
 
@@ -48,17 +53,50 @@ def _caller_module() -> str:
     return sys._getframe(2).f_globals.get("__name__", "?")
 
 
-def _check_new(kind: str, name: str, existing: Optional[Any], module: str) -> None:
+def domain_extras() -> dict[str, str]:
+    """Each installed domain's top-level package -> its pip extra (its entry point's name, e.g. timeseries)."""
+    return {ep.value.split(".")[0]: ep.name for ep in entry_points(group="gencond.domains")}
+
+
+def missing_extra(error: ImportError, module: str) -> str | None:
+    """What to tell the user when ``module`` (of a domain) failed with ``error`` because a third-party package
+    of its extra is not installed: the package and the ``pip install`` to run; None for any other error."""
+    extras = domain_extras()
+    extra, missing = extras.get(module.split(".")[0]), (getattr(error, "name", None) or "").split(".")[0]
+    if not isinstance(error, ModuleNotFoundError) or extra is None or not missing or missing in ("gencond", *extras):
+        return None
+    return f"the {extra} domain needs the package '{missing}', which is not installed: pip install \"gencond[{extra}]\""
+
+
+def needs_extra(fn: Callable | None, module: str) -> Callable | None:
+    """``fn`` turning a missing package of the registering domain's extra into a one-line
+    :class:`~gencond.errors.UserError` naming the ``pip install`` to run (domains register without them)."""
+    if fn is None:
+        return None
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ModuleNotFoundError as e:
+            message = missing_extra(e, module)
+            if message is None:
+                raise  # not a domain's optional package: a bug, or a domain outside the entry points
+            raise UserError(message) from None
+    return run
+
+
+def _check_new(kind: str, name: str, existing: Any | None, module: str) -> None:
     if existing is not None and existing.module != module:
         raise ValueError(f"{kind} '{name}' is registered twice: by {existing.module} and by {module}; rename one")
 
 
 def register_task(name: str, schema: type, build: Callable[[Any], Any],
-                  load_model: Optional[Callable[[Any], Any]] = None) -> None:
+                  load_model: Callable[[Any], Any] | None = None) -> None:
     """Register a task so that ``gencond train`` accepts configs with ``task: <name>``."""
     module = _caller_module()
     _check_new("task", name, TASKS.get(name), module)
-    TASKS[name] = Task(name, schema, build, load_model, module)
+    TASKS[name] = Task(name, schema, needs_extra(build, module), needs_extra(load_model, module), module)
 
 
 def register_command(name: str, help: str, add_arguments, run) -> None:
@@ -67,7 +105,7 @@ def register_command(name: str, help: str, add_arguments, run) -> None:
     if name in ("train", *SHARED_VERBS):
         raise ValueError(f"command '{name}' (registered by {module}) is a core verb; choose another name")
     _check_new("command", name, COMMANDS.get(name), module)
-    COMMANDS[name] = Command(name, help, add_arguments, run, module)
+    COMMANDS[name] = Command(name, help, add_arguments, needs_extra(run, module), module)
 
 
 def register_task_verb(task: str, verb: str, help: str, add_arguments, run) -> None:
@@ -78,10 +116,10 @@ def register_task_verb(task: str, verb: str, help: str, add_arguments, run) -> N
         raise ValueError(f"unknown shared verb '{verb}'; shared verbs: {', '.join(SHARED_VERBS)}")
     module = _caller_module()
     _check_new(f"'{verb}' of task", task, TASK_VERBS.get((task, verb)), module)
-    TASK_VERBS[(task, verb)] = Command(verb, help, add_arguments, run, module)
+    TASK_VERBS[(task, verb)] = Command(verb, help, add_arguments, needs_extra(run, module), module)
 
 
-def get_task_verb(task: str, verb: str) -> "Command":
+def get_task_verb(task: str, verb: str) -> Command:
     """The task's implementation of a shared verb, or a one-line error naming the tasks that have one."""
     load_domains()
     if (task, verb) not in TASK_VERBS:
@@ -100,7 +138,8 @@ def load_domains() -> None:
         try:
             ep.load()
         except ImportError as e:  # a domain whose optional dependencies are missing
-            warnings.warn(f"gencond domain '{ep.name}' is unavailable: {e}", stacklevel=2)
+            UNAVAILABLE[ep.name] = missing_extra(e, ep.value) or str(e)
+            warnings.warn(f"gencond domain '{ep.name}' is unavailable: {UNAVAILABLE[ep.name]}", stacklevel=2)
 
 
 def get_task(name: str) -> Task:
@@ -108,5 +147,6 @@ def get_task(name: str) -> Task:
     load_domains()
     if name not in TASKS:
         known = ", ".join(sorted(TASKS)) or "none (is gencond installed with `pip install -e .`?)"
-        raise KeyError(f"unknown task '{name}'; known tasks: {known}")
+        off = "".join(f"; domain '{extra}' is unavailable: {why}" for extra, why in sorted(UNAVAILABLE.items()))
+        raise KeyError(f"unknown task '{name}'; known tasks: {known}{off}")
     return TASKS[name]

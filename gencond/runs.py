@@ -2,7 +2,7 @@
 
 ``gencond train CONFIG`` writes ``<runs_dir>/<name>/`` holding ``config.yaml``, ``checkpoints/``,
 ``metrics.jsonl``, ``model/`` (last weights, EMA if any) and ``best/`` (best validated weights).
-Every other place asks this module for those names.
+Every other place asks this module (or, below it, :mod:`gencond.layout`) for those names.
 """
 from __future__ import annotations
 
@@ -16,18 +16,8 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import UserError
-
-CONFIG = "config.yaml"
-CHECKPOINTS = "checkpoints"
-METRICS = "metrics.jsonl"
-LAST_WEIGHTS = "model"
-BEST_WEIGHTS = "best"
-LOCK = ".lock"
-
-
-def default_runs_dir() -> str:
-    """Where runs go unless a config says ``runs_dir``: ``$GENCOND_RUNS_DIR``, else ``runs``."""
-    return os.environ.get("GENCOND_RUNS_DIR") or "runs"
+from .layout import (BEST_WEIGHTS, CHECKPOINTS, CONFIG, LAST_WEIGHTS, LOCK, METRICS, WEIGHTS, default_runs_dir,  # noqa: F401
+                     is_run_dir, run_weights_folder)
 
 
 def output_dir(model_dir: str | Path) -> Path:
@@ -37,12 +27,6 @@ def output_dir(model_dir: str | Path) -> Path:
 
     model_dir = Path(model_dir)
     return Path(default_runs_dir()) / "exports" / model_dir.resolve().name if is_export(model_dir) else model_dir
-
-
-def is_run_dir(path: str | Path) -> bool:
-    """True for a folder that ``gencond train`` wrote (its config and checkpoints folder)."""
-    path = Path(path)
-    return (path / CONFIG).is_file() and (path / CHECKPOINTS).is_dir()
 
 
 NAME_MAX = 255  # bytes in a file name on Linux and macOS file systems
@@ -206,9 +190,6 @@ def truncate_metrics(run_dir: str | Path, step: int) -> int:
     return dropped
 
 
-WEIGHTS = {"best": (BEST_WEIGHTS, LAST_WEIGHTS), "last": (LAST_WEIGHTS,)}
-
-
 def claim_output(path: Path, identity: dict, what: str) -> None:
     """Write ``identity`` (JSON) to ``path``, or refuse if it already holds another: the results beside
     it (chunks, episodes) are resumed only by the same job. ``what`` names that job in the error."""
@@ -309,13 +290,7 @@ def weights_folder(run_dir: Path, which: str = "best") -> Path:
     if is_export(run_dir):
         check_export(run_dir)
         return Path(run_dir) / LAST_WEIGHTS
-    if not (Path(run_dir) / CONFIG).is_file():
-        raise UserError(f"{run_dir} is not a run directory (no {CONFIG}); pass the directory `gencond train` wrote")
-    for sub in WEIGHTS[which]:
-        if (Path(run_dir) / sub / "config.json").is_file() or any((Path(run_dir) / sub).glob("*.safetensors")):
-            return Path(run_dir) / sub
-    raise UserError(f"{run_dir} has no trained weights yet (no {LAST_WEIGHTS}/ or {BEST_WEIGHTS}/); "
-                    f"run `gencond train {run_dir}` to finish training")
+    return run_weights_folder(run_dir, which)
 
 
 def weights_fingerprint(folder: Path) -> str:
@@ -370,52 +345,3 @@ def load_run(run_dir: str | Path, weights: str = "best", task: str | tuple[str, 
     if export and export.get("dtype", "float32") != "float32":
         model.float()  # stored in half precision, computed in float32
     return cfg, model.eval()
-
-
-def add_sampling_arguments(p, sampler: bool = True) -> None:
-    """The flags every verb that loads a run shares (``sampler``: also --scheduler and --steps)."""
-    from .cli import non_negative_float, non_negative_int, positive_int, timestep_ranges
-
-    p.add_argument("--weights", default="best", choices=sorted(WEIGHTS),
-                   help="validated best weights (the last when the run kept none) or the last weights; default best")
-    if sampler:
-        p.add_argument("--scheduler", help="ddpm, ddim, dpm++, ... (default: the config's sampling.scheduler)")
-        p.add_argument("--steps", type=positive_int, help="sampling steps (default: the config's sampling.num_steps)")
-        p.add_argument("--timesteps", type=timestep_ranges, help="the DDPM (or dpm++) steps as ranges FIRST:LAST:STRIDE "
-                       "joined by +, from the last training timestep down, e.g. 99:52:12+50:26:2+25:0:1 "
-                       "(sampling.timesteps; --steps wins when both are given)")
-        p.add_argument("--eta", type=non_negative_float, help="DDIM stochasticity, 0 deterministic to 1 ancestral "
-                       "(default: the config's sampling.eta)")
-        p.add_argument("--micro-batch", type=positive_int, help="rows per network call (on several CPU threads the calls run "
-                       "side by side): the same samples, faster when a call's activations fit a core's caches (default: the config's "
-                       "sampling.micro_batch)")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="random seed, an integer ≥ 0 (default 0)")
-    p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: the run's train.threads)")
-
-
-def apply_sampling_arguments(cfg, args, **more) -> None:
-    """Put the sampling flags (and ``more`` sampling keys) into ``cfg.sampling``; set the threads."""
-    import torch
-    from omegaconf import OmegaConf
-
-    threads = getattr(args, "threads", None) or cfg.train.threads
-    if threads:
-        torch.set_num_threads(threads)
-    chosen = {"scheduler": getattr(args, "scheduler", None), "num_steps": getattr(args, "steps", None),
-              "timesteps": getattr(args, "timesteps", None), "eta": getattr(args, "eta", None),
-              "micro_batch": getattr(args, "micro_batch", None), **more}
-    chosen = {k: v for k, v in chosen.items() if v is not None}
-    if "timesteps" in chosen and "num_steps" not in chosen:
-        chosen["num_steps"] = None  # the config's num_steps would win over the listed steps asked for
-    check_sampling_steps(chosen, cfg.diffusion.num_train_timesteps)
-    cfg.sampling = OmegaConf.merge(cfg.sampling, chosen)
-
-
-def check_sampling_steps(chosen: dict, trained: int) -> None:
-    """Refuse --steps / --timesteps beyond the timesteps the model was trained on."""
-    if (chosen.get("num_steps") or 0) > trained:
-        raise UserError(f"--steps {chosen['num_steps']}: the model was trained on {trained} timesteps; "
-                        f"sample with at most {trained} steps")
-    late = [t for t in chosen.get("timesteps") or () if t >= trained]
-    if late:
-        raise UserError(f"--timesteps: {late[0]} is not a training timestep; the model was trained on 0..{trained - 1}")

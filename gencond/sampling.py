@@ -1,6 +1,12 @@
 """One sampling loop for every domain: any diffusers scheduler, self-guidance, classifier-free
 guidance and input self-conditioning.
 
+``sample(model, process, shape, sampling, cond=..., guidance=EnergyGuidance(energy, scale), start=SDEdit(x, 0.5))``:
+classifier-free guidance (``sampling.cfg_scale``) is a wrapper around the network
+(:class:`ClassifierFreeGuidance`); self-guidance an energy, its scale and a :class:`GuidanceRule` (the per-step
+weight, step size, shrinkage and minimum signal-to-noise ratio below, replaceable for an ablation); micro-batches
+a helper (:func:`micro_batches`).
+
 Guidance is a classifier-guidance-style correction of the noise prediction,
 eps <- eps + s * w_t * grad_{x_t} E(x0_hat(x_t)), applied the same way for every scheduler. The
 weight w_t is sqrt(1 - abar_t) (the score correction; TSDiff's DDIM variant) except for DDPM, where
@@ -25,7 +31,8 @@ from __future__ import annotations
 import inspect
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Callable, Optional, Protocol
+from dataclasses import dataclass
+from typing import Callable, NamedTuple, Optional, Protocol
 
 import diffusers
 import torch
@@ -106,7 +113,7 @@ def set_sampling_timesteps(sched: SchedulerMixin, sampling: SamplingConfig, num_
     sched.set_timesteps(timesteps=listed, device="cpu")
 
 
-def _ddpm_jump(sched: DDPMScheduler, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def ddpm_jump(sched: DDPMScheduler, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(abar_t, abar_prev, V_t) of a DDPM step from t to the scheduler's previous timestep, in float64; V_t
     sums the one-step posterior variances of timesteps prev+1 .. t."""
     abar_all = sched.alphas_cumprod.double()
@@ -126,7 +133,7 @@ def guidance_weight(sched: SchedulerMixin, t: int) -> float:
     moves the mean by -V_t grad E; V_t sums the one-step posterior variances of timesteps prev+1 .. t.
     """
     if isinstance(sched, DDPMScheduler):
-        abar, abar_prev, variance = _ddpm_jump(sched, t)
+        abar, abar_prev, variance = ddpm_jump(sched, t)
         alpha = abar / abar_prev
         return float(variance * alpha.sqrt() * (1 - abar).sqrt() / (1 - alpha))
     return float((1 - sched.alphas_cumprod.double()[t]).sqrt())
@@ -140,7 +147,7 @@ def guidance_step_size(sched: SchedulerMixin, t: int) -> Optional[float]:
     r the network's own shrinkage measured at the sample's previous step (:func:`guidance_shrinkage`)."""
     if not isinstance(sched, DDPMScheduler):
         return None
-    abar, abar_prev, variance = _ddpm_jump(sched, t)
+    abar, abar_prev, variance = ddpm_jump(sched, t)
     return float(variance / (abar * abar_prev).sqrt())
 
 
@@ -173,24 +180,61 @@ def frozen(model: torch.nn.Module):
             p.requires_grad_(True)
 
 
-def denoise(
-    model: torch.nn.Module,
-    process: DiffusionProcess,
-    x_t: torch.Tensor,
-    t: torch.Tensor,
-    cond: Condition = None,
-    self_cond: Optional[torch.Tensor] = None,
-    cfg_scale: Optional[float] = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x0_hat, eps_hat) from one network evaluation (two, batched, with classifier-free guidance)."""
-    if cfg_scale is None or cond is None:
-        out = model(x_t, t, cond=cond, self_cond=self_cond)
-    else:
-        both_cond = cat_conditions(cond, null_condition_of(model, cond))
+
+class ClassifierFreeGuidance:
+    """A network wrapper for classifier-free guidance: off + scale * (on - off), the outputs for the condition and
+    for the model's null condition from one batched call (``scale`` 1 is the conditional model, 0 the
+    unconditional one); without a condition, the network's own output."""
+
+    def __init__(self, model: torch.nn.Module, scale: float):
+        self.model, self.scale = model, scale
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, cond: Condition = None,
+                 self_cond: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if cond is None:
+            return self.model(x_t, t, cond=cond, self_cond=self_cond)
+        both_cond = cat_conditions(cond, null_condition_of(self.model, cond))
         sc = None if self_cond is None else torch.cat([self_cond, self_cond])
-        on, off = model(torch.cat([x_t, x_t]), torch.cat([t, t]), cond=both_cond, self_cond=sc).chunk(2)
-        out = off + cfg_scale * (on - off)
-    return process.x0_and_eps(x_t, out, t)
+        on, off = self.model(torch.cat([x_t, x_t]), torch.cat([t, t]), cond=both_cond, self_cond=sc).chunk(2)
+        return off + self.scale * (on - off)
+
+
+def denoise(model: Callable, process: DiffusionProcess, x_t: torch.Tensor, t: torch.Tensor, cond: Condition = None,
+            self_cond: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x0_hat, eps_hat) from one call of ``model`` (a network, or a wrapper such as
+    :class:`ClassifierFreeGuidance`)."""
+    return process.x0_and_eps(x_t, model(x_t, t, cond=cond, self_cond=self_cond), t)
+
+
+@dataclass(frozen=True)
+class GuidanceRule:
+    """How energy guidance is scaled at each step (module docstring): the weight w_t of the gradient, the step
+    size an energy is given per unit of scale (None: none), the measured shrinkage r, and the signal-to-noise
+    ratio abar_t / (1 - abar_t) from which the step size follows r^2. The defaults are the sampler's own;
+    an ablation passes others (benchmarks/timeseries/tsdiff_few_step.py)."""
+
+    weight: Callable[[SchedulerMixin, int], float] = guidance_weight
+    step_size: Callable[[SchedulerMixin, int], Optional[float]] = guidance_step_size
+    shrinkage: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor] = guidance_shrinkage
+    min_snr: float = MEASURED_STEP_MIN_SNR
+
+
+@dataclass(frozen=True)
+class EnergyGuidance:
+    """Self-guidance: eps <- eps + scale * w_t * grad_{x_t} E(x0_hat), ``energy`` E from gencond.guidance (or any
+    function of x0_hat, see there), scaled by ``rule``. Scale 0 samples unguided."""
+
+    energy: Energy
+    scale: float
+    rule: GuidanceRule = GuidanceRule()
+
+
+class SDEdit(NamedTuple):
+    """Start from the sample ``x`` noised to the step where a fraction ``strength`` of the sampler's steps remain
+    (1: from pure noise, the same noise as no start; 0: ``x`` as it is)."""
+
+    x: torch.Tensor
+    strength: float
 
 
 def start_index(num_steps: int, strength: float) -> int:
@@ -201,6 +245,13 @@ def start_index(num_steps: int, strength: float) -> int:
     return num_steps - int(round(strength * num_steps))
 
 
+def sampling_scheduler(process: DiffusionProcess, sampling: SamplingConfig) -> SchedulerMixin:
+    """The config's scheduler on the process's noise schedule, its steps set (:func:`set_sampling_timesteps`)."""
+    sched = make_sampling_scheduler(process, sampling.scheduler, sampling.timestep_spacing)
+    set_sampling_timesteps(sched, sampling, process.num_timesteps)
+    return sched
+
+
 def sample(
     model: torch.nn.Module,
     process: DiffusionProcess,
@@ -208,87 +259,144 @@ def sample(
     sampling: SamplingConfig,
     *,
     cond: Condition = None,
-    guidance: Optional[Energy] = None,
-    guidance_scale: float = 0.0,
+    guidance: Optional[EnergyGuidance] = None,
+    start: Optional[SDEdit] = None,
+    input_self_cond: Optional[torch.Tensor] = None,
+    carry_self_cond: Optional[bool] = None,
     generator: Optional[torch.Generator] = None,
-    device: torch.device | str = "cpu",
-    progress: bool = True,
-    x_init: Optional[torch.Tensor] = None,
-    strength: float = 1.0,
-    self_cond: Optional[torch.Tensor] = None,
-    self_condition: Optional[bool] = None,
     callback: Optional[StepCallback] = None,
+    progress: bool = True,
 ) -> torch.Tensor:
-    """Draw samples of ``shape`` from ``model``; returns the final x0 (B, ...).
+    """Draw samples of ``shape`` from ``model`` on the device of its parameters; returns the final x0 (B, ...).
 
-    ``x_init`` + ``strength`` < 1: start from ``x_init`` noised to the step where a fraction
-    ``strength`` of the sampler's steps remain (strength 1 draws the same noise as no ``x_init``).
-    ``self_cond``: the first step's input self-conditioning; ``self_condition`` whether x0_hat is
-    carried from step to step (None: when the process was trained with it). ``callback(step, t,
-    x_t, x0_hat)`` runs after every step's network call; when it returns True sampling stops and
-    that step's x0_hat is returned.
+    ``sampling``: scheduler and steps, ``eta``, ``cfg_scale`` (:class:`ClassifierFreeGuidance` when set) and
+    ``micro_batch``. ``input_self_cond``: the first step's input self-conditioning; ``carry_self_cond`` whether
+    each step's x0_hat is carried to the next as its input (None: when the process was trained with it).
+    ``callback(step, t, x_t, x0_hat)`` runs after every step's network call; when it returns True sampling
+    stops and that step's x0_hat is returned.
     """
-    sched = make_sampling_scheduler(process, sampling.scheduler, sampling.timestep_spacing)
-    set_sampling_timesteps(sched, sampling, process.num_timesteps)
+    sched = sampling_scheduler(process, sampling)
+    device = model_device(model)
+    skip, x = _first_sample(process, sched.timesteps, shape, generator, device, start)
     accepts = inspect.signature(sched.step).parameters
     step_kwargs = {k: v for k, v in (("generator", generator), ("eta", sampling.eta)) if k in accepts}
-    timesteps = sched.timesteps
-    skip = 0 if x_init is None else start_index(len(timesteps), strength)
-    if x_init is not None and tuple(x_init.shape) != tuple(shape):
-        raise ValueError(f"x_init shape {tuple(x_init.shape)} != sample shape {tuple(shape)}")
-    x = torch.randn(shape, generator=generator, device="cpu").to(device)
-    if skip == len(timesteps):
-        return x_init.to(device)
-    if skip > 0:
-        t0 = timesteps[skip].reshape(1).repeat(shape[0])
-        x = process.add_noise(x_init.to(device), x, t0.to(device))
-    if self_condition is None:
-        self_condition = process.cfg.self_condition_prob > 0
-    energy = None if guidance is None or guidance_scale == 0 else _energy_reader(guidance)
-    rows = _micro_batch_rows(sampling.micro_batch, shape[0], energy)
-    shrinkage = torch.ones(shape[0], dtype=torch.float64, device=device)  # per sample, from its previous guided step
-    groups = _row_groups(rows, torch.device(device))
-    with frozen(model), _workers(len(groups)) as pool:
-        for i, t in enumerate(tqdm(timesteps[skip:], desc="sampling", disable=not progress, leave=False)):
+    rows = micro_batch_rows(sampling.micro_batch, shape[0])
+    guide = None if guidance is None or guidance.scale == 0 else _Guide(guidance, process, shape[0], device,
+                                                                    sampling.micro_batch is not None)
+    net = model if sampling.cfg_scale is None else ClassifierFreeGuidance(model, sampling.cfg_scale)
+    carry = process.cfg.self_condition_prob > 0 if carry_self_cond is None else carry_self_cond
+    self_cond = input_self_cond
+    with frozen(model), micro_batches(rows, device) as run:
+        for i, t in enumerate(tqdm(sched.timesteps[skip:], desc="sampling", disable=not progress, leave=False)):
             x_in = sched.scale_model_input(x, t)
-            weight, step_size = 0.0, None
-            if energy is not None:
-                weight, unit_step = guidance_scale * guidance_weight(sched, int(t)), guidance_step_size(sched, int(t))
-                if unit_step is not None:
-                    abar = float(process.alphas_cumprod[int(t)])
-                    follow = abar / (1 - abar) >= MEASURED_STEP_MIN_SNR
-                    step_size = guidance_scale * unit_step * (shrinkage.square() if follow else torch.ones_like(shrinkage))
-
-            def run(group):  # all calls of this step end before the loop moves on
-                return [(r, *_network_step(model, process, x_in, int(t), cond, self_cond, sampling.cfg_scale, energy,
-                                           weight, None if step_size is None else step_size[r], r)) for r in group]
-
-            parts = []
-            for r, x0_r, eps_r, shrink_r in (out for done in pool.map(run, groups) for out in done):
-                parts.append((x0_r, eps_r))
-                if shrink_r is not None:
-                    shrinkage[r] = shrink_r
-            x0, eps = (parts[0] if len(parts) == 1 else (torch.cat(p) for p in zip(*parts)))
+            guided = None if guide is None else guide.at(sched, int(t))
+            x0, eps = run(_network_call(net, process, x_in, int(t), cond, self_cond, guided))
             if callback is not None and callback(skip + i, int(t), x, x0):
                 return x0
-            if self_condition:
+            if carry:
                 self_cond = x0
             x = sched.step(eps, t, x, **step_kwargs).prev_sample.detach()
     return x
 
 
-def _micro_batch_rows(micro_batch: Optional[int], batch: int, energy: Optional[Callable]) -> list[slice]:
+def model_device(model) -> torch.device:
+    """Where ``model`` computes: the device of its parameters (the CPU for a model without any)."""
+    parameters = getattr(model, "parameters", None)
+    first = next(iter(parameters()), None) if parameters is not None else None
+    return torch.device("cpu") if first is None else first.device
+
+
+def _first_sample(process: DiffusionProcess, timesteps: torch.Tensor, shape: tuple[int, ...],
+                  generator: Optional[torch.Generator], device: torch.device, start: Optional[SDEdit]):
+    """(sampler steps skipped, x_t at the first step taken): pure noise, or with ``start`` its sample noised to
+    the step where its strength of the steps remain (the sample itself when none remain)."""
+    skip = 0 if start is None else start_index(len(timesteps), start.strength)
+    if start is not None and tuple(start.x.shape) != tuple(shape):
+        raise ValueError(f"start sample shape {tuple(start.x.shape)} != sample shape {tuple(shape)}")
+    x = torch.randn(shape, generator=generator, device="cpu").to(device)  # drawn also with a start: the same noise
+    if skip == len(timesteps):
+        return skip, start.x.to(device)
+    if skip > 0:
+        t0 = timesteps[skip].reshape(1).repeat(shape[0])
+        x = process.add_noise(start.x.to(device), x, t0.to(device))
+    return skip, x
+
+
+def _network_call(net, process: DiffusionProcess, x_in: torch.Tensor, t: int, cond: Condition,
+                  self_cond: Optional[torch.Tensor], guided: Optional[Callable]) -> Callable:
+    """The step's network call on a slice of rows: rows -> (x0_hat, eps_hat), eps carrying the guidance when
+    ``guided`` (:meth:`_Guide.at`)."""
+    def call(rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        x_rows = x_in[rows]
+        tt = torch.full((x_rows.shape[0],), t, device=x_rows.device, dtype=torch.long)
+        cond_rows = map_condition(lambda c: c[rows], cond)
+        self_cond_rows = None if self_cond is None else self_cond[rows]
+
+        def denoise_rows(x):
+            return denoise(net, process, x, tt, cond_rows, self_cond_rows)
+
+        if guided is None:
+            with torch.no_grad():
+                return denoise_rows(x_rows)
+        return guided(denoise_rows, x_rows, tt, cond_rows, rows)
+    return call
+
+
+class _Guide:
+    """One sampling's energy guidance: each step's weight and step sizes, and each sample's shrinkage measured
+    at its previous guided step (from the backward the guidance does anyway: no extra network evaluation)."""
+
+    def __init__(self, guidance: EnergyGuidance, process: DiffusionProcess, batch: int, device, micro_batched: bool):
+        self.energy, self.scale, self.rule = _energy_reader(guidance.energy), guidance.scale, guidance.rule
+        if micro_batched and not self.energy.takes_rows:  # checked whatever the batch and threads: no surprises
+            raise ConfigError("sampling.micro_batch needs an energy that can be restricted to rows (a `rows` parameter, "
+                              "see gencond.guidance); set sampling.micro_batch=null for this energy")
+        self.process = process
+        self.shrinkage = torch.ones(batch, dtype=torch.float64, device=device)
+
+    def at(self, sched: SchedulerMixin, t: int) -> Callable:
+        """The guidance of step t: (denoise_rows, x_rows, tt, cond_rows, rows) -> (x0_hat, guided eps_hat)."""
+        weight, unit_step = self.scale * self.rule.weight(sched, t), self.rule.step_size(sched, t)
+        step_size = None
+        if unit_step is not None:
+            abar = float(self.process.alphas_cumprod[t])
+            follow = abar / (1 - abar) >= self.rule.min_snr
+            step_size = self.scale * unit_step * (self.shrinkage.square() if follow else torch.ones_like(self.shrinkage))
+
+        def guided(denoise_rows, x_rows, tt, cond_rows, rows):
+            sizes = None if step_size is None else step_size[rows]
+            with torch.enable_grad():
+                x_req = x_rows.detach().requires_grad_(True)
+                x0, eps = denoise_rows(x_req)
+                grad, grad_x0 = torch.autograd.grad(self.energy(x0, cond_rows, tt, rows, sizes).sum(), [x_req, x0])
+            if sizes is not None:  # rows of one worker each: no two threads write the same entries
+                self.shrinkage[rows] = self.rule.shrinkage(grad, grad_x0, float(self.process.alphas_cumprod[t]))
+            return x0.detach(), eps.detach() + weight * grad
+        return guided
+
+
+def micro_batch_rows(micro_batch: Optional[int], batch: int) -> list[slice]:
     """The row slices of one step's network calls: micro_batch rows each (one slice for the whole batch by default)."""
     if micro_batch is None:
         return [slice(0, batch)]
     if micro_batch < 1:
         raise ConfigError(f"sampling.micro_batch must be >= 1 or null (the whole batch), got {micro_batch}")
-    if energy is not None and not energy.takes_rows:  # checked whatever the batch and threads: no surprises
-        raise ConfigError("sampling.micro_batch needs an energy that can be restricted to rows (a `rows` parameter, "
-                          "see gencond.guidance); set sampling.micro_batch=null for this energy")
     if micro_batch >= batch:
         return [slice(0, batch)]
     return [slice(lo, min(lo + micro_batch, batch)) for lo in range(0, batch, micro_batch)]
+
+
+@contextmanager
+def micro_batches(rows: list[slice], device):
+    """``run(call)``: ``call(rows)`` -> (x0_hat, eps_hat) for every slice of ``rows``, joined in row order. On a CPU
+    the calls are shared out among up to torch.get_num_threads() worker threads in contiguous groups, each
+    running its ops single-threaded (module docstring); the calls of one ``run`` end before it returns."""
+    groups = _row_groups(rows, torch.device(device))
+    with _workers(len(groups)) as pool:
+        def run(call):
+            parts = [out for done in pool.map(lambda group: [call(r) for r in group], groups) for out in done]
+            return parts[0] if len(parts) == 1 else tuple(torch.cat(p) for p in zip(*parts))
+        yield run
 
 
 def _row_groups(rows: list[slice], device: torch.device) -> list[list[slice]]:
@@ -321,26 +429,6 @@ def _workers(n: int):
             yield pool
     finally:
         torch.set_num_threads(threads)
-
-
-def _network_step(model, process, x_in, t: int, cond, self_cond, cfg_scale, energy, weight: float,
-                  step_size: Optional[torch.Tensor], rows: slice) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-    """(x0_hat, eps, shrinkage) for ``rows`` of the batch; with an energy, eps carries its weighted gradient and
-    shrinkage is :func:`guidance_shrinkage` of the rows when the energy was given step sizes (else None)."""
-    x_rows = x_in[rows]
-    tt = torch.full((x_rows.shape[0],), t, device=x_rows.device, dtype=torch.long)
-    cond = map_condition(lambda c: c[rows], cond)
-    self_cond = None if self_cond is None else self_cond[rows]
-    if energy is None:
-        with torch.no_grad():
-            x0, eps = denoise(model, process, x_rows, tt, cond, self_cond, cfg_scale)
-        return x0, eps, None
-    with torch.enable_grad():
-        x_req = x_rows.detach().requires_grad_(True)
-        x0, eps = denoise(model, process, x_req, tt, cond, self_cond, cfg_scale)
-        grad, grad_x0 = torch.autograd.grad(energy(x0, cond, tt, rows, step_size).sum(), [x_req, x0])
-    shrinkage = None if step_size is None else guidance_shrinkage(grad, grad_x0, float(process.alphas_cumprod[t]))
-    return x0.detach(), eps.detach() + weight * grad, shrinkage
 
 
 def _energy_reader(energy: Energy) -> Callable:

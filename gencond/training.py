@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from .checkpoints import ExpectedShapes, apply_checkpoint, latest_checkpoint, newest_readable, remove_old, save_checkpoint
 from .errors import UserError
+from .pipeline import seed_mix
 from .sampling import frozen
 from .runs import BEST_WEIGHTS, CHECKPOINTS, LAST_WEIGHTS, METRICS, RunLock, truncate_metrics
 
@@ -84,7 +85,7 @@ class TrainState:
 
 def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
     """The random generator of one training step: a pure function of (seed, step, rank)."""
-    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1009 + rank) % (2**62))
+    return torch.Generator().manual_seed((seed_mix(seed, step) * 1009 + rank) % (2**62))
 
 
 class StepBatches(torch.utils.data.Dataset):
@@ -305,149 +306,204 @@ def train(cfg: DictConfig, job: TrainingJob, run_dir: str | Path, progress: bool
 
 
 def _train(cfg: DictConfig, job: TrainingJob, run_dir: Path, progress: bool) -> TrainResult:
-    tc = cfg.train
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-    acc = Accelerator(cpu=use_cpu(), mixed_precision=tc.mixed_precision, log_with="tensorboard", project_dir=str(run_dir))
-    acc.init_trackers("tensorboard")
-    check_launch(acc.num_processes)
-    trainable = select_trainable(job.model, tc.trainable)
-    groups = optimizer_groups(job.model, trainable, tc.param_groups, tc.lr, tc.weight_decay)
-    trainable = [p for g in groups for p in g["params"]]  # in the optimizer's order (its checkpointed state)
-    loaded = newest_readable(run_dir, acc.process_index, bool(tc.ema_decay), say=acc.print,
-                             expect=ExpectedShapes.of(job.model, trainable, [len(g["params"]) for g in groups]))
-    model = job.model
-    init = None
-    if loaded is None and tc.init_from:
-        init = init_weights(model, tc.init_from, tc.init_continue)
-        acc.print(f"starting from the weights in {init.folder}")
-    elif tc.init_continue and not tc.init_from:
-        raise UserError("train.init_continue needs train.init_from=EXPORT (the export to go on from)")
-    opt = torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay)
-    lr_sched = get_scheduler(tc.lr_schedule, opt, num_warmup_steps=tc.warmup_steps, num_training_steps=tc.max_steps)
-    if init is not None and tc.init_continue:
-        with warnings.catch_warnings():  # stepped before any optimizer step, on purpose
-            warnings.simplefilter("ignore", UserWarning)
-            for _ in range(init.step):
-                lr_sched.step()
-    model, opt, lr_sched = acc.prepare(model, opt, lr_sched)
-    ema = EMAModel(acc.unwrap_model(model).parameters(), decay=tc.ema_decay) if tc.ema_decay else None
-    state = TrainState()
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    return _TrainingLoop(cfg, job, run_dir).run(progress)
 
-    def training_objects() -> dict:
-        return dict(model=acc.unwrap_model(model), optimizer=opt, lr_scheduler=lr_sched, ema=ema, scaler=acc.scaler)
 
-    if init is not None and tc.init_continue:
-        if ema is not None:
-            ema.shadow_params = [init.ema_state[name].to(p.device, p.dtype).clone()
-                                 for name, p in acc.unwrap_model(model).named_parameters()]
-            ema.optimization_step = init.step  # the EMA's decay warm-up is over too
-        state.step, state.elapsed_s = init.step, init.elapsed_s
-        acc.print(f"continuing from step {init.step} of {tc.init_from} (lr schedule and step count go on; "
-                  "the optimizer starts fresh: exports hold no optimizer state)")
-    if loaded is not None:
-        state.load_state_dict(apply_checkpoint(loaded, **training_objects()))
+class _TrainingLoop:
+    """One training of ``job`` into ``run_dir``: set up (accelerator, optimizer, lr schedule, EMA) and restored
+    (``train.init_from``, or the newest readable checkpoint) on creation; :meth:`run` trains to the end."""
+
+    def __init__(self, cfg: DictConfig, job: TrainingJob, run_dir: Path):
+        self.cfg, self.tc, self.job, self.run_dir = cfg, cfg.train, job, run_dir
+        tc = self.tc
+        acc = self.acc = Accelerator(cpu=use_cpu(), mixed_precision=tc.mixed_precision, log_with="tensorboard",
+                                     project_dir=str(run_dir))
+        acc.init_trackers("tensorboard")
+        check_launch(acc.num_processes)
+        trainable = select_trainable(job.model, tc.trainable)
+        groups = optimizer_groups(job.model, trainable, tc.param_groups, tc.lr, tc.weight_decay)
+        trainable = [p for g in groups for p in g["params"]]  # in the optimizer's order (its checkpointed state)
+        loaded = newest_readable(run_dir, acc.process_index, bool(tc.ema_decay), say=acc.print,
+                                 expect=ExpectedShapes.of(job.model, trainable, [len(g["params"]) for g in groups]))
+        init = None
+        if loaded is None and tc.init_from:
+            init = init_weights(job.model, tc.init_from, tc.init_continue)
+            acc.print(f"starting from the weights in {init.folder}")
+        elif tc.init_continue and not tc.init_from:
+            raise UserError("train.init_continue needs train.init_from=EXPORT (the export to go on from)")
+        opt = torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay)
+        lr_sched = get_scheduler(tc.lr_schedule, opt, num_warmup_steps=tc.warmup_steps, num_training_steps=tc.max_steps)
+        continued = init is not None and tc.init_continue
+        if continued:
+            with warnings.catch_warnings():  # stepped before any optimizer step, on purpose
+                warnings.simplefilter("ignore", UserWarning)
+                for _ in range(init.step):
+                    lr_sched.step()
+        self.model, self.opt, self.lr_sched = acc.prepare(job.model, opt, lr_sched)
+        self.ema = EMAModel(self.inner.parameters(), decay=tc.ema_decay) if tc.ema_decay else None
+        self.state = TrainState()
+        if continued:
+            self._continue_from(init)
+        if loaded is not None:
+            self._resume(loaded)
+
+    @property
+    def inner(self) -> torch.nn.Module:
+        """The model without the accelerator's wrapper."""
+        return self.acc.unwrap_model(self.model)
+
+    def _objects(self) -> dict:
+        return dict(model=self.inner, optimizer=self.opt, lr_scheduler=self.lr_sched, ema=self.ema,
+                    scaler=self.acc.scaler)
+
+    def _continue_from(self, init: InitWeights) -> None:
+        """``train.init_continue``: the export's EMA weights into the EMA, its step and time into the counters."""
+        if self.ema is not None:
+            self.ema.shadow_params = [init.ema_state[name].to(p.device, p.dtype).clone()
+                                      for name, p in self.inner.named_parameters()]
+            self.ema.optimization_step = init.step  # the EMA's decay warm-up is over too
+        self.state.step, self.state.elapsed_s = init.step, init.elapsed_s
+        self.acc.print(f"continuing from step {init.step} of {self.tc.init_from} (lr schedule and step count go on; "
+                       "the optimizer starts fresh: exports hold no optimizer state)")
+
+    def _resume(self, loaded) -> None:
+        """Everything from the checkpoint; the metrics logged after its step are dropped (they are replayed)."""
+        state, acc = self.state, self.acc
+        state.load_state_dict(apply_checkpoint(loaded, **self._objects()))
         if acc.is_main_process:
-            dropped = truncate_metrics(run_dir, state.step)
+            dropped = truncate_metrics(self.run_dir, state.step)
             if dropped:
                 acc.print(f"dropped {dropped} lines of {METRICS} logged after step {state.step} (replayed now)")
-        acc.print(f"resuming {run_dir} from step {state.step}")
+        acc.print(f"resuming {self.run_dir} from step {state.step}")
 
-    def checkpoint() -> Path:
-        path = run_dir / CHECKPOINTS / f"step_{state.step:08d}"
+    def checkpoint(self) -> Path:
+        acc = self.acc
+        path = self.run_dir / CHECKPOINTS / f"step_{self.state.step:08d}"
         acc.wait_for_everyone()
         if acc.is_main_process and path.exists():
             shutil.rmtree(path)
         acc.wait_for_everyone()
-        save_checkpoint(path, **training_objects(), counters=state.state_dict(), rank=acc.process_index,
+        save_checkpoint(path, **self._objects(), counters=self.state.state_dict(), rank=acc.process_index,
                         is_main=acc.is_main_process)
         acc.wait_for_everyone()
         if acc.is_main_process:
-            remove_old(run_dir, tc.keep_checkpoints)
+            remove_old(self.run_dir, self.tc.keep_checkpoints)
         return path
 
-    def run_validation() -> None:
-        inner = acc.unwrap_model(model)
-        with ema_weights(inner, ema), frozen(inner):
+    def validate(self) -> None:
+        """``job.validate`` with the EMA weights; a new best monitored value saves the best weights."""
+        job, state, inner = self.job, self.state, self.inner
+        with ema_weights(inner, self.ema), frozen(inner):
             metrics = job.validate(inner)
             value = metrics.get(job.monitor)
             if value is None:
                 raise TrainingError(f"validate() returned {sorted(metrics)}, without the monitored '{job.monitor}'")
-            if acc.is_main_process and (state.best is None or value < state.best):
+            if self.acc.is_main_process and (state.best is None or value < state.best):
                 state.best = float(value)
-                save_model(inner, run_dir / BEST_WEIGHTS)
-        log({**metrics, "best_" + job.monitor: state.best})
+                save_model(inner, self.run_dir / BEST_WEIGHTS)
+        self.log({**metrics, "best_" + job.monitor: state.best})
 
-    metrics_file = run_dir / METRICS
+    def log(self, metrics: dict) -> None:
+        self.acc.log(metrics, step=self.state.step)
+        if self.acc.is_main_process:
+            with (self.run_dir / METRICS).open("a") as f:
+                f.write(json.dumps({"step": self.state.step, **metrics}) + "\n")
 
-    def log(metrics: dict) -> None:
-        acc.log(metrics, step=state.step)
+    def optimizer_step(self, batches: Iterator, accum: int) -> torch.Tensor:
+        """One optimizer step over ``accum`` micro-batches (gradients summed); returns the last micro-batch's loss."""
+        acc, model, state = self.acc, self.model, self.state
+        for micro in range(accum):
+            batch, gen = next(batches)
+            sync = acc.no_sync(model) if micro < accum - 1 else nullcontext()
+            with sync, acc.autocast():
+                loss, _ = self.job.loss_fn(model, batch, gen)
+            if not torch.isfinite(loss):
+                last = latest_checkpoint(self.run_dir)
+                raise TrainingError(
+                    f"loss is {loss.item()} at step {state.step}; training stopped, last good checkpoint: "
+                    f"{last or 'none'}. Lower train.lr or set train.grad_clip, then rerun to resume."
+                )
+            acc.backward(loss / accum)
+        if self.tc.grad_clip:
+            acc.clip_grad_norm_(model.parameters(), self.tc.grad_clip)
+        self.opt.step()
+        self.lr_sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.step(self.inner.parameters())
+        state.step += 1
+        if self.job.after_step is not None:
+            self.job.after_step(self.inner, state.step)
+        return loss
+
+    def run(self, progress: bool) -> TrainResult:
+        """Train until ``train.max_steps`` or ``train.max_minutes``, or until asked to stop (Ctrl-C, SIGTERM);
+        a checkpoint and the last (EMA) weights are saved in every case."""
+        tc, state, acc = self.tc, self.state, self.acc
+        accum = max(1, tc.grad_accum_steps)
+        stopped = "max_steps"
+        window = _Window()
+        bar = tqdm(total=tc.max_steps, initial=state.step, desc=f"train {self.run_dir.name}",
+                   disable=not progress or not acc.is_main_process)
+        self.model.train()
+        batches = micro_batches(self.job, self.cfg.seed, acc.process_index, state.step * accum, tc.max_steps * accum,
+                                tc.num_workers)
+        with _StopFlag() as stop:
+            while state.step < tc.max_steps:
+                if tc.max_minutes is not None and state.elapsed_s >= 60 * tc.max_minutes:
+                    stopped = "max_minutes"
+                    break
+                if stop.requested:
+                    stopped = "interrupted"
+                    break
+                t0 = time.perf_counter()
+                loss = self.optimizer_step(batches, accum)
+                state.elapsed_s += time.perf_counter() - t0
+                window.add(loss.item())
+                bar.update(1)
+                self._after_step(window, bar)
+        bar.close()
+        self.checkpoint()
         if acc.is_main_process:
-            with metrics_file.open("a") as f:
-                f.write(json.dumps({"step": state.step, **metrics}) + "\n")
+            with ema_weights(self.inner, self.ema):
+                save_model(self.inner, self.run_dir / LAST_WEIGHTS)
+        acc.end_training()
+        if stopped == "interrupted":
+            acc.print(f"interrupted at step {state.step}; checkpoint saved — run the same command again to resume")
+        return TrainResult(self.run_dir, state.step, stopped, state.best, state.elapsed_s)
 
-    accum = max(1, tc.grad_accum_steps)
-    stopped = "max_steps"
-    window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
-    bar = tqdm(total=tc.max_steps, initial=state.step, desc=f"train {run_dir.name}", disable=not progress or not acc.is_main_process)
-    model.train()
-    batches = micro_batches(job, cfg.seed, acc.process_index, state.step * accum, tc.max_steps * accum, tc.num_workers)
-    with _StopFlag() as stop:
-        while state.step < tc.max_steps:
-            if tc.max_minutes is not None and state.elapsed_s >= 60 * tc.max_minutes:
-                stopped = "max_minutes"
-                break
-            if stop.requested:
-                stopped = "interrupted"
-                break
-            t0 = time.perf_counter()
-            for micro in range(accum):
-                batch, gen = next(batches)
-                sync = acc.no_sync(model) if micro < accum - 1 else nullcontext()
-                with sync, acc.autocast():
-                    loss, _ = job.loss_fn(model, batch, gen)
-                if not torch.isfinite(loss):
-                    last = latest_checkpoint(run_dir)
-                    raise TrainingError(
-                        f"loss is {loss.item()} at step {state.step}; training stopped, last good checkpoint: "
-                        f"{last or 'none'}. Lower train.lr or set train.grad_clip, then rerun to resume."
-                    )
-                acc.backward(loss / accum)
-            if tc.grad_clip:
-                acc.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            opt.step()
-            lr_sched.step()
-            opt.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema.step(acc.unwrap_model(model).parameters())
-            state.step += 1
-            if job.after_step is not None:
-                job.after_step(acc.unwrap_model(model), state.step)
-            state.elapsed_s += time.perf_counter() - t0
-            window_loss += loss.item()
-            window_steps += 1
-            bar.update(1)
-            if state.step % tc.log_every == 0 or state.step == tc.max_steps:
-                now = time.perf_counter()
-                rate = window_steps / max(now - window_start, 1e-9)
-                avg = window_loss / window_steps
-                bar.set_postfix(loss=f"{avg:.4f}", it_s=f"{rate:.1f}")
-                log({"loss": avg, "lr": lr_sched.get_last_lr()[0], **group_lrs(opt), "steps_per_s": rate,
-                     "elapsed_s": state.elapsed_s})
-                window_loss, window_steps, window_start = 0.0, 0, now
-            if job.validate is not None and tc.validate_every and state.step % tc.validate_every == 0:
-                t1 = time.perf_counter()
-                run_validation()
-                state.elapsed_s += time.perf_counter() - t1
-                window_start += time.perf_counter() - t1  # keep steps/s about training steps
-            if state.step % tc.checkpoint_every == 0:
-                checkpoint()
-    bar.close()
-    checkpoint()
-    if acc.is_main_process:
-        with ema_weights(acc.unwrap_model(model), ema):
-            save_model(acc.unwrap_model(model), run_dir / LAST_WEIGHTS)
-    acc.end_training()
-    if stopped == "interrupted":
-        acc.print(f"interrupted at step {state.step}; checkpoint saved — run the same command again to resume")
-    return TrainResult(run_dir, state.step, stopped, state.best, state.elapsed_s)
+    def _after_step(self, window: _Window, bar) -> None:
+        """What follows an optimizer step when it is due: the log line, validation, a checkpoint."""
+        tc, state = self.tc, self.state
+        if state.step % tc.log_every == 0 or state.step == tc.max_steps:
+            avg, rate = window.flush()
+            bar.set_postfix(loss=f"{avg:.4f}", it_s=f"{rate:.1f}")
+            self.log({"loss": avg, "lr": self.lr_sched.get_last_lr()[0], **group_lrs(self.opt), "steps_per_s": rate,
+                      "elapsed_s": state.elapsed_s})
+        if self.job.validate is not None and tc.validate_every and state.step % tc.validate_every == 0:
+            t1 = time.perf_counter()
+            self.validate()
+            state.elapsed_s += time.perf_counter() - t1
+            window.start += time.perf_counter() - t1  # keep steps/s about training steps
+        if state.step % tc.checkpoint_every == 0:
+            self.checkpoint()
+
+
+class _Window:
+    """The training loss and speed since the last log line."""
+
+    def __init__(self):
+        self.loss, self.steps, self.start = 0.0, 0, time.perf_counter()
+
+    def add(self, loss: float) -> None:
+        self.loss += loss
+        self.steps += 1
+
+    def flush(self) -> tuple[float, float]:
+        """(mean loss, steps per second) of the window, which then starts anew."""
+        now = time.perf_counter()
+        out = self.loss / self.steps, self.steps / max(now - self.start, 1e-9)
+        self.loss, self.steps, self.start = 0.0, 0, now
+        return out

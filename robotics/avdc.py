@@ -33,7 +33,7 @@ lost episodes on the faucets in 5-seed comparisons.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -368,25 +368,58 @@ def is_press(contact: np.ndarray, subgoals: np.ndarray, support_height: float = 
     return bool(sink > sideways and contact[2] - sink > support_height)
 
 
-def _rgbd_motions(plan, depth, view, mask, pixels, flows, color_correct, seed, radius, window,
-                  fit_3d) -> np.ndarray:
+@dataclass
+class MotionSettings:
+    """How :func:`extract_object_motion` reads a plan; the defaults are the measured ones.
+
+    RGB-D plans: tracks are re-anchored on the object's colour within ``color_radius_rgbd`` pixels and read
+    the depth of the nearest object-coloured pixel, when the colour tells the object apart in the whole
+    view (``color_window_rgbd`` None; not a red handle by the red arm); the 3-D fit (RANSAC + trimmed
+    Kabsch, options ``fit_3d`` of :func:`fit_rigid_motions_3d`) finds a grasp when the object rises by
+    ``grasp_rise`` and stays up (by ``lasting_rise`` of it) to the plan's end. ``rgbd_pushes=True``: the
+    3-D fit for pushes too (on the oracle it lost faucet episodes); ``rgb_grasp=False``: no grasp without a
+    lift in depth (137 instead of 135 of 165 oracle episodes at 128x128, but a carry seen only in RGB is lost
+    where the object is too small to track). ``use_plan_depth=False`` reads an RGB-D plan as an RGB one.
+    """
+
+    num_points: int = 300  # object pixels sampled and tracked
+    grasp_rise: float = 0.08  # metres the contact point rises in a grasp-and-carry (AVDC: 0.1)
+    min_pixels: int = 6  # fewer visible object pixels: the previous plan's believed points are used
+    surface_to_centre: float = 0.015  # the contact point lies this far behind the visible surface
+    motion_weight_px: float = 20.0  # the reprojection fit's small-motion prior
+    color_correct: bool = True  # re-anchor flow tracks on the object's colour (RGB plans)
+    planar_push: bool = True  # a push that is not a press is fitted as yaw + horizontal shift
+    color_window: int | None = 12  # the RGB colour model's surroundings (pixels around the object's box)
+    support_height: float = 0.0  # a press does not sink the object below this height
+    use_plan_depth: bool = True
+    color_radius: float = 12.0
+    color_radius_rgbd: float = 20.0
+    color_window_rgbd: int | None = None
+    lasting_rise: float = 0.5
+    rgbd_pushes: bool = False
+    rgb_grasp: bool = True
+    fit_3d: dict = field(default_factory=dict)
+
+
+def _rgbd_motions(plan, depth, view, mask, pixels, flows, settings: MotionSettings, seed, planar=False) -> np.ndarray:
     """The object's motions (T+1, 4, 4) from an RGB-D plan: tracks (flow, re-anchored on the object's
     colour when it tells the object apart in the view) lifted with each frame's depth, snapped onto
     object-coloured pixels, and a robust 3-D rigid fit per frame (see :func:`extract_object_motion`)."""
     likely = None
-    if color_correct and mask.any():
+    if settings.color_correct and mask.any():
         # the colour model against the whole view (window None): a colour the object shares with
         # something else in view (a red handle and the red arm) does not tell the object apart
-        model = object_color_model(view.rgb, mask, window)
+        model = object_color_model(view.rgb, mask, settings.color_window_rgbd)
         likely = model[_color_index(plan)] > 0.5  # where each plan frame shows the object's colour
         if likely[0][mask].mean() >= 0.5:
-            tracks = track_points_by_color(pixels, flows, plan, model, radius=radius)
+            tracks = track_points_by_color(pixels, flows, plan, model, radius=settings.color_radius_rgbd)
             likely[0] = True  # frame 0: the mask's own points
         else:
             tracks, likely = track_points(pixels, flows), None
     else:
         tracks = track_points(pixels, flows)
     lifted, valid = lift_tracks(tracks, depth, view.intrinsics, view.world_to_camera, likely=likely)
+    fit_3d = dict(settings.fit_3d, planar=True) if planar else settings.fit_3d
     return fit_rigid_motions_3d(lifted, valid, seed=seed, **fit_3d)
 
 
@@ -401,121 +434,135 @@ class ObjectMotionPlan:
     points: np.ndarray      # (N, 3) object points used
 
 
-def extract_object_motion(plan: Plan, view: CameraFrame, mask: np.ndarray, num_points: int = 300,
-                          grasp_rise: float = 0.08, seed: int = 0, believed_points: np.ndarray | None = None,
-                          min_pixels: int = 6, surface_to_centre: float = 0.015,
-                          motion_weight_px: float = 20.0, color_correct: bool = True,
-                          planar_push: bool = True, body_mask: np.ndarray | None = None,
-                          color_window: int | None = 12, support_height: float = 0.0,
-                          use_plan_depth: bool = True, color_radius: float = 12.0,
-                          color_radius_rgbd: float = 20.0, color_window_rgbd: int | None = None,
-                          lasting_rise: float = 0.5, rgbd_pushes: bool = False, rgb_grasp: bool = True,
-                          held: bool = False,
-                          **fit_3d) -> ObjectMotionPlan:
+@dataclass
+class _Reading:
+    """One plan being read: its frames and flow, the object's tracked pixels and 3-D points, the contact."""
+
+    plan: np.ndarray
+    view: CameraFrame
+    mask: np.ndarray
+    pixels: np.ndarray  # (N, 2) tracked pixels in the view
+    points: np.ndarray  # (N, 3) their 3-D points
+    part_points: np.ndarray  # the touched part's points (the contact is their centroid)
+    contact: np.ndarray
+    flows: np.ndarray
+
+    def moved(self, motions: np.ndarray) -> np.ndarray:
+        return motions[:, :3, :3] @ self.contact + motions[:, :3, 3]
+
+    def plan_of(self, motions: np.ndarray, grasp: bool) -> ObjectMotionPlan:
+        return ObjectMotionPlan(motions, self.contact, self.moved(motions), grasp, self.part_points)
+
+
+def extract_object_motion(plan: Plan, view: CameraFrame, mask: np.ndarray, settings: MotionSettings | None = None, *,
+                          seed: int = 0, believed_points: np.ndarray | None = None,
+                          body_mask: np.ndarray | None = None, held: bool = False) -> ObjectMotionPlan:
     """Object motion and subgoals from a plan whose first frame is ``view`` (depth + camera needed).
 
-    An RGB-D plan (:class:`~robotics.planners.RgbdPlan`, at the view's resolution) is read with its
-    depth (unless ``use_plan_depth`` is False): each plan frame's tracked object pixels are lifted to
-    3-D with that frame's depth, and each frame's motion is a robust 3-D rigid fit (RANSAC + trimmed
-    Kabsch, :func:`fit_rigid_motions_3d`, options ``fit_3d``) from frame 0's lifted points to frame k's,
-    instead of the reprojection fit, which cannot see motion along the viewing ray. Both ends are lifted
-    with the plan's depth, so a depth predicted with a consistent bias cancels out. Tracks are
-    re-anchored on the object's colour within ``color_radius_rgbd`` pixels, and read the depth of the
-    nearest object-coloured pixel (:func:`lift_tracks`), when the colour tells the object apart in the
-    whole view (``color_window_rgbd`` None; not a red handle by the red arm). The 3-D motion finds a
-    grasp when the object rises by ``grasp_rise`` and stays up (by ``lasting_rise`` of it) to the plan's
-    end; a grasped or ``held`` object follows the 3-D motion. Otherwise the plan is read as an RGB plan
-    (the reprojection fit and its grasp / press / planar-push decision): on its support a pushed
-    object's motion is well posed without depth, depth read where tracks slip off a thin handle onto
-    the arm or table misleads, and an object too small to track in a low-resolution plan gives depth no
-    evidence (``rgbd_pushes=True``: the 3-D fit for pushes too; on the oracle it lost faucet episodes;
-    ``rgb_grasp=False``: no grasp without a lift in depth, 137 instead of 135 of 165 oracle episodes at
-    128x128, but a carry seen only in RGB is lost where the object is too small to track).
+    An RGB-D plan (:class:`~robotics.planners.RgbdPlan`, at the view's resolution) is read with its depth:
+    each frame's tracked object pixels are lifted to 3-D with that frame's depth, and each frame's motion is
+    a robust 3-D rigid fit from frame 0's lifted points to frame k's, instead of the reprojection fit, which
+    cannot see motion along the viewing ray (both ends lifted with the plan's depth, so a consistently biased
+    depth cancels out). A grasped or ``held`` object follows the 3-D motion. Otherwise the plan is read as
+    an RGB plan (the reprojection fit and its grasp / press / planar-push decision): on its support a pushed
+    object's motion is well posed without depth, depth read where tracks slip off a thin handle onto the arm
+    or table misleads, and an object too small to track in a low-resolution plan gives depth no evidence.
 
     ``mask`` is the part to touch (a handle); ``body_mask`` (default: ``mask``) the rigid body it belongs
-    to, whose larger image gives the motion fit more points to work with.
-    When fewer than ``min_pixels`` object pixels are visible (the hand covers the object, typically at a
-    replan), ``believed_points`` -- where the previous plan left the object -- are used instead: their
-    projections are tracked, which follows whatever covers them (the hand pushing or holding it).
-    A plan in which the object does not rise by ``grasp_rise`` is a push. A push is either a press (the
-    object sinks more than it moves sideways, and stays above the support at ``support_height``: a
-    button pressed from above) or a slide or turn on its support (``planar_push``): the fit is then a
-    rotation about the vertical plus a horizontal translation, which removes the motion along the viewing
-    ray that one camera cannot see (an unconstrained fit can sink a door handle through the table).
+    to, whose larger image gives the motion fit more points to work with. When too few object pixels are
+    visible (the hand covers the object, typically at a replan), ``believed_points`` -- where the previous
+    plan left the object -- are used instead: their projections are tracked, which follows whatever covers
+    them (the hand pushing or holding it). A plan in which the object does not rise by ``grasp_rise`` is a
+    push: a press (the object sinks more than it moves sideways and stays above ``support_height``: a
+    button pressed from above) or a slide or turn on its support (``planar_push``: a rotation about the
+    vertical plus a horizontal translation, which removes the motion along the viewing ray that one camera
+    cannot see; an unconstrained fit can sink a door handle through the table). ``settings``: see
+    :class:`MotionSettings`.
     """
+    settings = settings or MotionSettings()
     if view.depth is None:
         raise ValueError("the view must be rendered with depth=True")
-    depth = plan_depth(plan) if use_plan_depth else None
-    plan = plan_rgb(plan)
-    if depth is not None and depth.shape != plan.shape[:3]:
-        raise ValueError(f"plan depth {depth.shape} does not match its frames {plan.shape[:3]}")
-    rng = np.random.default_rng(seed)
+    depth = plan_depth(plan) if settings.use_plan_depth else None
+    rgb = plan_rgb(plan)
+    if depth is not None and depth.shape != rgb.shape[:3]:
+        raise ValueError(f"plan depth {depth.shape} does not match its frames {rgb.shape[:3]}")
+    reading = _read_plan(rgb, view, mask, settings, np.random.default_rng(seed), believed_points, body_mask)
+    if depth is not None:  # RGB-D plan: 3-D points in every frame
+        motion = _rgbd_motion(reading, depth, settings, seed, held)
+        if motion is not None:
+            return motion
+        # no lasting lift in depth: what the RGB plan alone gives (below)
+    return _rgb_motion(reading, settings, rgb_grasp=depth is None or settings.rgb_grasp)
 
+
+def _read_plan(plan: np.ndarray, view: CameraFrame, mask: np.ndarray, settings: MotionSettings,
+               rng: np.random.Generator, believed_points, body_mask) -> _Reading:
+    """The object's pixels to track (the body's, else the part's, else the believed points' projections),
+    their 3-D points, the plan's flow and the contact point a little behind the part's visible surface."""
     def lift(pixels):
         depth = view.depth[(pixels[:, 1] - 0.5).astype(int), (pixels[:, 0] - 0.5).astype(int)]
         return backproject(pixels, depth, view.intrinsics, view.world_to_camera)
 
-    part_pixels = sample_object_pixels(mask, view.depth, num_points, rng)
-    part_points = lift(part_pixels) if len(part_pixels) >= min_pixels else None
+    enough = settings.min_pixels
+    part_pixels = sample_object_pixels(mask, view.depth, settings.num_points, rng)
+    part_points = lift(part_pixels) if len(part_pixels) >= enough else None
     body_pixels = np.zeros((0, 2))
     if body_mask is not None and part_points is not None:
-        body_pixels = sample_object_pixels(body_mask, view.depth, num_points, rng)
-    if len(body_pixels) >= min_pixels:
+        body_pixels = sample_object_pixels(body_mask, view.depth, settings.num_points, rng)
+    if len(body_pixels) >= enough:
         pixels, points = body_pixels, lift(body_pixels)
     elif part_points is not None:
         pixels, points = part_pixels, part_points
-    elif believed_points is not None and len(believed_points) >= min_pixels:
+    elif believed_points is not None and len(believed_points) >= enough:
         points = part_points = believed_points
         pixels = project_points(points, view.intrinsics, view.world_to_camera)
     else:
         raise RuntimeError(f"object not visible: {len(part_pixels)} object pixels in the current view")
-    flows = optical_flow(plan)
-    if color_correct and mask.any():  # as measured for RGB plans
-        model = object_color_model(view.rgb, mask, color_window)
-        tracks = track_points_by_color(pixels, flows, plan, model, radius=color_radius)
-    else:
-        tracks = track_points(pixels, flows)
     # the visible points lie on the object's camera-facing surface: aim a little behind them
     camera_centre = -view.world_to_camera[:3, :3].T @ view.world_to_camera[:3, 3]
     centroid = part_points.mean(axis=0)
     ray = (centroid - camera_centre) / np.linalg.norm(centroid - camera_centre)
-    contact = centroid + surface_to_centre * ray
-    kw = dict(motion_weight_px=motion_weight_px)
+    contact = centroid + settings.surface_to_centre * ray
+    return _Reading(plan, view, mask, pixels, points, part_points, contact, optical_flow(plan))
 
-    def fit(planar=False):  # the reprojection fit
-        return fit_rigid_motions(points, tracks, view.intrinsics, view.world_to_camera, planar=planar, **kw)
 
-    def moved(motions):
-        return motions[:, :3, :3] @ contact + motions[:, :3, 3]
+def _rgbd_motion(r: _Reading, depth: np.ndarray, settings: MotionSettings, seed: int,
+                 held: bool) -> ObjectMotionPlan | None:
+    """The 3-D motion of a grasped (lifted for good) or ``held`` object, or of any object with
+    ``rgbd_pushes``; None where the RGB reading decides (no lasting lift)."""
+    motions = _rgbd_motions(r.plan, depth, r.view, r.mask, r.pixels, r.flows, settings, seed)
+    rise = r.moved(motions)[:, 2] - r.contact[2]
+    # lifted, and up from then to the end of the plan (by ``lasting_rise`` of the threshold: an object
+    # is also put down); tracks that slip onto the arm for a frame or two make a rise that does not last
+    lifted = np.nonzero(rise > settings.grasp_rise)[0]
+    grasp = bool(len(lifted) and (rise[lifted[0]:] > settings.grasp_rise * settings.lasting_rise).all())
+    if grasp or held:  # carried: the 3-D motion, along the viewing ray too
+        return r.plan_of(motions, grasp)
+    if not settings.rgbd_pushes:  # a push stays on its support: the RGB reading is well posed there
+        return None
+    if settings.planar_push and not is_press(r.contact, r.moved(motions), settings.support_height):
+        motions = _rgbd_motions(r.plan, depth, r.view, r.mask, r.pixels, r.flows, settings, seed, planar=True)
+    return r.plan_of(motions, grasp)
 
-    if depth is not None:  # RGB-D plan: 3-D points in every frame
-        motions = _rgbd_motions(plan, depth, view, mask, pixels, flows, color_correct, seed, color_radius_rgbd,
-                                color_window_rgbd, fit_3d)
-        subgoals = moved(motions)
-        rise = subgoals[:, 2] - contact[2]
-        # lifted, and up from then to the end of the plan (by ``lasting_rise`` of the threshold: an object
-        # is also put down); tracks that slip onto the arm for a frame or two make a rise that does not last
-        lifted = np.nonzero(rise > grasp_rise)[0]
-        grasp = bool(len(lifted) and (rise[lifted[0]:] > grasp_rise * lasting_rise).all())
-        if grasp or held:  # carried: the 3-D motion, along the viewing ray too
-            return ObjectMotionPlan(motions, contact, subgoals, grasp, part_points)
-        if rgbd_pushes:  # (an option: not measured better)
-            if planar_push and not is_press(contact, subgoals, support_height):
-                motions = _rgbd_motions(plan, depth, view, mask, pixels, flows, color_correct, seed,
-                                        color_radius_rgbd, color_window_rgbd, dict(fit_3d, planar=True))
-            return ObjectMotionPlan(motions, contact, moved(motions), grasp, part_points)
-        # no lasting lift in depth: what the RGB plan alone gives (below). A push stays on its support, so
-        # the reprojection fit (planar unless a press) is well posed; depth read where tracks slip off a
-        # thin handle onto the arm or table misleads. And where the object is too small to track in the
-        # plan (a 32x32 plan shows a ball in one pixel) depth gives no evidence, and RGB's grasp decision
-        # is kept.
+
+def _rgb_motion(r: _Reading, settings: MotionSettings, rgb_grasp: bool) -> ObjectMotionPlan:
+    """The reprojection fit of the tracks (re-anchored on the object's colour), read as a grasp when the
+    contact point rises by ``grasp_rise``, else as a press or (``planar_push``) a planar push."""
+    if settings.color_correct and r.mask.any():  # as measured for RGB plans
+        model = object_color_model(r.view.rgb, r.mask, settings.color_window)
+        tracks = track_points_by_color(r.pixels, r.flows, r.plan, model, radius=settings.color_radius)
+    else:
+        tracks = track_points(r.pixels, r.flows)
+
+    def fit(planar=False):
+        return fit_rigid_motions(r.points, tracks, r.view.intrinsics, r.view.world_to_camera, planar=planar,
+                                 motion_weight_px=settings.motion_weight_px)
+
     motions = fit()
-    subgoals = moved(motions)
-    grasp = bool(subgoals[:, 2].max() - contact[2] > grasp_rise) and (depth is None or rgb_grasp)
-    if planar_push and not grasp and not is_press(contact, subgoals, support_height):
+    grasp = bool(r.moved(motions)[:, 2].max() - r.contact[2] > settings.grasp_rise) and rgb_grasp
+    if settings.planar_push and not grasp and not is_press(r.contact, r.moved(motions), settings.support_height):
         motions = fit(planar=True)
-        subgoals = moved(motions)
-    return ObjectMotionPlan(motions, contact, subgoals, grasp, part_points)
+    return r.plan_of(motions, grasp)
 
 
 class AvdcFollower:
@@ -526,29 +573,20 @@ class AvdcFollower:
     uses_plan_depth = True  # RGB-D plans arrive as RgbdPlan (see robotics.execution)
 
     def __init__(self, gain: float = 10.0, reach_tolerance: float = 0.02, approach_height: float = 0.1,
-                 push_offset: float = 0.05, grasp_steps: int = 10, grasp_rise: float = 0.08,
-                 num_points: int = 300, motion_weight_px: float = 20.0, holding_distance: float = 0.03,
-                 blocked_steps: int = 5, min_held_aperture: float = 0.05, planar_push: bool = True,
-                 whole_body: bool = False, color_correct: bool = True,
-                 push_direction_fraction: float = 0.33, use_plan_depth: bool = True,
-                 rgbd_options: dict | None = None):
-        self.use_plan_depth = use_plan_depth
-        self.rgbd_options = dict(rgbd_options or {})  # extract_object_motion's RGB-D settings
-        self.color_correct = color_correct
+                 push_offset: float = 0.05, grasp_steps: int = 10, holding_distance: float = 0.03,
+                 blocked_steps: int = 5, min_held_aperture: float = 0.05, whole_body: bool = False,
+                 push_direction_fraction: float = 0.33, motion: MotionSettings | None = None):
+        self.motion_settings = motion or MotionSettings()  # how plans are read (extract_object_motion)
         self.push_direction_fraction = push_direction_fraction
-        self.planar_push = planar_push
         self.whole_body = whole_body
         self.gain = gain
         self.min_held_aperture = min_held_aperture
         self.blocked_steps = blocked_steps
         self.holding_distance = holding_distance
-        self.motion_weight_px = motion_weight_px
         self.reach_tolerance = reach_tolerance
         self.approach_height = approach_height
         self.push_offset = push_offset
         self.grasp_steps = grasp_steps
-        self.grasp_rise = grasp_rise
-        self.num_points = num_points
         self.motion: ObjectMotionPlan | None = None
         self._waypoints: list[tuple[np.ndarray, float]] = []
         self._closing = 0
@@ -570,13 +608,11 @@ class AvdcFollower:
         if holding:  # gripper and grasped object move as one rigid body: track both
             mask = mask | env.gripper_mask(view)
             body = body | mask
-        self.motion = extract_object_motion(plan, view, mask, self.num_points,
-                                            self.grasp_rise, seed=self._plans, believed_points=believed,
-                                            motion_weight_px=self.motion_weight_px, body_mask=body,
-                                            planar_push=self.planar_push,
-                                            color_correct=self.color_correct and not holding,
-                                            use_plan_depth=self.use_plan_depth, held=holding,
-                                            **self.rgbd_options)
+        settings = self.motion_settings
+        if holding:  # the hand hides the object's colour: follow the flow alone
+            settings = replace(settings, color_correct=False)
+        self.motion = extract_object_motion(plan, view, mask, settings, seed=self._plans, believed_points=believed,
+                                            body_mask=body, held=holding)
         self._grasped = holding
         self._waypoints = self._route(hand, self.motion, holding)
         self._closing = 0

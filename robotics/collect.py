@@ -6,7 +6,8 @@ Layout of a dataset directory (format ``gencond-robotics-demos/1``)::
     <root>/<task>/<camera>/seed_<k>.npz     one episode (see :data:`EPISODE_KEYS`)
 
 An episode file holds ``frames`` (T+1, H, W, 3) uint8, ``actions`` (T, 4) float32, ``states``
-(T+1, 39) float32, ``success`` bool, ``success_step`` int, ``task``/``camera``/``text`` strings,
+(T+1, 39) float32, ``success`` bool, ``success_step`` int, ``task`` (the MetaWorld task, ``env_task`` in
+code), ``camera`` and ``text`` strings,
 ``seed`` int, ``intrinsics`` (3, 3), ``world_to_camera`` (4, 4, OpenCV convention),
 ``first_depth`` (H, W) metres, ``first_segmentation`` (H, W) geom ids and ``object_geom_ids``.
 A dataset collected with ``depth=True`` (``gencond collect --depth``; ``"depth": true`` in the index)
@@ -27,7 +28,7 @@ import numpy as np
 from gencond.errors import UserError
 from gencond.files import parsing, read_text
 
-from robotics.envs import CameraFrame, TaskEnv, check_camera, check_task
+from robotics.envs import CameraFrame, TaskEnv, check_camera, check_env_task
 from robotics.experts import Demonstration
 
 FORMAT = "gencond-robotics-demos/1"
@@ -86,8 +87,8 @@ def check_resolution(resolution) -> None:
         raise UserError(f"resolution {resolution} is too small; use at least {MIN_RESOLUTION} pixels")
 
 
-def episode_path(root: str | Path, task: str, camera: str, seed: int) -> Path:
-    return Path(root) / task / camera / f"seed_{seed}.npz"
+def episode_path(root: str | Path, env_task: str, camera: str, seed: int) -> Path:
+    return Path(root) / env_task / camera / f"seed_{seed}.npz"
 
 
 def save_demonstration(demo: Demonstration, path: str | Path) -> Path:
@@ -100,7 +101,7 @@ def save_demonstration(demo: Demonstration, path: str | Path) -> Path:
     extra = {} if depth is None else {"depth": np.asarray(depth).astype(np.float16)}
     np.savez_compressed(
         tmp, frames=demo.frames, actions=demo.actions, states=demo.states, success=demo.success,
-        success_step=demo.success_step, task=demo.task, camera=demo.camera, text=demo.text,
+        success_step=demo.success_step, task=demo.env_task, camera=demo.camera, text=demo.text,
         seed=demo.seed, intrinsics=demo.intrinsics, world_to_camera=demo.world_to_camera,
         first_depth=demo.first_depth.astype(np.float32),
         first_segmentation=demo.first_segmentation.astype(np.int32),
@@ -117,7 +118,7 @@ def load_demonstration(path: str | Path) -> RgbdDemonstration:
         if missing:
             raise ValueError(f"{path} is not a {FORMAT} episode: missing {', '.join(missing)}")
         return RgbdDemonstration(
-            task=str(z["task"]), camera=str(z["camera"]), seed=int(z["seed"]), frames=z["frames"],
+            env_task=str(z["task"]), camera=str(z["camera"]), seed=int(z["seed"]), frames=z["frames"],
             actions=z["actions"], states=z["states"], success=bool(z["success"]),
             success_step=int(z["success_step"]), intrinsics=z["intrinsics"],
             world_to_camera=z["world_to_camera"], first_depth=z["first_depth"],
@@ -128,7 +129,7 @@ def load_demonstration(path: str | Path) -> RgbdDemonstration:
 def _index_entry(root: Path, path: Path, demo_or_file) -> dict:
     if isinstance(demo_or_file, Demonstration):
         d = demo_or_file
-        return {"file": str(path.relative_to(root)), "task": d.task, "camera": d.camera,
+        return {"file": str(path.relative_to(root)), "task": d.env_task, "camera": d.camera,
                 "seed": d.seed, "steps": len(d), "success": d.success}
     with np.load(path, allow_pickle=False) as z:
         return {"file": str(path.relative_to(root)), "task": str(z["task"]), "camera": str(z["camera"]),
@@ -167,7 +168,7 @@ def read_index(root: str | Path) -> dict:
     return index
 
 
-def collect(root: str | Path, tasks, cameras, seeds, resolution: int = 128,
+def collect(root: str | Path, env_tasks, cameras, seeds, resolution: int = 128,
             progress: bool = True, depth: bool = False) -> dict:
     """Run the experts for tasks x cameras x seeds into ``root``; finished episodes are skipped.
     ``depth``: also store every frame's metric depth (a dataset is collected with or without it)."""
@@ -177,9 +178,9 @@ def collect(root: str | Path, tasks, cameras, seeds, resolution: int = 128,
 
     check_resolution(resolution)
     root = Path(root)
-    tasks = [check_task(t) for t in tasks]
+    env_tasks = [check_env_task(t) for t in env_tasks]
     cameras = [check_camera(c) for c in cameras]
-    if not (tasks and cameras and len(seeds)):
+    if not (env_tasks and cameras and len(seeds)):
         raise UserError("no episodes to collect: the task, camera or seed list is empty")
     index = read_index(root) if (root / "index.json").exists() else None
     old = index["resolution"] if index else [resolution] * 2
@@ -190,20 +191,20 @@ def collect(root: str | Path, tasks, cameras, seeds, resolution: int = 128,
         fix = "pass --depth to add to it" if old_depth else "drop --depth to add to it"
         raise UserError(f"{root} holds a dataset collected {'with' if old_depth else 'without'} per-frame "
                         f"depth; {fix}, or use another --out")
-    todo = [(t, c, s) for t in tasks for c in cameras for s in seeds
+    todo = [(t, c, s) for t in env_tasks for c in cameras for s in seeds
             if not episode_path(root, t, c, s).exists()]
-    total = len(tasks) * len(cameras) * len(seeds)
+    total = len(env_tasks) * len(cameras) * len(seeds)
     bar = tqdm(total=total, initial=total - len(todo), desc="collect", unit="ep", disable=not progress)
     env, failures = None, 0
-    for task, camera, seed in todo:
-        if env is None or (env.task, env.camera) != (task, camera):
+    for env_task, camera, seed in todo:
+        if env is None or (env.env_task, env.camera) != (env_task, camera):
             if env is not None:
                 env.close()
-            env = TaskEnv(task, camera, resolution)
+            env = TaskEnv(env_task, camera, resolution)
         demo = run_expert_with_depth(env, seed) if depth else run_expert(env, seed)
-        save_demonstration(demo, episode_path(root, task, camera, seed))
+        save_demonstration(demo, episode_path(root, env_task, camera, seed))
         failures += not demo.success
-        bar.set_postfix(task=task, camera=camera, failed=failures)
+        bar.set_postfix(task=env_task, camera=camera, failed=failures)
         bar.update()
     bar.close()
     if env is not None:
@@ -211,13 +212,13 @@ def collect(root: str | Path, tasks, cameras, seeds, resolution: int = 128,
     return write_index(root, (resolution, resolution), depth)
 
 
-def load_dataset(root: str | Path, tasks=None, cameras=None, successful_only: bool = True):
+def load_dataset(root: str | Path, env_tasks=None, cameras=None, successful_only: bool = True):
     """Episodes of a dataset, optionally filtered by task / camera / success."""
     root = Path(root)
     index = read_index(root)
     demos = []
     for entry in index["episodes"]:
-        if tasks is not None and entry["task"] not in tasks:
+        if env_tasks is not None and entry["task"] not in env_tasks:
             continue
         if cameras is not None and entry["camera"] not in cameras:
             continue

@@ -1,6 +1,6 @@
 """MetaWorld v3 tasks with a camera: seeded environments and offscreen RGB / depth / segmentation.
 
-`make_env(task, camera, resolution)` returns a :class:`TaskEnv`. Its :meth:`TaskEnv.render` gives a
+`make_env(env_task, camera, resolution)` returns a :class:`TaskEnv`. Its :meth:`TaskEnv.render` gives a
 :class:`CameraFrame` holding the image(s) and the camera matrices in the OpenCV convention
 (x right, y down, z forward), so ``K @ (R @ p + t)`` projects a world point ``p`` to pixel ``(u, v)``.
 
@@ -38,7 +38,7 @@ TASK_OBJECT = {
 }
 
 
-def all_tasks() -> list[str]:
+def all_env_tasks() -> list[str]:
     """Every MetaWorld v3 task name (without the ``-v3`` suffix)."""
     import metaworld
 
@@ -46,12 +46,12 @@ def all_tasks() -> list[str]:
     return sorted(k[: -len("-v3-goal-observable")] for k in keys)
 
 
-def check_task(task: str) -> str:
-    """Return ``task`` or raise a one-line error listing the valid names."""
-    valid = all_tasks()
-    if task not in valid:
-        raise UserError(f"unknown task '{task}'; valid tasks: {', '.join(valid)}")
-    return task
+def check_env_task(env_task: str) -> str:
+    """Return ``env_task`` (a MetaWorld task name) or raise a one-line error listing the valid names."""
+    valid = all_env_tasks()
+    if env_task not in valid:
+        raise UserError(f"unknown task '{env_task}'; valid tasks: {', '.join(valid)}")
+    return env_task
 
 
 def check_camera(camera: str) -> str:
@@ -61,9 +61,9 @@ def check_camera(camera: str) -> str:
     return camera
 
 
-def task_text(task: str) -> str:
+def instruction_of(env_task: str) -> str:
     """The natural-language instruction used as a planner's text condition (AVDC: the name in words)."""
-    return task.replace("-", " ")
+    return env_task.replace("-", " ")
 
 
 @dataclass
@@ -209,13 +209,13 @@ class TaskEnv:
     does, so the same seed gives the same scene everywhere (experts, oracle planner, evaluation).
     """
 
-    def __init__(self, task: str, camera: str = "corner", resolution: int | tuple[int, int] = 128):
+    def __init__(self, env_task: str, camera: str = "corner", resolution: int | tuple[int, int] = 128):
         import metaworld
 
-        self.task = check_task(task)
+        self.env_task = check_env_task(env_task)
         self.camera = check_camera(camera)
         height, width = (resolution, resolution) if np.isscalar(resolution) else resolution
-        env_cls = metaworld.ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE[f"{task}-v3-goal-observable"]
+        env_cls = metaworld.ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE[f"{env_task}-v3-goal-observable"]
         self.raw = env_cls(seed=0)
         self.renderer = CameraRenderer(self.raw.model, camera, height, width)
         self.object_geom_ids = self._object_geoms()
@@ -250,7 +250,7 @@ class TaskEnv:
         import mujoco
 
         model = self.model
-        name, only = TASK_OBJECT.get(self.task, (None, {}))
+        name, only = TASK_OBJECT.get(self.env_task, (None, {}))
         if name is None:
             candidates = [model.jnt_bodyid[j] for j in range(model.njnt)
                           if not model.joint(j).name.startswith(("right_", "r_close", "l_close"))]
@@ -333,10 +333,10 @@ class TaskEnv:
         self.close()
 
 
-def make_env(task: str, camera: str = "corner", resolution: int | tuple[int, int] = 128,
+def make_env(env_task: str, camera: str = "corner", resolution: int | tuple[int, int] = 128,
              seed: int | None = None) -> TaskEnv:
     """A :class:`TaskEnv`; reset to ``seed`` when one is given."""
-    env = TaskEnv(task, camera, resolution)
+    env = TaskEnv(env_task, camera, resolution)
     if seed is not None:
         env.reset(seed)
     return env

@@ -1,6 +1,6 @@
 """The evaluation protocol: tasks x cameras x seeds episodes, success tables, and side-by-side videos.
 
-``evaluate(planner, follower_factory, tasks, cameras, seeds, out_dir)`` runs every episode with
+``evaluate(planner, follower_factory, env_tasks, cameras, seeds, out_dir)`` runs every episode with
 :func:`robotics.execution.run_episode` and appends its summary to ``out_dir/episodes.jsonl`` at once,
 so an interrupted evaluation resumes without redoing finished episodes. It then writes
 ``results.json`` (per task, per camera and overall success) and ``results.md`` (the same as a table).
@@ -21,12 +21,12 @@ from gencond.errors import UserError
 from gencond.runs import claim_output, read_resume_log
 
 from robotics.collect import check_resolution
-from robotics.envs import CAMERAS, MAX_EPISODE_STEPS, check_camera, check_task
+from robotics.envs import CAMERAS, MAX_EPISODE_STEPS, check_camera, check_env_task
+from robotics.frames import LABEL_HEIGHT, label_strip, resize_frames
 from robotics.planners import is_planner_factory
 
 EPISODES_FILE = "episodes.jsonl"
 IDENTITY_FILE = "evaluation.json"
-LABEL_HEIGHT = 14  # the strip above side-by-side videos labelling the "plan" and "execution" halves
 
 
 def describe(obj) -> str:
@@ -52,15 +52,15 @@ def _read_done(path: Path) -> dict[tuple, dict]:
     return {(rec["task"], rec["camera"], rec["seed"]): rec for rec in read_resume_log(path, ("task", "camera", "seed", "success"))}
 
 
-def success_table(records: list[dict], tasks, cameras) -> dict:
+def success_table(records: list[dict], env_tasks, cameras) -> dict:
     """Success rates (percent) per task, per task and camera, and overall, from episode records."""
     def rate(rs):
         return round(100.0 * sum(r["success"] for r in rs) / len(rs), 1) if rs else None
 
     per_task = {}
-    for task in tasks:
-        rs = [r for r in records if r["task"] == task]
-        per_task[task] = {"success": rate(rs), "episodes": len(rs),
+    for env_task in env_tasks:
+        rs = [r for r in records if r["task"] == env_task]
+        per_task[env_task] = {"success": rate(rs), "episodes": len(rs),
                           "cameras": {c: rate([r for r in rs if r["camera"] == c]) for c in cameras}}
     errors = [r for r in records if r.get("error")]
     return {"overall": rate(records), "episodes": len(records), "per_task": per_task,
@@ -90,25 +90,12 @@ def markdown_table(table: dict, cameras, title: str = "") -> str:
     head = "| task | " + " | ".join(cameras) + " | all | episodes |"
     lines = ([f"### {title}", ""] if title else []) + [head, "|" + "---|" * (len(cameras) + 3)]
     fmt = lambda v: "–" if v is None else f"{v:.1f}"  # noqa: E731
-    for task, row in table["per_task"].items():
+    for env_task, row in table["per_task"].items():
         cams = " | ".join(fmt(row["cameras"][c]) for c in cameras)
-        lines.append(f"| {task} | {cams} | {fmt(row['success'])} | {row['episodes']} |")
+        lines.append(f"| {env_task} | {cams} | {fmt(row['success'])} | {row['episodes']} |")
     lines.append(f"| **overall** | {' | '.join('' for _ in cameras)} | **{fmt(table['overall'])}** | "
                  f"{table['episodes']} |")
     return "\n".join(lines) + "\n"
-
-
-def _label(text: str, width: int) -> np.ndarray:
-    """A black strip LABEL_HEIGHT high with ``text`` centred in white (shrunk to fit narrow frames)."""
-    import cv2
-
-    strip = np.zeros((LABEL_HEIGHT, width, 3), np.uint8)
-    font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.4
-    scale *= min(1.0, (width - 4) / cv2.getTextSize(text, font, scale, 1)[0][0])
-    text_width = cv2.getTextSize(text, font, scale, 1)[0][0]
-    cv2.putText(strip, text, ((width - text_width) // 2, LABEL_HEIGHT - 4), font, scale, (255, 255, 255), 1,
-                cv2.LINE_AA)
-    return strip
 
 
 def write_side_by_side(path: str | Path, frames: list[np.ndarray], plans: list[tuple[int, np.ndarray]],
@@ -122,7 +109,7 @@ def write_side_by_side(path: str | Path, frames: list[np.ndarray], plans: list[t
     path.parent.mkdir(parents=True, exist_ok=True)
     height, width = frames[0].shape[:2]
     gap = np.full((height + LABEL_HEIGHT, 2, 3), 255, np.uint8)
-    header = np.concatenate([_label("plan", width), gap[:LABEL_HEIGHT], _label("execution", width)], axis=1)
+    header = np.concatenate([label_strip("plan", width), gap[:LABEL_HEIGHT], label_strip("execution", width)], axis=1)
     video = []
     for step, frame in enumerate(frames):
         starts = [s for s, _ in plans if s <= step] or [0]
@@ -130,10 +117,7 @@ def write_side_by_side(path: str | Path, frames: list[np.ndarray], plans: list[t
         plan = next(p for s, p in reversed(plans) if s == start)
         nxt = next((s for s, _ in plans if s > start), len(frames))
         k = min(len(plan) - 1, int(round((step - start) / max(nxt - start, 1) * (len(plan) - 1))))
-        left = plan[k]
-        if left.shape[:2] != (height, width):
-            import cv2
-            left = cv2.resize(left, (width, height), interpolation=cv2.INTER_AREA)
+        left = resize_frames(plan[k][None], (height, width))[0]
         video.append(np.concatenate([header, np.concatenate([left, gap[LABEL_HEIGHT:], frame], axis=1)]))
     if path.suffix == ".mp4":
         try:
@@ -147,7 +131,7 @@ def write_side_by_side(path: str | Path, frames: list[np.ndarray], plans: list[t
     return path
 
 
-def evaluate(planner, make_follower: Callable[[], object], tasks, cameras=CAMERAS, seeds=range(5),
+def evaluate(planner, make_follower: Callable[[], object], env_tasks, cameras=CAMERAS, seeds=range(5),
              out_dir: str | Path = "runs/robotics/eval", resolution: int = 128,
              max_steps: int = MAX_EPISODE_STEPS, max_replans: int = 5, videos: int = 1,
              video_format: str = "gif", title: str = "", progress: bool = True,
@@ -166,18 +150,7 @@ def evaluate(planner, make_follower: Callable[[], object], tasks, cameras=CAMERA
     """
     from importlib.metadata import version
 
-    from tqdm import tqdm
-
-    tasks = [check_task(t) for t in tasks]
-    cameras = [check_camera(c) for c in cameras]
-    seeds = list(seeds)
-    check_resolution(resolution)
-    if not (tasks and cameras and seeds):
-        raise UserError("no episodes to evaluate: the task, camera or seed list is empty")
-    if video_format not in ("gif", "mp4"):
-        raise UserError(f"unknown video format '{video_format}'; valid formats: gif, mp4")
-    if workers < 1:
-        raise UserError(f"--workers {workers}: use 1 or more processes")
+    env_tasks, cameras, seeds = _checked(env_tasks, cameras, seeds, resolution, video_format, workers)
     make_planner = planner if is_planner_factory(planner) else None
     if workers > 1 and make_planner is None:
         raise ValueError("workers > 1 needs a planner factory (a picklable function returning a planner), "
@@ -193,31 +166,56 @@ def evaluate(planner, make_follower: Callable[[], object], tasks, cameras=CAMERA
                 "max_steps": max_steps, "max_replans": max_replans, "gencond": version("gencond"),
                 **(identity or {})}
     check_identity(out, identity)
-    episodes_path = out / EPISODES_FILE
-    done = _read_done(episodes_path)
-    todo = [(t, c, s, seeds.index(s) < videos) for t in tasks for c in cameras for s in seeds
+    done = _read_done(out / EPISODES_FILE)
+    todo = [(t, c, s, seeds.index(s) < videos) for t in env_tasks for c in cameras for s in seeds
             if (t, c, s) not in done]
-    total = len(tasks) * len(cameras) * len(seeds)
-    bar = tqdm(total=total, initial=total - len(todo), desc="evaluate", unit="ep", disable=not progress)
     settings = dict(resolution=resolution, max_steps=max_steps, max_replans=max_replans, out=str(out),
                     video_format=video_format)
-    started, ran = time.perf_counter(), 0
+    started, total = time.perf_counter(), len(env_tasks) * len(cameras) * len(seeds)
+    bar = {"total": total, "initial": total - len(todo), "desc": "evaluate", "unit": "ep", "disable": not progress}
     if workers == 1 or len(todo) <= 1:
         runner = _EpisodeRunner(planner, make_follower, **settings)
-        results = (runner(*episode) for episode in todo)
-        pool = None
+        ran = _record_episodes((runner(*episode) for episode in todo), out, done, bar, runner.close)
     else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
         if hasattr(planner, "close"):  # made here for the identity only: each worker makes its own
             planner.close()
-        pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_start_worker, initargs=(make_planner, make_follower, settings))
-        results = (f.result() for f in as_completed([pool.submit(_run_in_worker, e) for e in todo]))
+        ran = _run_in_workers(todo, out, done, bar, workers, (make_planner, make_follower, settings))
+    wall = time.perf_counter() - started
+    records = [done[(t, c, s)] for t in env_tasks for c in cameras for s in seeds]
+    table = {**success_table(records, env_tasks, cameras),
+             "episodes_per_minute": round(60 * ran / wall, 1) if ran and wall > 0 else None,
+             "episodes_run_now": ran, "seeds": seeds, "identity": identity}
+    (out / "results.json").write_text(json.dumps(table, indent=1))
+    (out / "results.md").write_text(markdown_table(table, cameras, title))
+    return table
+
+
+def _checked(env_tasks, cameras, seeds, resolution: int, video_format: str, workers: int):
+    """The task, camera and seed lists checked (one-line errors), with the other settings."""
+    env_tasks = [check_env_task(t) for t in env_tasks]
+    cameras = [check_camera(c) for c in cameras]
+    seeds = list(seeds)
+    check_resolution(resolution)
+    if not (env_tasks and cameras and seeds):
+        raise UserError("no episodes to evaluate: the task, camera or seed list is empty")
+    if video_format not in ("gif", "mp4"):
+        raise UserError(f"unknown video format '{video_format}'; valid formats: gif, mp4")
+    if workers < 1:
+        raise UserError(f"--workers {workers}: use 1 or more processes")
+    return env_tasks, cameras, seeds
+
+
+def _record_episodes(results, out: Path, done: dict, bar_args: dict, close: Callable[[], None]) -> int:
+    """Append each episode record of ``results`` to ``episodes.jsonl`` as it arrives (into ``done`` too),
+    with a progress bar (tqdm's arguments ``bar_args``); ``close()`` at the end, also on an interruption.
+    Returns the number recorded."""
+    from tqdm import tqdm
+
+    bar = tqdm(**bar_args)
+    ran = 0
     try:
         for rec in results:
-            with episodes_path.open("a") as f:
+            with (out / EPISODES_FILE).open("a") as f:
                 f.write(json.dumps(rec) + "\n")
             done[(rec["task"], rec["camera"], rec["seed"])] = rec
             ran += 1
@@ -226,20 +224,20 @@ def evaluate(planner, make_follower: Callable[[], object], tasks, cameras=CAMERA
             bar.update()
     finally:
         bar.close()
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-        else:
-            runner.close()
-    records = [done[(t, c, s)] for t in tasks for c in cameras for s in seeds]
-    table = success_table(records, tasks, cameras)
-    wall = time.perf_counter() - started
-    table["episodes_per_minute"] = round(60 * ran / wall, 1) if ran and wall > 0 else None
-    table["episodes_run_now"] = ran
-    table["seeds"] = seeds
-    table["identity"] = identity
-    (out / "results.json").write_text(json.dumps(table, indent=1))
-    (out / "results.md").write_text(markdown_table(table, cameras, title))
-    return table
+        close()
+    return ran
+
+
+def _run_in_workers(todo: list, out: Path, done: dict, bar_args: dict, workers: int, initargs: tuple) -> int:
+    """The episodes of ``todo`` in ``workers`` spawned processes (each makes its own planner); the main
+    process alone writes the records."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_start_worker, initargs=initargs)
+    results = (f.result() for f in as_completed([pool.submit(_run_in_worker, e) for e in todo]))
+    return _record_episodes(results, out, done, bar_args, lambda: pool.shutdown(wait=True, cancel_futures=True))
 
 
 class _EpisodeRunner:
@@ -251,21 +249,21 @@ class _EpisodeRunner:
         self.resolution, self.max_steps, self.max_replans = resolution, max_steps, max_replans
         self.out, self.video_format = Path(out), video_format
 
-    def __call__(self, task: str, camera: str, seed: int, record: bool) -> dict:
+    def __call__(self, env_task: str, camera: str, seed: int, record: bool) -> dict:
         from robotics.envs import TaskEnv
         from robotics.execution import run_episode
 
-        if self.env is None or (self.env.task, self.env.camera) != (task, camera):
+        if self.env is None or (self.env.env_task, self.env.camera) != (env_task, camera):
             if self.env is not None:
                 self.env.close()
-            self.env = TaskEnv(task, camera, self.resolution)
+            self.env = TaskEnv(env_task, camera, self.resolution)
         result = run_episode(self.env, self.planner, self.make_follower(), seed, max_steps=self.max_steps,
                              max_replans=self.max_replans, record=record)
         rec = result.summary()
         if hasattr(self.planner, "episode_record"):  # e.g. VideoAgent's refinement rounds and verdicts
             rec["planner"] = self.planner.episode_record()
         if record and result.frames:
-            video = self.out / "videos" / f"{task}_{camera}_seed{seed}.{self.video_format}"
+            video = self.out / "videos" / f"{env_task}_{camera}_seed{seed}.{self.video_format}"
             write_side_by_side(video, result.frames, result.plans)
             rec["video"] = str(video.relative_to(self.out))
         return rec
@@ -283,10 +281,10 @@ _worker_runner: _EpisodeRunner | None = None
 def _start_worker(make_planner, make_follower, settings: dict) -> None:
     import atexit
 
-    import torch
+    from gencond.pipeline import set_threads
 
     global _worker_runner
-    torch.set_num_threads(1)  # one process per core
+    set_threads(1)  # one process per core
     _worker_runner = _EpisodeRunner(make_planner(), make_follower, **settings)
     atexit.register(_worker_runner.close)
 

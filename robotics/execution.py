@@ -13,11 +13,11 @@ import traceback
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-import cv2
 import numpy as np
 
-from robotics.envs import MAX_EPISODE_STEPS, CameraFrame, TaskEnv, task_text
-from robotics.planners import Plan, PlanError, RgbdPlan, plan_rgb, resize_frames, validate_plan
+from robotics.envs import MAX_EPISODE_STEPS, CameraFrame, TaskEnv, instruction_of
+from robotics.frames import resize_frames
+from robotics.planners import Plan, PlanError, RgbdPlan, plan_rgb, validate_plan
 
 if TYPE_CHECKING:
     from robotics.experts import Demonstration
@@ -38,7 +38,7 @@ class PlanFollower(Protocol):
 
 @dataclass
 class EpisodeResult:
-    task: str
+    env_task: str
     camera: str
     seed: int
     success: bool
@@ -60,7 +60,7 @@ class EpisodeResult:
         if self.first_view is None:
             raise ValueError("the episode was not recorded (run_episode(record=True))")
         v = self.first_view
-        return Demonstration(task=self.task, camera=self.camera, seed=self.seed, frames=np.stack(self.frames),
+        return Demonstration(env_task=self.env_task, camera=self.camera, seed=self.seed, frames=np.stack(self.frames),
                              actions=np.asarray(self.actions, np.float32).reshape(-1, 4),
                              states=np.stack(self.states).astype(np.float32), success=self.success,
                              success_step=len(self.actions) if self.success else -1, intrinsics=v.intrinsics,
@@ -68,20 +68,17 @@ class EpisodeResult:
                              first_segmentation=v.segmentation, object_geom_ids=np.asarray(object_geom_ids))
 
     def summary(self) -> dict:
-        return {"task": self.task, "camera": self.camera, "seed": self.seed, "success": self.success,
+        return {"task": self.env_task, "camera": self.camera, "seed": self.seed, "success": self.success,
                 "steps": self.steps, "replans": self.replans, "seconds": round(self.seconds, 2),
                 "error": self.error}
 
 
 def fit_plan_to_view(plan: Plan, view_shape: tuple[int, int]) -> Plan:
     """Resize plan frames to the camera resolution (plans may come at any resolution); an
-    :class:`RgbdPlan`'s depth follows (see :func:`robotics.planners.resize_frames`)."""
+    :class:`RgbdPlan`'s depth follows (see :func:`robotics.frames.resize_frames`)."""
     if isinstance(plan, RgbdPlan):
-        return RgbdPlan(fit_plan_to_view(plan.rgb, view_shape), resize_frames(plan.depth, view_shape, depth=True))
-    if plan.shape[1:3] == tuple(view_shape):
-        return plan
-    height, width = view_shape
-    return np.stack([cv2.resize(f, (width, height), interpolation=cv2.INTER_AREA) for f in plan])
+        return RgbdPlan(resize_frames(plan.rgb, view_shape), resize_frames(plan.depth, view_shape, depth=True))
+    return resize_frames(plan, view_shape)
 
 
 def run_episode(env: TaskEnv, planner, follower: PlanFollower, seed: int,
@@ -89,54 +86,10 @@ def run_episode(env: TaskEnv, planner, follower: PlanFollower, seed: int,
                 stuck_distance: float = 1e-3, record: bool = False) -> EpisodeResult:
     """Run one evaluation episode; a simulator or extractor exception ends it as a recorded failure."""
     started = time.perf_counter()
-    result = EpisodeResult(env.task, env.camera, seed, False, 0, 0, 0.0)
+    result = EpisodeResult(env.env_task, env.camera, seed, False, 0, 0, 0.0)
     try:
-        if hasattr(planner, "begin_episode"):
-            planner.begin_episode(env.task, env.camera, seed)
-        state = env.reset(seed)
-        text = task_text(env.task)
-
-        def new_plan(view: CameraFrame) -> None:
-            plan = validate_plan(planner.plan(view.rgb, text, env.camera))
-            plan = fit_plan_to_view(plan, view.rgb.shape[:2])
-            if record:  # videos show the RGB
-                result.plans.append((env.steps, plan_rgb(plan)))
-            if not getattr(follower, "uses_plan_depth", False):  # e.g. inverse dynamics: RGB only
-                plan = plan_rgb(plan)
-            follower.start(env, view, plan)
-
-        view = env.render(depth=True, segmentation=True)
-        if record:
-            result.frames.append(view.rgb)
-            result.states.append(state)
-            result.first_view = view
-        new_plan(view)
-        rgb = view.rgb
-        last_positions = [env.hand_position]
-        while env.steps < max_steps:
-            action = follower.act(env, state, rgb)
-            step = env.step(action)
-            state = step.state
-            want_rgb = record or follower.needs_rgb_every_step
-            rgb = env.render().rgb if want_rgb else None
-            if record:
-                result.frames.append(rgb)
-                result.actions.append(np.asarray(action, np.float32))
-                result.states.append(state)
-            if step.success:
-                result.success = True
-                break
-            if getattr(follower, "holding_still", False):  # e.g. closing the gripper: not stuck
-                last_positions = []
-            last_positions.append(env.hand_position)
-            last_positions = last_positions[-(stuck_steps + 1):]
-            moves = np.linalg.norm(np.diff(np.asarray(last_positions), axis=0), axis=1)
-            if len(moves) == stuck_steps and moves.max() < stuck_distance and result.replans < max_replans:
-                result.replans += 1
-                view = env.render(depth=True, segmentation=True)
-                rgb = view.rgb
-                new_plan(view)
-                last_positions = [env.hand_position]
+        _execute(env, planner, follower, seed, result, max_steps, max_replans, _Stuck(stuck_steps, stuck_distance),
+                 record)
     except PlanError:
         raise  # a broken planner is the caller's bug: stop the evaluation with its message
     except Exception as exc:  # a failure of this episode, not of the evaluation
@@ -146,3 +99,68 @@ def run_episode(env: TaskEnv, planner, follower: PlanFollower, seed: int,
     result.steps = env.steps if env.seed == seed else 0
     result.seconds = time.perf_counter() - started
     return result
+
+
+class _Stuck:
+    """Whether the hand moved less than ``distance`` over each of the last ``steps`` steps (steps in which
+    the follower holds still on purpose do not count)."""
+
+    def __init__(self, steps: int, distance: float):
+        self.steps, self.distance, self.positions = steps, distance, []
+
+    def restart(self, hand: np.ndarray) -> None:
+        self.positions = [hand]
+
+    def __call__(self, hand: np.ndarray, holding_still: bool) -> bool:
+        if holding_still:  # e.g. closing the gripper: not stuck
+            self.positions = []
+        self.positions = [*self.positions, hand][-(self.steps + 1):]
+        moves = np.linalg.norm(np.diff(np.asarray(self.positions), axis=0), axis=1)
+        return len(moves) == self.steps and moves.max() < self.distance
+
+
+def _execute(env: TaskEnv, planner, follower: PlanFollower, seed: int, result: EpisodeResult, max_steps: int,
+             max_replans: int, stuck: _Stuck, record: bool) -> None:
+    """The episode's steps into ``result``: a plan from the first view, then the follower's actions until
+    success or ``max_steps``, replanning from the current view whenever the hand is stuck."""
+    if hasattr(planner, "begin_episode"):
+        planner.begin_episode(env.env_task, env.camera, seed)
+    state = env.reset(seed)
+    view = env.render(depth=True, segmentation=True)
+    if record:
+        result.frames.append(view.rgb)
+        result.states.append(state)
+        result.first_view = view
+    _start_plan(env, planner, follower, view, result, record)
+    rgb = view.rgb
+    stuck.restart(env.hand_position)
+    while env.steps < max_steps:
+        action = follower.act(env, state, rgb)
+        step = env.step(action)
+        state = step.state
+        rgb = env.render().rgb if record or follower.needs_rgb_every_step else None
+        if record:
+            result.frames.append(rgb)
+            result.actions.append(np.asarray(action, np.float32))
+            result.states.append(state)
+        if step.success:
+            result.success = True
+            break
+        if stuck(env.hand_position, getattr(follower, "holding_still", False)) and result.replans < max_replans:
+            result.replans += 1
+            view = env.render(depth=True, segmentation=True)
+            rgb = view.rgb
+            _start_plan(env, planner, follower, view, result, record)
+            stuck.restart(env.hand_position)
+
+
+def _start_plan(env: TaskEnv, planner, follower: PlanFollower, view: CameraFrame, result: EpisodeResult,
+                record: bool) -> None:
+    """A checked plan from ``view``, fitted to it, handed to the follower (RGB only unless it reads depth)."""
+    plan = validate_plan(planner.plan(view.rgb, instruction_of(env.env_task), env.camera))
+    plan = fit_plan_to_view(plan, view.rgb.shape[:2])
+    if record:  # videos show the RGB
+        result.plans.append((env.steps, plan_rgb(plan)))
+    if not getattr(follower, "uses_plan_depth", False):  # e.g. inverse dynamics: RGB only
+        plan = plan_rgb(plan)
+    follower.start(env, view, plan)

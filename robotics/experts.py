@@ -5,20 +5,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from robotics.envs import MAX_EPISODE_STEPS, TaskEnv, task_text
+from robotics.envs import MAX_EPISODE_STEPS, TaskEnv, instruction_of
 
 
-def expert_policy(task: str):
-    """The scripted expert of ``task`` from ``metaworld.policies.ENV_POLICY_MAP``."""
+def expert_policy(env_task: str):
+    """The scripted expert of ``env_task`` from ``metaworld.policies.ENV_POLICY_MAP``."""
     import warnings
 
     from metaworld.policies import ENV_POLICY_MAP
 
-    key = f"{task}-v3"
+    key = f"{env_task}-v3"
     if key not in ENV_POLICY_MAP:
         from gencond.errors import UserError
 
-        raise UserError(f"no scripted expert for task '{task}'; experts exist for: "
+        raise UserError(f"no scripted expert for task '{env_task}'; experts exist for: "
                          + ", ".join(sorted(k[:-3] for k in ENV_POLICY_MAP)))
     warnings.filterwarnings("ignore", message="Constant\\(s\\) may be too high")
     return ENV_POLICY_MAP[key]()
@@ -28,7 +28,7 @@ def expert_policy(task: str):
 class Demonstration:
     """One expert episode: ``frames[t]`` is seen before ``actions[t]``; ``states`` has one more row too."""
 
-    task: str
+    env_task: str
     camera: str
     seed: int
     frames: np.ndarray          # (T+1, H, W, 3) uint8
@@ -44,7 +44,7 @@ class Demonstration:
 
     @property
     def text(self) -> str:
-        return task_text(self.task)
+        return instruction_of(self.env_task)
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -53,7 +53,7 @@ class Demonstration:
 def run_expert(env: TaskEnv, seed: int, max_steps: int = MAX_EPISODE_STEPS,
                steps_after_success: int = 0) -> Demonstration:
     """Roll out the expert from the scene of ``seed`` until success (+ a few steps) or ``max_steps``."""
-    policy = expert_policy(env.task)
+    policy = expert_policy(env.env_task)
     state = env.reset(seed)
     first = env.render(depth=True, segmentation=True)
     frames, actions, states = [first.rgb], [], [state]
@@ -72,7 +72,7 @@ def run_expert(env: TaskEnv, seed: int, max_steps: int = MAX_EPISODE_STEPS,
                 break
             remaining -= 1
     return Demonstration(
-        task=env.task, camera=env.camera, seed=int(seed), frames=np.stack(frames),
+        env_task=env.env_task, camera=env.camera, seed=int(seed), frames=np.stack(frames),
         actions=np.stack(actions).astype(np.float32), states=np.stack(states).astype(np.float32),
         success=success_step >= 0, success_step=success_step, intrinsics=first.intrinsics,
         world_to_camera=first.world_to_camera, first_depth=first.depth,

@@ -96,7 +96,7 @@ def build(cfg) -> TrainingJob:
     from robotics.collect import load_dataset
 
     d, m = cfg.data, cfg.model
-    demos = load_dataset(d.root, tasks=d.tasks, cameras=d.cameras)
+    demos = load_dataset(d.root, env_tasks=d.tasks, cameras=d.cameras)
     val_seeds = set(d.val_seeds)
     train_demos = [x for x in demos if x.seed not in val_seeds]
     val_demos = [x for x in demos if x.seed in val_seeds]

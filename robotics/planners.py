@@ -1,4 +1,4 @@
-"""Video planners: (observation frame, task text, camera) -> plan frames.
+"""Video planners: (observation frame, instruction, camera) -> plan frames.
 
 A plan is a uint8 array (T+1, H, W, 3): the observation itself followed by T predicted frames, or an
 :class:`RgbdPlan` that also carries each frame's metric depth (T+1, H, W) (a video model predicting a
@@ -8,6 +8,8 @@ not define it.
 """
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, Union, runtime_checkable
 
@@ -15,13 +17,14 @@ import numpy as np
 
 from gencond.errors import UserError
 
-from robotics.envs import TaskEnv, task_text
+from robotics.envs import TaskEnv, instruction_of
+from robotics.frames import resize_frames
 
 
 @runtime_checkable
 class Planner(Protocol):
-    def plan(self, frame: np.ndarray, task: str, camera: str) -> "Plan":
-        """Plan frames (T+1, H, W, 3) uint8 starting at ``frame`` for the instruction ``task`` (or an
+    def plan(self, frame: np.ndarray, instruction: str, camera: str) -> "Plan":
+        """Plan frames (T+1, H, W, 3) uint8 starting at ``frame`` for ``instruction`` (or an
         :class:`RgbdPlan` of them with their depth)."""
         ...
 
@@ -43,6 +46,40 @@ class RgbdPlan:
 
 
 Plan = Union[np.ndarray, RgbdPlan]
+
+
+@dataclass(frozen=True)
+class PlannerPlugin:
+    """A family of planners named ``PREFIX:ARG`` on the command line: ``make(ARG)`` returns one."""
+
+    prefix: str
+    make: Callable[[str], Planner]
+    form: str  # how --planner names one, e.g. "video:RUN_DIR"
+    help: str  # what it is, e.g. "a trained video planner"
+    argument: str  # what ARG is, for the error when it is missing, e.g. "a run folder"
+    module: str = ""
+
+
+PLANNER_PLUGINS: dict[str, PlannerPlugin] = {}
+"""Registered ``PREFIX:ARG`` planners (the video domain registers ``video`` and ``videoagent``)."""
+
+
+def register_planner(prefix: str, make: Callable[[str], Planner], form: str, help: str, argument: str) -> None:
+    """Let ``gencond evaluate-planner --planner PREFIX:ARG`` plan with ``make(ARG)``; a domain calls this
+    from its registration module (the video domain's ``video/register.py``)."""
+    module = sys._getframe(1).f_globals.get("__name__", "?")
+    existing = PLANNER_PLUGINS.get(prefix)
+    if existing is not None and existing.module != module:
+        raise ValueError(f"planner prefix '{prefix}' is registered twice: by {existing.module} and by {module}")
+    PLANNER_PLUGINS[prefix] = PlannerPlugin(prefix, make, form, help, argument, module)
+
+
+def planner_plugins() -> dict[str, PlannerPlugin]:
+    """Every registered ``PREFIX:ARG`` planner family, the installed domains loaded first."""
+    from gencond.registry import load_domains
+
+    load_domains()
+    return PLANNER_PLUGINS
 
 
 def is_planner_factory(obj) -> bool:
@@ -115,20 +152,6 @@ def subsample(frames: np.ndarray, count: int) -> np.ndarray:
     return frames[subsample_indices(len(frames), count)]
 
 
-def resize_frames(frames: np.ndarray, size: tuple[int, int], depth: bool = False) -> np.ndarray:
-    """Frames (T, H, W[, 3]) resized to ``size`` = (height, width). RGB and shrinking use area averaging;
-    depth is enlarged by nearest neighbour (interpolating depth across an object's edge would make points
-    that lie on neither the object nor what is behind it)."""
-    import cv2
-
-    if frames.shape[1:3] == tuple(size):
-        return frames
-    height, width = size
-    shrink = height <= frames.shape[1] and width <= frames.shape[2]
-    method = cv2.INTER_NEAREST if depth and not shrink else cv2.INTER_AREA
-    return np.stack([cv2.resize(f, (width, height), interpolation=method) for f in frames])
-
-
 class RepeatFirstFramePlanner:
     """The floor: a plan in which nothing moves."""
 
@@ -138,7 +161,7 @@ class RepeatFirstFramePlanner:
     def __repr__(self) -> str:  # part of an evaluation's identity (see robotics.evaluate.describe)
         return f"RepeatFirstFramePlanner(num_frames={self.num_frames})"
 
-    def plan(self, frame: np.ndarray, task: str, camera: str) -> np.ndarray:
+    def plan(self, frame: np.ndarray, instruction: str, camera: str) -> np.ndarray:
         return np.repeat(np.asarray(frame, dtype=np.uint8)[None], self.num_frames, axis=0)
 
 
@@ -171,14 +194,14 @@ class OraclePlanner:
             (f", plan_resolution={self.plan_resolution}" if self.plan_resolution else "")
         return f"OraclePlanner(num_frames={self.num_frames}, resolution={self.resolution}{extra})"
 
-    def begin_episode(self, task: str, camera: str, seed: int) -> None:
+    def begin_episode(self, env_task: str, camera: str, seed: int) -> None:
         from robotics.experts import run_expert
 
-        if self._key == (task, camera, seed):
+        if self._key == (env_task, camera, seed):
             return
-        if self._env is None or (self._env.task, self._env.camera) != (task, camera):
+        if self._env is None or (self._env.env_task, self._env.camera) != (env_task, camera):
             self.close()
-            self._env = TaskEnv(task, camera, self.resolution)
+            self._env = TaskEnv(env_task, camera, self.resolution)
         if self.depth:
             from robotics.collect import run_expert_with_depth
 
@@ -186,12 +209,12 @@ class OraclePlanner:
             self._frames, self._depths = demo.frames, demo.depth
         else:
             self._frames, self._depths = run_expert(self._env, seed).frames, None
-        self._key = (task, camera, seed)
+        self._key = (env_task, camera, seed)
 
-    def plan(self, frame: np.ndarray, task: str, camera: str) -> Plan:
+    def plan(self, frame: np.ndarray, instruction: str, camera: str) -> Plan:
         if self._frames is None or camera != self._key[1] or \
-                task not in (self._key[0], task_text(self._key[0])):
-            raise RuntimeError("OraclePlanner.plan called before begin_episode(task, camera, seed) "
+                instruction not in (self._key[0], instruction_of(self._key[0])):
+            raise RuntimeError("OraclePlanner.plan called before begin_episode(env_task, camera, seed) "
                                "for this task and camera")
         frames = self._frames
         if frames.shape[1:3] != frame.shape[:2]:

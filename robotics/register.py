@@ -7,16 +7,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gencond.cli import positive_int
+from gencond.arguments import positive_int
 from gencond.errors import UserError
 from gencond.registry import register_command, register_task
 from gencond.runs import default_runs_dir
 
 from robotics.idm_config import IdmConfig
 
-PLANNERS = ("oracle", "oracle-rgbd", "repeat-first", "video:RUN_DIR", "videoagent:RUN_DIR[,options]", "MODULE:ATTR")
-PLANNER_PLUGINS = {"video": "video.planner:VideoPlanner", "videoagent": "video.agent:make_videoagent_planner"}
-"""``--planner NAME:ARG`` -> ``module:attr`` called with ARG (the domain is imported only when used)."""
+BUILT_IN_PLANNERS = ("oracle", "oracle-rgbd", "repeat-first")
 EXTRACTORS = ("avdc", "idm")
 PLAN_FRAMES = 8  # frames per plan of the built-in planners, first included (AVDC: 8)
 
@@ -77,11 +75,12 @@ def collect_command(args: argparse.Namespace) -> dict:
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     # evaluation seeds default to ones no collected demonstration (seeds 0-4) used
     _common_arguments(p, str(Path(default_runs_dir()) / "robotics" / "eval"), "100-104")
+    from robotics.planners import planner_plugins
+
+    plugins = "".join(f"{plugin.form} ({plugin.help}), " for plugin in planner_plugins().values())
     p.add_argument("--planner", default="oracle",
-                   help="oracle, oracle-rgbd, repeat-first, video:RUN_DIR (a trained video planner), "
-                        "videoagent:RUN_DIR[,rounds=4,critic=CRITIC_RUN,from=noise|plan,strength=0.5,"
-                        "feedback=none|critic|simulator] (VideoAgent's refined plans) or MODULE:ATTR "
-                        "(a Planner, or a function of no arguments returning one, importable from Python)")
+                   help=f"{', '.join(BUILT_IN_PLANNERS)}, {plugins}or MODULE:ATTR (a Planner, or a function of no "
+                        "arguments returning one, importable from Python)")
     p.add_argument("--workers", type=positive_int, default=1,
                    help="processes the episodes are split across (one torch thread each; default 1)")
     p.add_argument("--extractor", default="avdc", help=f"one of: {', '.join(EXTRACTORS)}")
@@ -104,9 +103,10 @@ def check_plan_resolution(plan_resolution: int | None) -> None:
 
 def make_planner(name: str, plan_frames: int | None, resolution: int, plan_resolution: int | None = None):
     """A planner by its command-line name; ``oracle-rgbd`` gives RGB-D plans (the expert's rendered depth),
-    ``video:RUN_DIR`` plans with a trained ``video-planner`` run, ``MODULE:ATTR`` is any importable Planner
-    (or a function of no arguments returning one)."""
-    from robotics.planners import OraclePlanner, RepeatFirstFramePlanner, is_planner_factory
+    ``PREFIX:ARG`` a registered planner family (:func:`robotics.planners.register_planner`; e.g.
+    ``video:RUN_DIR``, a trained ``video-planner`` run), ``MODULE:ATTR`` any importable Planner (or a
+    function of no arguments returning one)."""
+    from robotics.planners import OraclePlanner, RepeatFirstFramePlanner
 
     check_plan_resolution(plan_resolution)
     if ":" in name and plan_frames is not None:
@@ -120,31 +120,51 @@ def make_planner(name: str, plan_frames: int | None, resolution: int, plan_resol
             raise UserError("--plan-resolution applies to the oracle planners, not 'repeat-first'")
         return RepeatFirstFramePlanner(plan_frames)
     if ":" not in name:
-        raise UserError(f"unknown planner '{name}'; valid planners: {', '.join(PLANNERS)}")
+        raise UserError(f"unknown planner '{name}'; valid planners: {', '.join(_planner_forms())}")
     if plan_resolution is not None:
         raise UserError("--plan-resolution applies to the oracle planners; a trained planner plans at its own size")
+    return _plugin_planner(name)
+
+
+def _planner_forms() -> list[str]:
+    from robotics.planners import planner_plugins
+
+    return [*BUILT_IN_PLANNERS, *(f"{prefix}:..." for prefix in planner_plugins()), "MODULE:ATTR"]
+
+
+def _plugin_planner(name: str):
+    """``PREFIX:ARG`` of a registered planner family, else ``MODULE:ATTR``; a one-line error otherwise."""
+    from robotics.planners import is_planner_factory, planner_plugins
+
     prefix, arg = name.split(":", 1)
-    if prefix in PLANNER_PLUGINS:
+    plugin = planner_plugins().get(prefix)
+    if plugin is not None:
         if not arg:
-            raise UserError(f"--planner {prefix}: needs a run folder, e.g. {prefix}:runs/metaworld_small")
-        return _import(PLANNER_PLUGINS[prefix], name)(arg)
-    found = _import(name, name)
+            raise UserError(f"--planner {prefix}: needs {plugin.argument}, e.g. {plugin.form}")
+        return plugin.make(arg)
+    found = _import(name)
     planner = found() if is_planner_factory(found) else found
     if not hasattr(planner, "plan"):
         raise UserError(f"--planner {name} is a {type(planner).__name__}, not a planner (it needs a "
-                        "plan(frame, task, camera) method)")
+                        "plan(frame, instruction, camera) method)")
     return planner
 
 
-def _import(spec: str, flag: str):
-    """``module:attr`` imported, or a one-line error naming the ``--planner`` value ``flag``."""
+def _import(spec: str):
+    """``module:attr`` imported, or a one-line error naming it and the registered planner prefixes."""
     import importlib
+
+    from gencond.registry import UNAVAILABLE
+    from robotics.planners import planner_plugins
 
     module, attr = spec.split(":", 1)
     try:
         return getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as e:
-        raise UserError(f"--planner {flag}: cannot import '{attr}' from module '{module}' ({e})") from None
+        prefixes = ", ".join(f"{p}:" for p in planner_plugins()) or "none"
+        missing = "".join(f"; domain '{d}' did not load ({why})" for d, why in sorted(UNAVAILABLE.items()))
+        raise UserError(f"--planner {spec}: cannot import '{attr}' from module '{module}' ({e}); registered "
+                        f"planner prefixes: {prefixes}{missing}") from None
 
 
 def make_follower_factory(name: str, idm_path: str | None):
@@ -158,12 +178,11 @@ def make_follower_factory(name: str, idm_path: str | None):
         if not idm_path:
             raise UserError("--extractor idm needs --idm RUN_DIR (a model trained with "
                             "`gencond train configs/robotics/idm.yaml`)")
-        import torch
-
+        from gencond.pipeline import set_threads
         from robotics.idm import IdmFollower, load_idm
 
         # a small CNN gains nothing from threads, and on a shared CPU extra OpenMP threads thrash
-        torch.set_num_threads(1)
+        set_threads(1)
         return functools.partial(IdmFollower, load_idm(idm_path))
     raise UserError(f"unknown extractor '{name}'; valid extractors: {', '.join(EXTRACTORS)}")
 

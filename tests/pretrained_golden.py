@@ -37,15 +37,13 @@ def _tsdiff(model: Path, scratch: Path) -> dict:
 
 def _ddae(model: Path, scratch: Path) -> dict:
     """Four images, DDIM-3, seed 0 (``gencond sample`` runs too, for the verb)."""
-    from gencond.runs import load_run
-    from omegaconf import OmegaConf
+    from gencond.pipeline import Pipeline
     from vision.generate import generate_images
 
     _gencond("sample", str(model), "--num", "4", "--steps", "3", "--quiet", "--out", str(scratch / "grid.png"))
-    cfg, net = load_run(model)
-    cfg.sampling = OmegaConf.merge(cfg.sampling, {"num_steps": 3})
-    torch.set_num_threads(1)
-    images, _ = generate_images(net, cfg, 4, batch_size=4, seed=0, progress=False)
+    pipeline = Pipeline.from_run(model, device="cpu", threads=1)
+    pipeline.configure(num_steps=3)
+    images, _ = generate_images(pipeline, 4, batch_size=4, seed=0, progress=False)
     return {"images": images.numpy().astype(np.float64)}
 
 
@@ -66,7 +64,7 @@ def _interact(model: Path, scratch: Path) -> dict:
     from gencond.diffusion import DiffusionProcess
     from gencond.runs import load_run
     from omegaconf import OmegaConf
-    from vision.interact.cli import generate
+    from vision.interact.model import generate
     from vision.interact.task import condition
 
     (scratch / "p.json").write_text('{"caption": "a person holding a red kite"}')

@@ -7,12 +7,16 @@ import sys
 import time
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from gencond.cli import non_negative_float, non_negative_int, positive_float, positive_int
+from gencond.arguments import add_sampling_arguments, non_negative_float, non_negative_int, positive_float, positive_int
 from gencond.errors import UserError
-from gencond.runs import add_sampling_arguments, apply_sampling_arguments, claim_output, load_run, output_dir, prepare_output
+from gencond.runs import claim_output, output_dir, prepare_output
 
 from .config import MISSING_SCENARIOS, REFINERS
+
+if TYPE_CHECKING:  # imported when a verb runs: `gencond --help` loads no torch
+    from gencond.pipeline import Pipeline
 
 
 
@@ -35,9 +39,11 @@ def add_forecast_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-negative", action="store_true", help="keep negative samples even when every training "
                    "value is ≥ 0 (by default such data gets non-negative forecasts)")
     p.add_argument("--recalibrate", action=argparse.BooleanOptionalAction, default=None,
-                   help="recalibrate the quantiles on windows before each forecast (default: the config's forecast.recalibrate, off)")
+                   help="recalibrate the spread on windows before each forecast (default: the config's forecast.recalibrate, on)")
     p.add_argument("--calibration-windows", type=positive_int,
                    help="recalibrate on this many windows per series (default: the config's forecast.calibration_windows, 2)")
+    p.add_argument("--recalibration", choices=("width", "quantile"), help="what the recalibration fits: the spread "
+                   "around the median (width) or every quantile (default: the config's forecast.recalibration, width)")
     _common_arguments(p, "forecast only the first N test entries", "RUN_DIR/forecasts/<settings>")
 
 
@@ -77,72 +83,36 @@ def _batch_size_argument(p: argparse.ArgumentParser) -> None:
                    "200 is fastest on CPU, raise it on a GPU)")
 
 
-def _load_run(args: argparse.Namespace):
-    """(cfg, model on its device) of the run, with the sampler overrides and threads applied."""
-    import torch
+def _load_run(args: argparse.Namespace) -> Pipeline:
+    """The run's :class:`~gencond.pipeline.Pipeline` (its model on the GPU when there is one), with the sampler
+    flags and threads applied."""
+    from gencond.pipeline import Pipeline
 
-    cfg, model = load_run(args.run_dir, args.weights, task="tsdiff", needed_by=f"gencond {getattr(args, 'verb', 'forecast')}")
-    apply_sampling_arguments(cfg, args)
+    pipeline = Pipeline.from_args(args, task="tsdiff", needed_by=f"gencond {getattr(args, 'verb', 'forecast')}")
     if getattr(args, "batch_size", None):
-        cfg.forecast.batch_size = args.batch_size
-    return cfg, model.to("cuda" if torch.cuda.is_available() else "cpu")
+        pipeline.cfg.forecast.batch_size = args.batch_size
+    return pipeline
 
 
 def forecast_command(args: argparse.Namespace) -> dict:
-    import numpy as np
-    from omegaconf import OmegaConf
+    """``gencond forecast``: the run's forecasts of the test windows (or of the future), their metrics, quantiles
+    and fan chart in the settings' own folder (a rerun of the same settings resumes)."""
+    from .forecast import forecast_and_evaluate
 
-    from gencond.sampling import listed_timesteps
-
-    from .data import load_dataset
-    from .forecast import fan_chart, forecast_and_evaluate
-    from .task import check_missing, load_data, make_forecaster, window_builder
-
-    cfg, model = _load_run(args)
-    cfg.forecast.missing = args.missing or cfg.forecast.missing
-    cfg.data.missing_points = args.missing_points or cfg.data.missing_points
-    check_missing(cfg)
-    if args.future and cfg.forecast.missing:
-        raise UserError("--missing hides points of test contexts; it cannot be combined with --future")
-    if args.data:
-        data = load_dataset(args.data, freq=args.freq, prediction_length=load_data(cfg).prediction_length,
-                            num_test_windows=cfg.data.num_test_windows, timestamp_column=cfg.data.timestamp_column,
-                            coerce_non_numeric=cfg.data.coerce_non_numeric)
-    else:
-        data = load_data(cfg)
-    builder = window_builder(cfg, data)
-    overrides = {k: v for k, v in {"guidance": args.guidance, "scale": args.scale, "num_samples": args.samples}.items() if v is not None}
-    if args.plain_guidance:
-        overrides["proximal"] = False
-    cfg.forecast.recalibrate = args.recalibrate if args.recalibrate is not None else (
-        cfg.forecast.recalibrate or bool(args.calibration_windows))
-    cfg.forecast.calibration_windows = args.calibration_windows or cfg.forecast.calibration_windows
-    non_negative = not args.allow_negative and all(float(np.nanmin(e["target"])) >= 0 for e in data.train if len(e["target"]))
-    forecaster = make_forecaster(cfg, model, builder, seed=args.seed, progress=not args.quiet, non_negative=non_negative,
-                                 **overrides)
+    pipeline = _load_run(args)
+    cfg = pipeline.cfg
+    data, overrides = _forecast_settings(args, cfg)
+    forecaster, non_negative = _forecaster(args, pipeline, data, overrides)
     entries = _full_history(data) if args.future else data.test
     entries = entries[: args.max_series] if args.max_series else entries
     series = args.series or slice(0, None)
     if series.start >= len(entries):
         raise UserError(f"--series {series.start}:…: there are only {len(entries)} entries (0-{len(entries) - 1})")
-    how = "cond" if forecaster.conditional else f"{forecaster.guidance}_s{forecaster.scale:g}" + ("_prox" if forecaster.proximal else "")
-    listed = listed_timesteps(cfg.sampling)
-    steps = f"{len(listed)}t{zlib.crc32(str(listed).encode()):08x}" if listed else (
-        cfg.sampling.num_steps or cfg.diffusion.num_train_timesteps)  # listed steps: their number and a checksum
-    tag = f"{how}_{cfg.sampling.scheduler}{steps}"
-    tag += f"_eta{cfg.sampling.eta:g}" if cfg.sampling.eta and cfg.sampling.scheduler != "ddpm" else ""
-    tag += f"_{cfg.sampling.timestep_spacing}" if cfg.sampling.timestep_spacing else ""
-    tag += f"_n{forecaster.num_samples}"
-    tag += f"_{cfg.forecast.missing}{cfg.data.missing_points}" if cfg.forecast.missing else ""
-    tag += f"_recal{forecaster.calibration_windows}" if forecaster.calibration_windows else ""
+    tag = forecast_tag(cfg, forecaster)
     out = Path(args.out) if args.out else output_dir(args.run_dir) / "forecasts" / (tag + ("_future" if args.future else ""))
     out = prepare_output(out, FORECAST_RESULTS, identity=out / "samples" / "identity.json", overwrite=args.overwrite)
     store = out / "samples"
-    claim_output(store / "identity.json", {"run": str(Path(args.run_dir).resolve()), "weights": args.weights, "settings": tag,
-                         "seed": args.seed, "chunk_size": forecaster.chunk_size, "non_negative": non_negative,
-                         "proximal_guidance": forecaster.proximal, "future": bool(args.future), "data": data.name, "entries": len(entries),
-                         "sampling": {k: v for k, v in OmegaConf.to_container(cfg.sampling, resolve=True).items()
-                                      if k != "micro_batch"}}, "forecast")  # micro_batch: a speed setting, same samples
+    _claim_forecast(store, args, cfg, forecaster, tag, non_negative, data.name, len(entries))
 
     start = time.perf_counter()
     if args.future:
@@ -160,6 +130,88 @@ def forecast_command(args: argparse.Namespace) -> dict:
                    proximal_guidance=None if forecaster.conditional else forecaster.proximal,
                    calibration_windows=forecaster.calibration_windows,
                    slice=None if args.series is None else f"{series.start}:{series.start + len(entries)}")
+    _write_forecast(out, args, cfg, data, forecaster, entries, forecasts, metrics)
+    return metrics
+
+
+def _forecast_settings(args: argparse.Namespace, cfg) -> tuple:
+    """(the data to forecast, the forecaster's overrides) after the flags that change ``cfg``'s missing-value
+    and recalibration settings are applied to it; one-line errors for flags that do not go together."""
+    from .data import load_dataset
+    from .task import check_missing, load_data
+
+    cfg.forecast.missing = args.missing or cfg.forecast.missing
+    cfg.data.missing_points = args.missing_points or cfg.data.missing_points
+    check_missing(cfg)
+    if args.future and cfg.forecast.missing:
+        raise UserError("--missing hides points of test contexts; it cannot be combined with --future")
+    if args.data:
+        data = load_dataset(args.data, freq=args.freq, prediction_length=load_data(cfg).prediction_length,
+                            num_test_windows=cfg.data.num_test_windows, timestamp_column=cfg.data.timestamp_column,
+                            coerce_non_numeric=cfg.data.coerce_non_numeric)
+    else:
+        data = load_data(cfg)
+    overrides = {k: v for k, v in {"guidance": args.guidance, "scale": args.scale, "num_samples": args.samples}.items() if v is not None}
+    if args.plain_guidance:
+        overrides["proximal"] = False
+    cfg.forecast.recalibrate = args.recalibrate if args.recalibrate is not None else (
+        cfg.forecast.recalibrate or bool(args.calibration_windows or args.recalibration))
+    cfg.forecast.calibration_windows = args.calibration_windows or cfg.forecast.calibration_windows
+    cfg.forecast.recalibration = args.recalibration or cfg.forecast.recalibration
+    return data, overrides
+
+
+def _forecaster(args: argparse.Namespace, pipeline: Pipeline, data, overrides: dict) -> tuple:
+    """(the run's forecaster of ``data``, whether its forecasts are kept non-negative)."""
+    import numpy as np
+
+    from .task import make_forecaster, window_builder
+
+    cfg = pipeline.cfg
+    builder = window_builder(cfg, data)
+    non_negative = not args.allow_negative and all(float(np.nanmin(e["target"])) >= 0 for e in data.train if len(e["target"]))
+    forecaster = make_forecaster(cfg, pipeline.model, builder, seed=args.seed, progress=not args.quiet,
+                                 non_negative=non_negative, **overrides)
+    return forecaster, non_negative
+
+
+def forecast_tag(cfg, forecaster) -> str:
+    """The name of a forecast's settings (its folder under RUN_DIR/forecasts): guidance, sampler and steps, samples,
+    missing-value scenario and recalibration, e.g. ``quantile_s8_prox_ddpm20t1a2b3c4d_n100``."""
+    from gencond.sampling import listed_timesteps
+
+    how = "cond" if forecaster.conditional else f"{forecaster.guidance}_s{forecaster.scale:g}" + ("_prox" if forecaster.proximal else "")
+    listed = listed_timesteps(cfg.sampling)
+    steps = f"{len(listed)}t{zlib.crc32(str(listed).encode()):08x}" if listed else (
+        cfg.sampling.num_steps or cfg.diffusion.num_train_timesteps)  # listed steps: their number and a checksum
+    tag = f"{how}_{cfg.sampling.scheduler}{steps}"
+    tag += f"_eta{cfg.sampling.eta:g}" if cfg.sampling.eta and cfg.sampling.scheduler != "ddpm" else ""
+    tag += f"_{cfg.sampling.timestep_spacing}" if cfg.sampling.timestep_spacing else ""
+    tag += f"_n{forecaster.num_samples}"
+    tag += f"_{cfg.forecast.missing}{cfg.data.missing_points}" if cfg.forecast.missing else ""
+    tag += f"_recal{forecaster.calibration_windows}" if forecaster.calibration_windows else ""
+    tag += "_quantile" if forecaster.calibration_windows and forecaster.recalibration == "quantile" else ""
+    return tag
+
+
+def _claim_forecast(store: Path, args: argparse.Namespace, cfg, forecaster, tag: str, non_negative: bool,
+                    data_name: str, entries: int) -> None:
+    """Mark ``store`` (the samples folder) as this forecast's: what makes its samples, so that a rerun with other
+    settings is refused rather than mixed in."""
+    from omegaconf import OmegaConf
+
+    claim_output(store / "identity.json", {"run": str(Path(args.run_dir).resolve()), "weights": args.weights, "settings": tag,
+                         "seed": args.seed, "chunk_size": forecaster.chunk_size, "non_negative": non_negative,
+                         "proximal_guidance": forecaster.proximal, "future": bool(args.future), "data": data_name, "entries": entries,
+                         "sampling": {k: v for k, v in OmegaConf.to_container(cfg.sampling, resolve=True).items()
+                                      if k != "micro_batch"}}, "forecast")  # micro_batch: a speed setting, same samples
+
+
+def _write_forecast(out: Path, args: argparse.Namespace, cfg, data, forecaster, entries, forecasts, metrics: dict) -> None:
+    """metrics.json, forecasts.csv (quantiles) and fan_chart.png into ``out``; a warning when the intervals are
+    miscalibrated; the metrics printed as one JSON line."""
+    from .forecast import fan_chart
+
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if metrics.get("calibration", "ok") != "ok":
         print(f"gencond {getattr(args, 'verb', 'forecast')}: warning: the forecast intervals do not mean what they say: "
@@ -172,7 +224,6 @@ def forecast_command(args: argparse.Namespace) -> dict:
     shown = {k: round(v, 5) if isinstance(v, float) else v for k, v in metrics.items()}
     print(json.dumps(shown))
     print(f"wrote {out}/metrics.json, forecasts.csv, fan_chart.png")
-    return metrics
 
 
 def _full_history(data) -> list[dict]:
@@ -223,7 +274,8 @@ def refine_command(args: argparse.Namespace) -> dict:
     from .refine import Refiner, choose_tau
     from .task import load_data, window_builder
 
-    cfg, model = _load_run(args)
+    pipeline = _load_run(args)
+    cfg, model, process = pipeline.cfg, pipeline.model, pipeline.process
     r = cfg.refine
     names = list(REFINERS) if args.refiners == "all" else [n.strip() for n in args.refiners.split(",")]
     unknown = [n for n in names if n not in REFINERS]
@@ -237,7 +289,6 @@ def refine_command(args: argparse.Namespace) -> dict:
     samples = args.samples or r.num_samples
     base = make_base(args.base, data, cfg.data.context_length, options=args.base_options, num_samples=samples, seed=args.seed)
     base_forecasts = base.predict(pasts, data.freq)
-    process = _process(cfg)
     tau = choose_tau(model, process, builder, data.train, seed=args.seed, tau=args.tau if args.tau is not None else r.tau)
     label = args.base.replace(":", "_").replace(".", "_")
     out = Path(args.out) if args.out else output_dir(args.run_dir) / "refine" / label
@@ -276,12 +327,6 @@ def _score(results: dict, name: str, metrics: dict) -> None:
     results["calibration"][name] = {k: v for k, v in metrics.items() if k.startswith("coverage") or k in ("MSIS", "WIS", "calibration")}
 
 
-def _process(cfg):
-    from gencond.diffusion import DiffusionProcess
-
-    return DiffusionProcess(cfg.diffusion)
-
-
 # ---------------------------------------------------------------- sample and eval (synthesis)
 
 
@@ -294,14 +339,14 @@ def add_sample_arguments(p: argparse.ArgumentParser, num: int = 1000) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _synthesize(cfg, model, args, num: int):
+def _synthesize(pipeline: Pipeline, args, num: int):
     from .synthesis import synthesize
     from .task import load_data, window_builder
 
-    data = load_data(cfg)
-    builder = window_builder(cfg, data)
-    windows = synthesize(model, _process(cfg), builder, cfg.sampling, num, batch_size=cfg.forecast.batch_size,
-                         seed=args.seed, device=next(model.parameters()).device, progress=not args.quiet)
+    data = load_data(pipeline.cfg)
+    builder = window_builder(pipeline.cfg, data)
+    windows = synthesize(pipeline, builder, num, batch_size=pipeline.cfg.forecast.batch_size, seed=args.seed,
+                         progress=not args.quiet)
     return data, builder, windows
 
 
@@ -310,8 +355,7 @@ def sample_command(args: argparse.Namespace) -> Path:
 
     from .synthesis import plot_windows
 
-    cfg, model = _load_run(args)
-    data, builder, windows = _synthesize(cfg, model, args, args.num)
+    data, builder, windows = _synthesize(_load_run(args), args, args.num)
     out = Path(args.out) if args.out else output_dir(args.run_dir) / "samples"
     out = prepare_output(out, ("windows.npy", "windows.png") if args.out else (), overwrite=args.overwrite)
     np.save(out / "windows.npy", windows)
@@ -333,7 +377,8 @@ def eval_command(args: argparse.Namespace) -> dict:
 
     if not args.lps:
         raise UserError("nothing to evaluate: pass --lps (forecast accuracy: `gencond forecast RUN_DIR`)")
-    cfg, model = _load_run(args)
+    pipeline = _load_run(args)
+    cfg = pipeline.cfg
     if args.windows:
         data = load_data(cfg)
         builder = window_builder(cfg, data)
@@ -342,7 +387,7 @@ def eval_command(args: argparse.Namespace) -> dict:
         raise UserError(f"{args.num} windows are fewer than the {cfg.data.context_length} features (context values) "
                         f"of the linear model; pass --num ≥ {cfg.data.context_length}")
     else:
-        data, builder, windows = _synthesize(cfg, model, args, args.num)
+        data, builder, windows = _synthesize(pipeline, args, args.num)
     report = lps_report(windows, data, builder.context_length, seed=args.seed)
     out = Path(args.out) if args.out else output_dir(args.run_dir) / "eval"
     out = prepare_output(out, ("lps.json", "real_vs_synthetic.png") if args.out else (), overwrite=args.overwrite)

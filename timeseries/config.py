@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import ClassVar, List, Optional
 
 from gencond.config import DiffusionConfig, RunConfig, SamplingConfig, TrainConfig, above, at_least, between, one_of, ranged
 
@@ -12,6 +12,11 @@ REFINERS = tuple(f"{method}-{prior}" for method in ("lmc", "ml") for prior in ("
 
 @dataclass
 class TSDiffModelConfig:
+    """The TSDiff denoiser: the arguments of :class:`timeseries.model.TSDiffDenoiser` that a config sets, declared
+    here once (the constructor's defaults are these), and TSDiff-Cond's switch and training scenarios."""
+
+    TASK_KEYS: ClassVar[tuple[str, ...]] = ("conditional", "cond_missing_prob", "cond_missing")  # not arguments
+
     hidden_channels: int = ranged(64, at_least(1))
     num_blocks: int = ranged(3, at_least(1))
     state_size: int = ranged(128, at_least(1))
@@ -55,11 +60,13 @@ class ForecastConfig:
     validation_samples: int = ranged(16, at_least(1))
     validation_series: int = ranged(64, at_least(1))
     missing: Optional[str] = ranged(None, one_of(*MISSING_SCENARIOS))  # RM | BM-B | BM-E: hide data.missing_points context points before forecasting
-    # recalibrate each forecast's quantiles on calibration_windows windows (prediction_length values each) per series
-    # that end before the forecast starts (timeseries.calibration; README "Calibration"). Off by default: it calibrates
-    # the generated series but cost Exchange 37 % CRPS (benchmarks/results/timeseries/tsdiff_calibration.jsonl)
-    recalibrate: bool = False
+    # recalibrate each forecast on calibration_windows windows (prediction_length values each) per series that end
+    # before the forecast starts (timeseries.calibration; docs "Calibration"): "width" scales the spread around the
+    # median, "quantile" maps every quantile (calibrates the generated series, but cost Exchange 37 % CRPS)
+    # (benchmarks/results/timeseries/tsdiff_calibration.jsonl)
+    recalibrate: bool = True
     calibration_windows: int = ranged(2, at_least(1))
+    recalibration: str = ranged("width", one_of("width", "quantile"))
 
 
 @dataclass

@@ -19,9 +19,10 @@ from tqdm.auto import tqdm
 from gencond.config import SamplingConfig
 from gencond.diffusion import DiffusionProcess
 from gencond.errors import UserError
-from gencond.runs import read_arrays
 from gencond.guidance import ObservationGuidance, evenly_spaced_quantiles
-from gencond.sampling import sample
+from gencond.pipeline import seeded_generator
+from gencond.runs import read_arrays
+from gencond.sampling import EnergyGuidance, GuidanceRule, sample
 
 from .data import WindowBuilder, hide_context
 
@@ -51,6 +52,8 @@ class TSDiffForecaster:
         progress: bool = True,
         non_negative: bool = False,
         calibration_windows: int = 0,
+        recalibration: str = "width",
+        rule: GuidanceRule = GuidanceRule(),
     ):
         if guidance not in GUIDANCE_KINDS:
             raise UserError(f"unknown guidance '{guidance}'; use one of {GUIDANCE_KINDS}")
@@ -61,6 +64,7 @@ class TSDiffForecaster:
         self.model, self.process, self.builder, self.sampling = model, process, builder, sampling
         self.guidance, self.scale, self.num_samples = guidance, scale, num_samples
         self.proximal = proximal  # guidance by the energy's Moreau envelope at each step's size (gencond.guidance)
+        self.rule = rule  # the guidance's per-step weight and step size (gencond.sampling.GuidanceRule)
         self.batch_size, self.seed, self.device, self.progress = batch_size, seed, device, progress
         self.non_negative = non_negative  # clip samples at 0 (for data that is never negative)
         self.conditional = getattr(model, "cond_channels", 0) > 0
@@ -68,6 +72,7 @@ class TSDiffForecaster:
             raise UserError(f"the number of calibration windows must be ≥ 0, got {calibration_windows}")
         # > 0: forecasts are recalibrated on this many windows per series before the earliest forecast start
         self.calibration_windows = calibration_windows
+        self.recalibration = recalibration  # timeseries.calibration.RECALIBRATIONS
         self.recalibrated = 0  # forecasts recalibrated by the last predict
 
     @property
@@ -107,7 +112,7 @@ class TSDiffForecaster:
                 out.append(saved["samples"])
                 misfits.append(torch.from_numpy(saved["misfit"]))
                 continue
-            future, misfit = self._sample_chunk(group, torch.Generator().manual_seed(self.seed * 1_000_003 + offset + start),
+            future, misfit = self._sample_chunk(group, seeded_generator(self.seed, offset + start),
                                                 show_steps=self.progress and len(chunks) == 1)
             if self.non_negative:
                 future = np.maximum(future, 0.0)
@@ -141,9 +146,10 @@ class TSDiffForecaster:
             options = dict(cond=known_condition(x, mask))
         else:
             quantiles = evenly_spaced_quantiles(n).repeat(len(group)) if self.guidance == "quantile" else None
-            options = dict(guidance=ObservationGuidance(x, mask, quantiles, proximal=self.proximal), guidance_scale=self.scale)
+            energy = ObservationGuidance(x, mask, quantiles, proximal=self.proximal)
+            options = dict(guidance=EnergyGuidance(energy, self.scale, self.rule))
         draws = sample(self.model, self.process, tuple(x.shape), self.sampling, generator=generator,
-                       device=self.device, progress=show_steps, **options)
+                       progress=show_steps, **options)
         misfit = context_misfit(draws, x, mask, self.builder.context_length)
         future = draws[:, self.builder.context_length :, 0].float().cpu().reshape(len(group), n, -1)
         return (future * scale[:, None, None]).numpy(), misfit
@@ -171,7 +177,7 @@ def recalibrated(forecaster: TSDiffForecaster, pasts: Sequence[dict], samples: n
     """(``samples`` of ``pasts`` recalibrated, how many were): the forecaster forecasts its
     ``calibration_windows`` windows per series before the series' earliest forecast start in
     ``calibrate_on`` (with other noise than the forecasts: seed + 1), and each forecast is mapped by a
-    :class:`~timeseries.calibration.QuantileRecalibration` fitted on the windows that end before it starts."""
+    ``forecaster.recalibration`` (:data:`~timeseries.calibration.RECALIBRATIONS`) fitted on the windows that end before it starts."""
     import copy
 
     from .calibration import MIN_CALIBRATION_POINTS, calibration_windows, recalibrate
@@ -183,7 +189,7 @@ def recalibrated(forecaster: TSDiffForecaster, pasts: Sequence[dict], samples: n
     other = copy.copy(forecaster)
     other.seed, other.progress = forecaster.seed + 1, False
     window_samples = other.sample_futures([w["target"] for w in windows], store)
-    out, done = recalibrate(pasts, samples, windows, window_samples)
+    out, done = recalibrate(pasts, samples, windows, window_samples, forecaster.recalibration)
     if forecaster.non_negative:
         out = np.maximum(out, 0.0)
     if done < len(pasts):

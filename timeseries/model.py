@@ -9,6 +9,8 @@ permutes are needed outside the FFT inside the S4 layer.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.embeddings import Timesteps
@@ -16,7 +18,12 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 from torch.nn import functional as F
 
+from gencond.models import RenamedArguments
 from timeseries.s4 import S4DLayer
+
+from .config import TSDiffModelConfig
+
+_SECTION = TSDiffModelConfig()  # the model section's defaults: the constructor's
 
 __all__ = ["TSDiffDenoiser", "TSDiffResidualBlock"]
 
@@ -77,28 +84,33 @@ class TSDiffResidualBlock(nn.Module):
         return x + residual, skip
 
 
-class TSDiffDenoiser(ModelMixin, ConfigMixin):
+class TSDiffDenoiser(RenamedArguments, ModelMixin, ConfigMixin):
     """epsilon_theta(x_t, t) for TSDiff: (B, L, C) scaled series (channel 0 target, the rest lags) -> (B, L, C).
 
     ``t`` holds the diffusion steps, shape (B,) or a scalar, integer or float. ``cond`` must be None
     (TSDiff is unconditional) unless ``cond_channels`` > 0: then the model is TSDiff-Cond and ``cond``
-    (B, L, cond_channels) — the known values and their mask — is read by the input projection. With ``self_condition`` the input projection also reads ``self_cond``
-    (the previous x0 estimate; zeros when None). ``init_skip`` adds x_t to the output. ``bidirectional``
-    (default True, the paper's model) exists for the causal ablation. The default config with
-    in_channels=11 has 175,371 parameters (paper: about 0.19 M with the official S4 layer).
+    (B, L, cond_channels) — the known values and their mask — is read by the input projection. With
+    ``input_self_condition`` (input self-conditioning) the input projection also reads ``self_cond`` (the
+    previous x0 estimate; zeros when None). ``init_skip`` adds x_t to the output. ``bidirectional`` (default
+    True, the paper's model) exists for the causal ablation. The config's ``model`` section
+    (:class:`timeseries.config.TSDiffModelConfig`) holds the other arguments and their defaults. The default
+    config with in_channels=11 has 175,371 parameters (paper: about 0.19 M with the official S4 layer).
     """
+
+    # the config.json of models saved before the rename names input self-conditioning self_condition
+    RENAMED_ARGUMENTS: ClassVar[dict[str, str]] = {"self_condition": "input_self_condition"}
 
     @register_to_config
     def __init__(
         self,
         in_channels: int,
-        hidden_channels: int = 64,
-        num_blocks: int = 3,
-        state_size: int = 128,
-        step_embedding_dim: int = 128,
-        init_skip: bool = False,
-        self_condition: bool = False,
-        dropout: float = 0.0,
+        hidden_channels: int = _SECTION.hidden_channels,
+        num_blocks: int = _SECTION.num_blocks,
+        state_size: int = _SECTION.state_size,
+        step_embedding_dim: int = _SECTION.step_embedding_dim,
+        init_skip: bool = _SECTION.init_skip,
+        input_self_condition: bool = False,
+        dropout: float = _SECTION.dropout,
         bidirectional: bool = True,
         cond_channels: int = 0,
     ):
@@ -106,11 +118,11 @@ class TSDiffDenoiser(ModelMixin, ConfigMixin):
         if in_channels < 1 or num_blocks < 1:
             raise ValueError(f"in_channels and num_blocks must be >= 1, got {in_channels} and {num_blocks}")
         self.in_channels = in_channels
-        self.self_condition = self_condition
+        self.input_self_condition = input_self_condition
         self.init_skip = init_skip
         self.cond_channels = cond_channels
 
-        projected = (2 * in_channels if self_condition else in_channels) + cond_channels
+        projected = (2 * in_channels if input_self_condition else in_channels) + cond_channels
         self.input_projection = nn.Linear(projected, hidden_channels)
         self.step_sinusoid = Timesteps(step_embedding_dim, flip_sin_to_cos=False, downscale_freq_shift=1)
         self.step_mlp = nn.Sequential(
@@ -143,8 +155,8 @@ class TSDiffDenoiser(ModelMixin, ConfigMixin):
             got = None if cond is None else tuple(cond.shape)
             raise ValueError(f"this TSDiff-Cond denoiser needs cond of shape {(*x_t.shape[:2], self.cond_channels)}, got {got}")
         if self_cond is not None:
-            if not self.self_condition:
-                raise ValueError("self_cond was given but the model was built with self_condition=False")
+            if not self.input_self_condition:
+                raise ValueError("self_cond was given but the model was built with input_self_condition=False")
             if self_cond.shape != x_t.shape:
                 raise ValueError(
                     f"self_cond must have the shape of x_t {tuple(x_t.shape)}, got {tuple(self_cond.shape)}"
@@ -165,7 +177,7 @@ class TSDiffDenoiser(ModelMixin, ConfigMixin):
     ) -> torch.Tensor:
         t = self._check_inputs(x_t, t, cond, self_cond)
         h = x_t
-        if self.self_condition:
+        if self.input_self_condition:
             h = torch.cat([x_t, self_cond if self_cond is not None else torch.zeros_like(x_t)], dim=-1)
         if self.cond_channels:
             h = torch.cat([h, cond.to(h.dtype)], dim=-1)

@@ -12,31 +12,27 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from gencond.config import SamplingConfig
-from gencond.diffusion import DiffusionProcess
 from gencond.errors import UserError
 from gencond.files import parsing
-from gencond.sampling import sample
+from gencond.pipeline import Pipeline
 
 from .baselines import RidgeForecaster, real_windows
 from .data import TimeSeriesData, WindowBuilder
 from .forecast import evaluate
 
 
-def synthesize(model: torch.nn.Module, process: DiffusionProcess, builder: WindowBuilder, sampling: SamplingConfig,
-               num_windows: int, *, batch_size: int = 200, seed: int = 0, device: torch.device | str = "cpu",
+def synthesize(pipeline: Pipeline, builder: WindowBuilder, num_windows: int, *, batch_size: int = 200, seed: int = 0,
                progress: bool = True) -> np.ndarray:
     """``num_windows`` unguided samples (N, context + prediction) in scaled units (mean 1 over the context)."""
-    if getattr(model, "cond_channels", 0):
+    if getattr(pipeline.model, "cond_channels", 0):
         raise UserError("synthesis needs an unconditional TSDiff; this run is TSDiff-Cond (it needs a context)")
     if num_windows < 1:
         raise UserError(f"the number of windows must be ≥ 1, got {num_windows}")
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # one stream for all batches (not seeded_generator's mix)
     out = []
     for start in tqdm(range(0, num_windows, batch_size), desc="synthesize", disable=not progress):
         n = min(batch_size, num_windows - start)
-        draws = sample(model, process, (n, builder.length, builder.channels), sampling, generator=generator,
-                       device=device, progress=False)
+        draws = pipeline.sample((n, builder.length, builder.channels), generator=generator, progress=False)
         out.append(draws[:, :, 0].float().cpu().numpy())
     windows = np.concatenate(out)
     if not np.isfinite(windows).all():

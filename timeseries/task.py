@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from gencond.diffusion import DiffusionProcess
 from gencond.errors import UserError
 from gencond.training import TrainingJob
 
-from .config import TSDiffConfig  # noqa: F401  (the schema, re-exported)
+from .config import TSDiffConfig, TSDiffModelConfig  # noqa: F401  (the schema, re-exported)
 from .data import MISSING_SCENARIOS, TimeSeriesData, TrainingWindows, WindowBuilder, default_lags, load_dataset, missing_positions
 from .forecast import TSDiffForecaster, forecast_and_evaluate, known_condition
 
@@ -34,21 +34,20 @@ def window_builder(cfg: DictConfig, data: TimeSeriesData) -> WindowBuilder:
 
 
 def build_model(cfg: DictConfig, channels: int) -> torch.nn.Module:
+    """The config's :class:`~timeseries.model.TSDiffDenoiser`: its ``model`` section (but the task's own keys),
+    and what follows from the data and the diffusion (channels, TSDiff-Cond's inputs, input self-conditioning)."""
     from .model import TSDiffDenoiser
 
-    m = cfg.model
-    return TSDiffDenoiser(
-        in_channels=channels, hidden_channels=m.hidden_channels, num_blocks=m.num_blocks, state_size=m.state_size,
-        step_embedding_dim=m.step_embedding_dim, init_skip=m.init_skip,
-        self_condition=cfg.diffusion.self_condition_prob > 0, dropout=m.dropout,
-        cond_channels=2 * channels if m.conditional else 0,
-    )
+    section = {k: v for k, v in OmegaConf.to_container(cfg.model).items() if k not in TSDiffModelConfig.TASK_KEYS}
+    return TSDiffDenoiser(**section, in_channels=channels, input_self_condition=cfg.diffusion.self_condition_prob > 0,
+                          cond_channels=2 * channels if cfg.model.conditional else 0)
 
 
 def make_forecaster(cfg: DictConfig, model, builder: WindowBuilder, **overrides) -> TSDiffForecaster:
     f = cfg.forecast
     options = dict(guidance=f.guidance, scale=f.scale, proximal=f.proximal_guidance, num_samples=f.num_samples,
-                   batch_size=f.batch_size, seed=cfg.seed, calibration_windows=f.calibration_windows if f.recalibrate else 0)
+                   batch_size=f.batch_size, seed=cfg.seed, calibration_windows=f.calibration_windows if f.recalibrate else 0,
+                   recalibration=f.recalibration)
     options.update(overrides)
     device = next(model.parameters()).device
     return TSDiffForecaster(model, DiffusionProcess(cfg.diffusion), builder, cfg.sampling, device=device, **options)

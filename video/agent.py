@@ -1,4 +1,4 @@
-"""VideoAgent: a video plan refined by plan self-conditioning until a feedback accepts it.
+"""VideoAgent: a video plan improved by plan refinement until a feedback accepts it.
 
 ``VideoAgentPlanner(run_dir, max_rounds=4, feedback=...)`` plans like :class:`VideoPlanner` (round 0:
 first frame and text, the previous-plan slot empty), then refines: each round is a sampling pass
@@ -9,16 +9,20 @@ uses the core refine loop; every round's plan and verdict of the last ``plan`` c
 """
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
+from gencond.arguments import typed
 from gencond.errors import UserError
 from gencond.refinement import Refinement, Verdict, refine
+from gencond.sampling import SDEdit
 from robotics.evaluate import describe
 
+from .feedback import PlanSample
 from .planner import VideoPlanner
 
 REFINE_FROM = ("noise", "plan")
@@ -32,7 +36,7 @@ class VideoAgentPlanner(VideoPlanner):
         super().__init__(run_dir, **planner)
         if not self.model.config.previous_plan:
             raise UserError(f"{run_dir} is a planner without the previous-plan input; VideoAgent refines with a run "
-                            "trained by self-conditioning consistency (configs/video/metaworld_small_videoagent.yaml)")
+                            "trained for plan refinement (configs/video/metaworld_small_videoagent.yaml)")
         if max_rounds < 0:
             raise UserError(f"max_rounds is {max_rounds}; use 0 (the base plan only) or more refinement rounds")
         if refine_from not in REFINE_FROM:
@@ -40,7 +44,8 @@ class VideoAgentPlanner(VideoPlanner):
         if not 0.0 < strength <= 1.0:
             raise UserError(f"strength {strength} is not in (0, 1]")
         if feedback is not None and not callable(feedback):
-            raise UserError(f"feedback must be callable as feedback(first_frame, plan, task), got {type(feedback).__name__}")
+            raise UserError("feedback must be callable as feedback(sample, round) (a gencond.refinement.Feedback of "
+                            f"video.feedback.PlanSample), got {type(feedback).__name__}")
         self.max_rounds, self.feedback, self.refine_from = max_rounds, feedback, refine_from
         self.strength, self.feedback_timeout = strength, feedback_timeout
         self.last_refinement: Optional[Refinement] = None
@@ -51,27 +56,31 @@ class VideoAgentPlanner(VideoPlanner):
         return (f"VideoAgent{base[:-1]}, max_rounds={self.max_rounds}, refine_from={self.refine_from}, "
                 f"strength={self.strength}, feedback={describe(self.feedback)})")
 
-    def begin_episode(self, task: str, camera: str, seed: int) -> None:
-        super().begin_episode(task, camera, seed)
+    def begin_episode(self, env_task: str, camera: str, seed: int) -> None:
+        super().begin_episode(env_task, camera, seed)
         self._episode = []
         if hasattr(self.feedback, "begin_episode"):
-            self.feedback.begin_episode(task, camera, seed)
+            self.feedback.begin_episode(env_task, camera, seed)
 
-    def refine_plan(self, frame: np.ndarray, task: str) -> Refinement:
-        """Every round's predicted frames ((1, C, T, res, res) in [-1, 1]) and verdict."""
+    def refine_plan(self, frame: np.ndarray, instruction: str) -> Refinement:
+        """Every round's predicted frames ((1, C, T, res, res) in [-1, 1]) and verdict; the feedback judges
+        each round's plan as a :class:`video.feedback.PlanSample`."""
         def sample_round(previous, r):
             if previous is None:  # round 0: the base plan, first-frame-only mode
-                return self.sample_plan(frame, task)
+                return self.sample_plan(frame, instruction)
             if self.refine_from == "plan":
-                return self.sample_plan(frame, task, previous, x_init=previous, strength=self.strength)
-            return self.sample_plan(frame, task, previous)
+                return self.sample_plan(frame, instruction, previous, start=SDEdit(previous, self.strength))
+            return self.sample_plan(frame, instruction, previous)
 
-        judge = None if self.feedback is None else (lambda predicted, r: self.feedback(frame, self.to_plan(frame, predicted), task))
-        return refine(sample_round, judge, self.max_rounds + 1, timeout_s=self.feedback_timeout, judge_last=False)
+        def judge(predicted, r):
+            return self.feedback(PlanSample(self.to_plan(frame, predicted), frame, instruction), r)
 
-    def plan(self, frame: np.ndarray, task: str, camera: str):
+        return refine(sample_round, None if self.feedback is None else judge, self.max_rounds + 1,
+                      timeout_s=self.feedback_timeout, judge_last=False)
+
+    def plan(self, frame: np.ndarray, instruction: str, camera: str):
         started = time.perf_counter()
-        result = self.refine_plan(frame, task)
+        result = self.refine_plan(frame, instruction)
         self.last_refinement = result
         self._episode.append({"rounds": len(result.rounds), "accepted": result.accepted,
                               "seconds": round(time.perf_counter() - started, 2),
@@ -114,25 +123,13 @@ def make_videoagent_planner(spec: str) -> VideoAgentPlanner:
                              refine_from=opts.get("from", "noise"), strength=opts.get("strength", 0.5))
 
 
-def _option(kind, what: str, ok):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or not ok(value):
-            raise ValueError(what)
-        return value
-    return parse
-
-
-VIDEOAGENT_OPTIONS = {  # option -> how its value is read (ValueError: what it must be)
-    "rounds": _option(int, "an integer ≥ 0", lambda v: v >= 0),
-    "critic": _option(str, "a video-critic run directory", bool),
-    "threshold": _option(float, "a number in [0, 1]", lambda v: 0 <= v <= 1),
-    "from": _option(str, "noise or plan", lambda v: v in ("noise", "plan")),
-    "strength": _option(float, "a number in (0, 1]", lambda v: 0 < v <= 1),
-    "feedback": _option(str, "none, critic or simulator", lambda v: v in ("none", "critic", "simulator")),
+VIDEOAGENT_OPTIONS = {  # option -> how its value is read (gencond.arguments.typed)
+    "rounds": typed(int, "an integer ≥ 0", lambda v: v >= 0),
+    "critic": typed(str, "a video-critic run directory", bool),
+    "threshold": typed(float, "a number in [0, 1]", lambda v: 0 <= v <= 1),
+    "from": typed(str, "noise or plan", lambda v: v in ("noise", "plan")),
+    "strength": typed(float, "a number in (0, 1]", lambda v: 0 < v <= 1),
+    "feedback": typed(str, "none, critic or simulator", lambda v: v in ("none", "critic", "simulator")),
 }
 CRITIC_OPTIONS = ("critic", "threshold")  # read only by feedback=critic
 
@@ -152,8 +149,8 @@ def parse_videoagent_options(spec: str) -> tuple[str, dict]:
             raise UserError(f"--planner videoagent: option {key} is given twice; give it once")
         try:
             opts[key] = VIDEOAGENT_OPTIONS[key](value)
-        except ValueError as e:
-            raise UserError(f"--planner videoagent: {key}={value!r} must be {e}") from None
+        except argparse.ArgumentTypeError as e:
+            raise UserError(f"--planner videoagent: {key}={value!r} {str(e).split(', got ')[0]}") from None
     ignored = [k for k in CRITIC_OPTIONS if k in opts and opts.get("feedback", "critic") != "critic"]
     if ignored:
         raise UserError(f"--planner videoagent: {ignored[0]}= is read only by feedback=critic, "

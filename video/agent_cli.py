@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from gencond.cli import non_negative_int, positive_int
+from gencond.arguments import non_negative_int, positive_int
 from gencond.runs import output_dir
 
 
@@ -43,14 +43,14 @@ def add_execute_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def execute_command(args: argparse.Namespace) -> list:
-    import torch
+    from gencond.pipeline import set_threads
 
     from .agent import make_planner
     from .executions import execute_plans
 
-    torch.set_num_threads(args.threads)
-    tasks, cameras, seeds = _lists(args)
-    records = execute_plans(make_planner(args.run_dir, args.rounds, args.critic), tasks, cameras, seeds, args.out,
+    set_threads(args.threads)
+    env_tasks, cameras, seeds = _lists(args)
+    records = execute_plans(make_planner(args.run_dir, args.rounds, args.critic), env_tasks, cameras, seeds, args.out,
                             draws=args.draws, resolution=args.resolution, max_replans=args.max_replans,
                             progress=not args.quiet)
     ok = sum(r["success"] for r in records)
@@ -60,7 +60,7 @@ def execute_command(args: argparse.Namespace) -> list:
 
 
 def add_online_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dir", help="a VideoAgent run (trained by self-conditioning consistency)")
+    p.add_argument("run_dir", help="a VideoAgent run (trained for plan refinement)")
     p.add_argument("--iterations", type=positive_int, default=2, help="online iterations (default 2)")
     p.add_argument("--steps", type=positive_int, default=500, help="finetuning steps per iteration (default 500)")
     p.add_argument("--eval-seeds", default="100-104", help="held-out scenes of each evaluation (default 100-104)")
@@ -72,16 +72,15 @@ def add_online_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def online_command(args: argparse.Namespace) -> list:
-    import torch
-
+    from gencond.pipeline import set_threads
     from robotics.register import parse_seeds
 
     from .online import online
 
-    torch.set_num_threads(args.threads)
-    tasks, cameras, seeds = _lists(args)
+    set_threads(args.threads)
+    env_tasks, cameras, seeds = _lists(args)
     out = Path(args.out) if args.out else output_dir(args.run_dir) / "online"
-    log = online(args.run_dir, out, args.iterations, tasks, cameras, seeds, parse_seeds(args.eval_seeds), args.steps,
+    log = online(args.run_dir, out, args.iterations, env_tasks, cameras, seeds, parse_seeds(args.eval_seeds), args.steps,
                  args.rounds, args.critic, args.max_replans, args.resolution, args.workers, progress=not args.quiet)
     for entry in log:
         print(f"iteration {entry['iteration']}: {entry['execution_success']}/{entry['executed']} executions "

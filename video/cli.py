@@ -8,19 +8,18 @@ from pathlib import Path
 
 import numpy as np
 
-from gencond.cli import non_negative_float, non_negative_int
-from gencond.runs import add_sampling_arguments, output_dir, read_resume_log
+from gencond.arguments import add_sampling_arguments, non_negative_float, non_negative_int
+from gencond.runs import output_dir, read_resume_log
 
 EVAL_SEEDS = "100-104"  # no demonstration uses these (`gencond collect` defaults to 0-4)
 
 
 def _planner(args):
+    from gencond.pipeline import set_threads
+
     from .planner import VideoPlanner
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     sampler = dict(weights=args.weights, scheduler=args.scheduler, steps=args.steps, cfg_scale=args.cfg_scale,
                    seed=args.seed)
     if getattr(args, "rounds", 0):  # VideoAgent: every refinement round
@@ -51,14 +50,14 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(seed=7)
 
 
-def expert_clip(task: str, camera: str, seed: int, frames: int, render: int):
+def expert_clip(env_task: str, camera: str, seed: int, frames: int, render: int):
     """(observation frame, the expert's clip of ``frames`` frames from it, the expert's states there)."""
     from robotics.envs import TaskEnv
     from robotics.experts import run_expert
 
     from .data import clip_indices
 
-    with TaskEnv(task, camera, render) as env:
+    with TaskEnv(env_task, camera, render) as env:
         demo = run_expert(env, seed)
     idx = clip_indices(len(demo.frames), 0, frames)
     return demo.frames[0], demo.frames[idx], demo.states[idx]
@@ -70,28 +69,27 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def sample_command(args: argparse.Namespace) -> Path:
-    from robotics.envs import check_camera, check_task, task_text
+    from robotics.envs import check_camera, check_env_task, instruction_of
+    from robotics.frames import resize_frames, write_labelled_gif
+    from robotics.planners import plan_rgb
 
-    from robotics.planners import plan_rgb, resize_frames
-    from .gif import write_labelled_gif
-
-    task, camera = check_task(args.task), check_camera(args.camera)
+    env_task, camera = check_env_task(args.task), check_camera(args.camera)
     planner = _planner(args)
-    first, expert, _ = expert_clip(task, camera, args.seed, planner.model.config.frames + 1, args.render)
+    first, expert, _ = expert_clip(env_task, camera, args.seed, planner.model.config.frames + 1, args.render)
     truth = resize_frames(expert, (planner.resolution,) * 2)
     if args.rounds:
-        rounds = planner.refine_plan(first, task_text(task)).rounds
+        rounds = planner.refine_plan(first, instruction_of(env_task)).rounds
         columns = {("base plan" if r == 0 else f"round {r}"): plan_rgb(planner.to_plan(first, p))
                    for r, p in enumerate(rounds)}
     else:
-        columns = {"plan": plan_rgb(planner.plan(first, task_text(task), camera))}
+        columns = {"plan": plan_rgb(planner.plan(first, instruction_of(env_task), camera))}
     suffix = f"_rounds{args.rounds}" if args.rounds else ""
-    out = Path(args.out) if args.out else output_dir(args.run_dir) / "samples" / f"{task}_{camera}_seed{args.seed}{suffix}.gif"
+    out = Path(args.out) if args.out else output_dir(args.run_dir) / "samples" / f"{env_task}_{camera}_seed{args.seed}{suffix}.gif"
     write_labelled_gif(out, {**columns, "expert": truth})
     for name, plan in columns.items():
         scores = [psnr(p, t) for p, t in zip(plan[1:], truth[1:])]
         print(f"{name}: PSNR of the {len(scores)} predicted frames vs. the expert's: {np.mean(scores):.1f} dB")
-    print(f"wrote {out}: '{task_text(task)}' from {camera}, seed {args.seed}")
+    print(f"wrote {out}: '{instruction_of(env_task)}' from {camera}, seed {args.seed}")
     return out
 
 
@@ -119,32 +117,32 @@ def track_error_cm(env, seed: int, plan, true_states: np.ndarray) -> float:
     return float(np.mean(np.linalg.norm((sub - sub[0]) - (true - true[0]), axis=1)[1:]) * 100)
 
 
-def evaluate_plans(planner, tasks, cameras, seeds, out: Path, render: int = 128, progress: bool = True) -> dict:
+def evaluate_plans(planner, env_tasks, cameras, seeds, out: Path, render: int = 128, progress: bool = True) -> dict:
     """PSNR and track error of the planner's first plan, the repeat-first floor and the oracle (the
     expert's frames at the planner's resolution), per episode (resumable) and per task."""
     from tqdm import tqdm
 
-    from robotics.envs import TaskEnv, task_text
+    from robotics.envs import TaskEnv, instruction_of
     from robotics.evaluate import check_identity, describe
-
-    from robotics.planners import plan_rgb, resize_frames
+    from robotics.frames import resize_frames
+    from robotics.planners import plan_rgb
 
     check_identity(out, {"planner": describe(planner), "render": render, "metric": "plan-quality/1"})
     log = out / "episodes.jsonl"
     done = {(r["task"], r["camera"], r["seed"]): r for r in read_resume_log(log, ("task", "camera", "seed"))}
-    todo = [(t, c, s) for t in tasks for c in cameras for s in seeds if (t, c, s) not in done]
+    todo = [(t, c, s) for t in env_tasks for c in cameras for s in seeds if (t, c, s) not in done]
     n = planner.model.config.frames + 1
-    for task, camera, seed in tqdm(todo, desc="plan quality", unit="ep", disable=not progress):
-        first, expert, states = expert_clip(task, camera, seed, n, render)
+    for env_task, camera, seed in tqdm(todo, desc="plan quality", unit="ep", disable=not progress):
+        first, expert, states = expert_clip(env_task, camera, seed, n, render)
         if hasattr(planner, "begin_episode"):
-            planner.begin_episode(task, camera, seed)
-        plan = planner.plan(first, task_text(task), camera)
+            planner.begin_episode(env_task, camera, seed)
+        plan = planner.plan(first, instruction_of(env_task), camera)
         truth = resize_frames(expert, (planner.resolution,) * 2)
         floor = np.repeat(truth[:1], n, axis=0)
-        rec = {"task": task, "camera": camera, "seed": seed,
+        rec = {"task": env_task, "camera": camera, "seed": seed,
                "psnr": float(np.mean([psnr(p, t) for p, t in zip(plan_rgb(plan)[1:], truth[1:])])),
                "psnr_floor": float(np.mean([psnr(p, t) for p, t in zip(floor[1:], truth[1:])]))}
-        with TaskEnv(task, camera, render) as env:
+        with TaskEnv(env_task, camera, render) as env:
             for key, p in (("track_cm", plan), ("track_cm_floor", floor), ("track_cm_oracle", truth)):
                 try:
                     rec[key] = track_error_cm(env, seed, p, states)
@@ -152,15 +150,15 @@ def evaluate_plans(planner, tasks, cameras, seeds, out: Path, render: int = 128,
                     rec[key], rec[key + "_error"] = None, f"{type(e).__name__}: {e}"
         with log.open("a") as f:
             f.write(json.dumps(rec) + "\n")
-        done[(task, camera, seed)] = rec
-    records = [done[(t, c, s)] for t in tasks for c in cameras for s in seeds]
+        done[(env_task, camera, seed)] = rec
+    records = [done[(t, c, s)] for t in env_tasks for c in cameras for s in seeds]
     keys = ("psnr", "psnr_floor", "track_cm", "track_cm_floor", "track_cm_oracle")
 
     def mean(rs, k):
         vals = [r[k] for r in rs if r.get(k) is not None]
         return round(float(np.mean(vals)), 2) if vals else None
 
-    table = {"per_task": {t: {k: mean([r for r in records if r["task"] == t], k) for k in keys} for t in tasks},
+    table = {"per_task": {t: {k: mean([r for r in records if r["task"] == t], k) for k in keys} for t in env_tasks},
              "overall": {k: mean(records, k) for k in keys}, "episodes": len(records), "seeds": list(seeds)}
     (out / "results.json").write_text(json.dumps(table, indent=1))
     lines = ["| task | PSNR plan | PSNR floor | track cm plan | track cm floor | track cm oracle |", "|---|---|---|---|---|---|"]

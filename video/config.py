@@ -3,7 +3,7 @@ diffusion, trained on MetaWorld expert demonstrations); light: no torch import."
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import ClassVar, List, Optional
 
 from gencond.config import DiffusionConfig, RunConfig, SamplingConfig, TrainConfig, above, at_least, between, one_of, ranged
 
@@ -22,7 +22,9 @@ class VideoDataConfig:
 
 @dataclass
 class VideoModelConfig:
-    """AVDC's factorized space-time UNet (video.model.VideoUNet)."""
+    """AVDC's factorized space-time UNet: the arguments of :class:`video.model.VideoUNet` that a config sets,
+    declared here once (the constructor's defaults are these); the others follow from the data section
+    (channels, frames, image_size) and the instructions."""
 
     base_channels: int = ranged(32, at_least(1))  # AVDC: 128
     channel_mult: List[int] = ranged(domain=at_least(1), factory=lambda: [1, 2, 2])  # AVDC: [1, 2, 3, 4, 5]
@@ -34,13 +36,13 @@ class VideoModelConfig:
     text_pooled_skip: bool = True  # add the tokens' masked mean to the resampler's output (AVDC: no)
     dropout: float = ranged(0.0, between(0, 1, high_open=True))
     scale_shift_norm: bool = True  # time+text vector as a scale and shift after the norm (AVDC: added before it)
-    previous_plan: bool = False  # VideoAgent: also conditioned on an earlier plan (plan self-conditioning)
+    previous_plan: bool = False  # VideoAgent: also conditioned on an earlier plan (the input of plan refinement)
 
 
 @dataclass
-class ConsistencyConfig:
-    """VideoAgent's self-conditioning consistency: a planner's own plans condition training, the real
-    future is the target (plan self-conditioning; needs ``model.previous_plan: true``)."""
+class PlanRefinementConfig:
+    """VideoAgent's plan refinement, trained: a planner's own plans condition training, the real future is the
+    target (needs ``model.previous_plan: true``; the section was called ``consistency`` before)."""
 
     plans_from: Optional[str] = None  # RUN_DIR[:best|last] whose plans are the condition (None: AVDC training)
     starts_per_episode: int = ranged(4, at_least(1))  # cached clips per demonstration: its first frame and k-1 seeded random starts
@@ -74,7 +76,8 @@ class VideoPlannerConfig(RunConfig):
     sampling: SamplingConfig = field(default_factory=_video_sampling)
     data: VideoDataConfig = field(default_factory=VideoDataConfig)
     model: VideoModelConfig = field(default_factory=VideoModelConfig)
-    consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
+    plan_refinement: PlanRefinementConfig = field(default_factory=PlanRefinementConfig)
+    RENAMED_KEYS: ClassVar[dict] = {"consistency": "plan_refinement"}  # old name -> new (old configs still load)
 
 
 @dataclass
@@ -87,7 +90,8 @@ class CriticDataConfig:
 
 @dataclass
 class CriticModelConfig:
-    """A factorized-conv video classifier over (observation + plan, instruction) (video.critic.PlanCritic)."""
+    """A factorized-conv video classifier over (observation + plan, instruction): the arguments of
+    :class:`video.critic.PlanCritic` that a config sets, declared here once (the constructor's defaults)."""
 
     base_channels: int = ranged(32, at_least(1))
     channel_mult: List[int] = ranged(domain=at_least(1), factory=lambda: [1, 2, 2])

@@ -21,20 +21,23 @@ from torch import nn
 from gencond.errors import UserError
 from gencond.training import TrainingJob
 
+from .config import CriticModelConfig
 from .model import Downsample, FactorizedConv, ResBlock, group_norm
 
 TASK = "video-critic"
+_SECTION = CriticModelConfig()  # the model section's defaults: the constructor's
 
 
 class PlanCritic(ModelMixin, ConfigMixin):
     """``critic(video, text) -> logits (B,)``: video (B, 3, frames, H, W) in [-1, 1], the observation
     first; text (B, 384) pooled instruction embeddings. ``instructions``: those it was trained on (kept
-    in its config: a critic is refused for another task's plans)."""
+    in its config: a critic is refused for another task's plans). The config's ``model`` section
+    (:class:`video.config.CriticModelConfig`) holds the other arguments and their defaults."""
 
     @register_to_config
-    def __init__(self, frames: int = 8, image_size: int = 32, base_channels: int = 32,
-                 channel_mult: Sequence[int] = (1, 2, 2), text_dim: int = 384, dropout: float = 0.1,
-                 instructions: Sequence[str] = ()):
+    def __init__(self, frames: int = 8, image_size: int = 32, base_channels: int = _SECTION.base_channels,
+                 channel_mult: Sequence[int] = tuple(_SECTION.channel_mult), text_dim: int = 384,
+                 dropout: float = _SECTION.dropout, instructions: Sequence[str] = ()):
         super().__init__()
         emb = 4 * base_channels
         self.text_proj = nn.Sequential(nn.Linear(text_dim, emb), nn.SiLU(), nn.Linear(emb, emb))
@@ -67,7 +70,7 @@ class PlanCritic(ModelMixin, ConfigMixin):
 # ---- data ------------------------------------------------------------------------------------------------
 def plans_to_video(plans: np.ndarray, resolution: int) -> torch.Tensor:
     """uint8 plans (B, frames, H, W, 3) -> (B, 3, frames, res, res) in [-1, 1]."""
-    from robotics.planners import resize_frames
+    from robotics.frames import resize_frames
 
     from .data import frames_to_unit
 
@@ -155,11 +158,13 @@ def accuracy_table(p: torch.Tensor, labels: torch.Tensor, threshold: float = 0.5
 
 
 def build(cfg) -> TrainingJob:
-    d, m = cfg.data, cfg.model
+    from omegaconf import OmegaConf
+
+    d = cfg.data
     data = ExecutedPlans(d.executions, d.resolution, d.frames)
     text = pooled_text(data.texts)
-    model = PlanCritic(d.frames, d.resolution, m.base_channels, tuple(m.channel_mult), text.shape[1], m.dropout,
-                       tuple(data.texts))
+    model = PlanCritic(**OmegaConf.to_container(cfg.model), frames=d.frames, image_size=d.resolution,
+                       text_dim=text.shape[1], instructions=tuple(data.texts))
     val = ExecutedPlans(d.val_executions, d.resolution, d.frames) if d.val_executions else None
     val_text = pooled_text(val.texts) if val else None
 
@@ -186,7 +191,7 @@ def load_model(folder):
 
 
 class LoadedCritic:
-    """A trained critic that scores plans: ``success_probability(plan, task_text) -> float``."""
+    """A trained critic that scores plans: ``success_probability(plan, instruction) -> float``."""
 
     def __init__(self, run_dir: str | Path, weights: str = "best"):
         from gencond.runs import load_run, weights_fingerprint, weights_folder
@@ -195,22 +200,22 @@ class LoadedCritic:
         self.fingerprint = weights_fingerprint(weights_folder(Path(run_dir), weights))
         self._text: dict[str, torch.Tensor] = {}
 
-    def success_probability(self, plan, task: str) -> float:
+    def success_probability(self, plan, instruction: str) -> float:
         from robotics.planners import plan_rgb
 
         frames = plan_rgb(plan)
         if len(frames) != self.model.config.frames:
             raise UserError(f"the critic scores plans of {self.model.config.frames} frames (observation first); "
                             f"got {len(frames)}: a critic of another planner's frame count")
-        if task not in self._text:
+        if instruction not in self._text:
             trained = list(self.model.config.instructions or ())
-            if trained and task not in trained:
+            if trained and instruction not in trained:
                 raise UserError(f"this critic was trained on plans for: {', '.join(trained)}; it cannot judge "
-                                f"'{task}' (train one on executions of that task)")
-            self._text[task] = pooled_text([task])
+                                f"'{instruction}' (train one on executions of that task)")
+            self._text[instruction] = pooled_text([instruction])
         video = plans_to_video(frames[None], self.model.config.image_size)
         with torch.no_grad():
-            return float(torch.sigmoid(self.model(video, self._text[task]))[0])
+            return float(torch.sigmoid(self.model(video, self._text[instruction]))[0])
 
 
 def load_critic(run_dir: str | Path, weights: str = "best") -> LoadedCritic:

@@ -62,7 +62,7 @@ def clip_indices(length: int, start: int, count: int) -> np.ndarray:
 class Episode:
     video: torch.Tensor  # (N, C, H, W) float16 in [-1, 1]; C = 3, or 4 with depth
     text: str
-    task: str
+    env_task: str
     camera: str
     seed: int
 
@@ -71,7 +71,7 @@ class DemoClips:
     """Every successful demonstration of a dataset, ready to cut clips from."""
 
     def __init__(self, root: str | Path, resolution: int, frames: int = 8, depth: bool = False,
-                 tasks: Optional[Sequence[str]] = None, cameras: Optional[Sequence[str]] = None,
+                 env_tasks: Optional[Sequence[str]] = None, cameras: Optional[Sequence[str]] = None,
                  seeds: Optional[Sequence[int]] = None, extra_roots: Sequence[str | Path] = ()):
         from robotics.collect import load_dataset
 
@@ -80,9 +80,9 @@ class DemoClips:
             if not (folder / "index.json").is_file():
                 raise UserError(f"no demonstrations at {folder}; make them with "
                                 f"`gencond collect --out {folder}{' --depth' if depth else ''}` (about 3 minutes)")
-        demos = [d for d in load_dataset(root, tasks, cameras) if seeds is None or d.seed in set(seeds)]
+        demos = [d for d in load_dataset(root, env_tasks, cameras) if seeds is None or d.seed in set(seeds)]
         for folder in extra_roots:  # ``seeds`` selects from ``root`` only
-            demos += load_dataset(folder, tasks, cameras)
+            demos += load_dataset(folder, env_tasks, cameras)
         if not demos:
             raise UserError(f"{root} holds no successful demonstration of the chosen tasks/cameras/seeds; "
                             f"collect some with `gencond collect --out {root}`")
@@ -96,9 +96,8 @@ class DemoClips:
 
     @staticmethod
     def _episode(demo, resolution: int, depth: bool, root: Path) -> Episode:
-        from robotics.envs import task_text
-
-        from robotics.planners import resize_frames
+        from robotics.envs import instruction_of
+        from robotics.frames import resize_frames
 
         video = frames_to_unit(resize_frames(demo.frames, (resolution, resolution)))
         if depth:
@@ -111,7 +110,7 @@ class DemoClips:
             # nearest neighbour also when shrinking: an average across an object's edge is on neither side
             near = np.stack([cv2.resize(d, (resolution, resolution), interpolation=cv2.INTER_NEAREST) for d in per_frame])
             video = torch.cat([video, depth_to_unit(near)], 1)
-        return Episode(video.half(), task_text(demo.task), demo.task, demo.camera, demo.seed)
+        return Episode(video.half(), instruction_of(demo.env_task), demo.env_task, demo.camera, demo.seed)
 
     def __len__(self) -> int:
         return len(self.episodes)

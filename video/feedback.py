@@ -1,9 +1,9 @@
-"""Feedback on video plans: what stops (or steers) VideoAgent's refinement.
+"""Feedback on video plans: what stops (or steers) VideoAgent's plan refinement.
 
-A feedback is any callable ``feedback(first_frame, plan, task_text) -> Verdict | bool``: the
-observation (H, W, 3) uint8, the plan (the observation first, then the predicted frames, uint8 RGB
-or an RGB-D plan) and the instruction. One that also has ``begin_episode(task, camera, seed)`` is
-told which scene it judges. Three are here:
+A feedback is the core's :class:`gencond.refinement.Feedback`, ``feedback(sample, round) -> Verdict | bool``,
+whose sample is a :class:`PlanSample`: the plan (the observation first, then the predicted frames, uint8
+RGB or an RGB-D plan), the observation (H, W, 3) uint8 and the instruction. One that also has
+``begin_episode(env_task, camera, seed)`` is told which scene it judges. Three are here:
 
 - :class:`SimulatorFeedback` executes the plan in a fresh copy of the scene and accepts on success
   (privileged information: an upper bound, never a headline result);
@@ -14,8 +14,9 @@ told which scene it judges. Three are here:
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Protocol, Sequence, Union, runtime_checkable
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -23,9 +24,14 @@ from gencond.errors import UserError
 from gencond.refinement import Verdict
 
 
-@runtime_checkable
-class PlanFeedback(Protocol):
-    def __call__(self, first_frame: np.ndarray, plan, task: str) -> Union[Verdict, bool]: ...
+@dataclass(frozen=True)
+class PlanSample:
+    """What a feedback judges: a plan (uint8 (T+1, H, W, 3), the observation first, or an RGB-D plan), the
+    observation it starts from (H, W, 3) uint8 and the instruction it is for."""
+
+    plan: Any
+    first_frame: np.ndarray
+    instruction: str
 
 
 class _FixedPlan:
@@ -34,7 +40,7 @@ class _FixedPlan:
     def __init__(self, plan):
         self._plan = plan
 
-    def plan(self, frame, task, camera):
+    def plan(self, frame, instruction, camera):
         return self._plan
 
 
@@ -59,25 +65,26 @@ class SimulatorFeedback:
     def __repr__(self) -> str:
         return f"SimulatorFeedback(resolution={self.resolution}, max_steps={self.max_steps})"
 
-    def begin_episode(self, task: str, camera: str, seed: int) -> None:
+    def begin_episode(self, env_task: str, camera: str, seed: int) -> None:
         from robotics.envs import TaskEnv
 
-        if self.env is None or (self.env.task, self.env.camera) != (task, camera):
+        if self.env is None or (self.env.env_task, self.env.camera) != (env_task, camera):
             self.close()
-            self.env = TaskEnv(task, camera, self.resolution)
-        self.episode = (task, camera, seed)
+            self.env = TaskEnv(env_task, camera, self.resolution)
+        self.episode = (env_task, camera, seed)
         self.env.reset(seed)
         self.start_frame = self.env.render().rgb
 
-    def __call__(self, first_frame: np.ndarray, plan, task: str) -> Verdict:
+    def __call__(self, sample: PlanSample, round: int = 0) -> Verdict:
         from robotics.envs import MAX_EPISODE_STEPS
         from robotics.execution import run_episode
 
         if self.episode is None:
-            raise RuntimeError("SimulatorFeedback needs begin_episode(task, camera, seed) first")
-        if first_frame.shape != self.start_frame.shape or not np.array_equal(first_frame, self.start_frame):
+            raise RuntimeError("SimulatorFeedback needs begin_episode(env_task, camera, seed) first")
+        first = sample.first_frame
+        if first.shape != self.start_frame.shape or not np.array_equal(first, self.start_frame):
             return Verdict(False, reason="simulator feedback judges plans from the episode's first state only")
-        result = run_episode(self.env, _FixedPlan(plan), self.make_follower(), self.episode[2],
+        result = run_episode(self.env, _FixedPlan(sample.plan), self.make_follower(), self.episode[2],
                              max_steps=self.max_steps or MAX_EPISODE_STEPS, max_replans=0)
         return Verdict(result.success, float(result.success),
                        f"executed: {'success' if result.success else 'failure'} in {result.steps} steps"
@@ -103,13 +110,13 @@ class CriticFeedback:
     def __repr__(self) -> str:
         return f"CriticFeedback({self.run_dir.resolve()}, threshold={self.threshold}, sha256={self.critic.fingerprint})"
 
-    def __call__(self, first_frame: np.ndarray, plan, task: str) -> Verdict:
-        p = self.critic.success_probability(plan, task)
+    def __call__(self, sample: PlanSample, round: int = 0) -> Verdict:
+        p = self.critic.success_probability(sample.plan, sample.instruction)
         return Verdict(p >= self.threshold, p, f"critic: success probability {p:.2f}")
 
 
 VLM_PROMPT = ("The first image is a robot's observation; the next {n} images are a video plan for the "
-              "task \"{task}\". Does the plan complete the task realistically and consistently? Reject even "
+              "task \"{instruction}\". Does the plan complete the task realistically and consistently? Reject even "
               "if there are the slightest errors. Answer 'Accept' or 'Reject', then one sentence of critique.")
 
 
@@ -118,7 +125,7 @@ class VisionLanguageFeedback:
 
     ``ask(images, prompt) -> str`` is the model: a local one or a user's API client, given the
     observation then the plan frames (uint8 RGB). The answer must begin with Accept or Reject; the rest is
-    the critique, kept as the verdict's reason.
+    the critique, kept as the verdict's reason. ``prompt`` may name ``{n}`` (plan frames) and ``{instruction}``.
     """
 
     def __init__(self, ask: Callable[[Sequence[np.ndarray], str], str], prompt: str = VLM_PROMPT):
@@ -126,11 +133,12 @@ class VisionLanguageFeedback:
             raise UserError("VisionLanguageFeedback needs ask(images, prompt) -> str, a callable")
         self.ask, self.prompt = ask, prompt
 
-    def __call__(self, first_frame: np.ndarray, plan, task: str) -> Verdict:
+    def __call__(self, sample: PlanSample, round: int = 0) -> Verdict:
         from robotics.planners import plan_rgb
 
-        frames = list(plan_rgb(plan))[1:]
-        answer = str(self.ask([first_frame, *frames], self.prompt.format(n=len(frames), task=task))).strip()
+        frames = list(plan_rgb(sample.plan))[1:]
+        prompt = self.prompt.format(n=len(frames), instruction=sample.instruction)
+        answer = str(self.ask([sample.first_frame, *frames], prompt)).strip()
         m = re.match(r"\W*(accept|reject)\b\W*(.*)", answer, flags=re.IGNORECASE | re.DOTALL)
         if m is None:
             return Verdict(False, reason=f"unreadable answer (no Accept/Reject): {answer[:200]!r}")

@@ -60,11 +60,30 @@ from diffusers.models.modeling_utils import ModelMixin
 from timm.layers import Mlp
 from torch import nn
 
+from .config import VideoModelConfig
+
+_SECTION = VideoModelConfig()  # the model section's defaults: the constructor's
+
 INPUT_ORDER = ("x_t", "first_frame", "previous_plan")
 """Channel blocks of the network input, in order (``previous_plan`` only when the model has it)."""
 
 TEXT_KEYS = ("text", "text_mask")
 """The condition keys that ``null_condition`` drops (classifier-free guidance / condition dropout)."""
+
+
+def plan_condition(first_frame: torch.Tensor, text_tokens: torch.Tensor, text_mask: torch.Tensor,
+                   previous_plan: torch.Tensor | None = None) -> dict:
+    """The condition dict of :class:`VideoUNet`, assembled here for training and sampling alike (so the two
+    never disagree on order or scaling); every video tensor in [-1, 1]: first_frame (B, C, H, W), text
+    (B, L, D) token states, text_mask (B, L), previous_plan (B, C, T, H, W) (clamped to [-1, 1]: a sampled
+    plan may overshoot the range of a real video)."""
+    cond = {"first_frame": first_frame, "text": text_tokens, "text_mask": text_mask}
+    if previous_plan is not None:
+        if previous_plan.shape[:2] != first_frame.shape[:2] or previous_plan.shape[-2:] != first_frame.shape[-2:]:
+            raise ValueError(f"previous plan {tuple(previous_plan.shape)} does not fit first frame "
+                             f"{tuple(first_frame.shape)}; it must be (B, C, T, H, W) of the same B, C, H, W")
+        cond["previous_plan"] = previous_plan.clamp(-1, 1)  # a sample may overshoot; a video does not
+    return cond
 
 
 def norm_groups(channels: int, max_groups: int = 32, min_group_size: int = 4) -> int:
@@ -264,16 +283,20 @@ class VideoUNet(ModelMixin, ConfigMixin):
     ``first_frame`` is required, the others optional (no text = the null text; ``previous_plan`` only
     with ``previous_plan=True``, zeros when absent). ``frames`` counts the predicted frames (clip - 1).
     ``instructions``: the training instructions, kept in the saved config for the planner; no effect on
-    the network.
+    the network. The config's ``model`` section (:class:`video.config.VideoModelConfig`) holds the other
+    arguments and their defaults; ``channels``, ``frames`` and ``image_size`` follow from its ``data``.
     """
 
     @register_to_config
-    def __init__(self, channels: int = 3, frames: int = 7, image_size: int = 32, base_channels: int = 32,
-                 channel_mult: Sequence[int] = (1, 2, 2), num_res_blocks: int = 1,
-                 attention_resolutions: Sequence[int] = (8,), head_channels: int = 32, text_dim: int = 384,
-                 text_latents: int = 8, text_max_tokens: int = 16, text_pooled_skip: bool = True, dropout: float = 0.0,
-                 previous_plan: bool = False,
-                 scale_shift_norm: bool = True, instructions: Sequence[str] = ()):
+    def __init__(self, channels: int = 3, frames: int = 7, image_size: int = 32,
+                 base_channels: int = _SECTION.base_channels, channel_mult: Sequence[int] = tuple(_SECTION.channel_mult),
+                 num_res_blocks: int = _SECTION.num_res_blocks,
+                 attention_resolutions: Sequence[int] = tuple(_SECTION.attention_resolutions),
+                 head_channels: int = _SECTION.head_channels, text_dim: int = 384,
+                 text_latents: int = _SECTION.text_latents, text_max_tokens: int = _SECTION.text_max_tokens,
+                 text_pooled_skip: bool = _SECTION.text_pooled_skip, dropout: float = _SECTION.dropout,
+                 previous_plan: bool = _SECTION.previous_plan, scale_shift_norm: bool = _SECTION.scale_shift_norm,
+                 instructions: Sequence[str] = ()):
         super().__init__()
         channel_mult = tuple(int(m) for m in channel_mult)
         attention_resolutions = tuple(int(r) for r in attention_resolutions)

@@ -4,7 +4,7 @@ Iteration k of ``online(run_dir, out, ...)`` has three resumable steps, each in 
 
     <out>/iter_<k>/executions/   refined plans executed on the training scenes (video.executions)
     <out>/iter_<k>/model/        a run finetuned from the previous weights on the demonstrations plus every
-                                 success so far, by self-conditioning consistency on the previous model's plans
+                                 success so far, by plan refinement training on the previous model's plans
     <out>/iter_<k>/evaluation/   VideoAgent's success on the held-out scenes (robotics.evaluate)
 
 and one line per finished iteration in ``<out>/online.jsonl``. An interrupted iteration resumes
@@ -37,7 +37,7 @@ def finetune_config(base_run: Path, previous: Path, run_dir: Path, successes: Se
     cfg.train.init_from = f"{previous}:last"
     cfg.train.max_steps, cfg.train.max_minutes = steps, None
     cfg.data.extra_roots = [*cfg.data.extra_roots, *map(str, successes)]
-    cfg.consistency.plans_from = f"{previous}:last"
+    cfg.plan_refinement.plans_from = f"{previous}:last"
     return cfg
 
 
@@ -67,7 +67,7 @@ def train_run(cfg, run_dir: Path, progress: bool = True):
     return train(cfg, get_task(cfg.task).build(cfg), run_dir, progress=progress)
 
 
-def online(run_dir: str | Path, out: str | Path, iterations: int, tasks: Sequence[str], cameras: Sequence[str],
+def online(run_dir: str | Path, out: str | Path, iterations: int, env_tasks: Sequence[str], cameras: Sequence[str],
            seeds: Sequence[int], eval_seeds: Sequence[int], steps: int = 500, max_rounds: int = 4,
            critic: Optional[str] = None, max_replans: int = 5, resolution: int = 128, workers: int = 1,
            progress: bool = True) -> list[dict]:
@@ -101,7 +101,7 @@ def online(run_dir: str | Path, out: str | Path, iterations: int, tasks: Sequenc
     for k in range(1, iterations + 1):
         folder = out / f"iter_{k}"
         clock = time.perf_counter()
-        records = execute_plans(planner(previous), tasks, cameras, seeds, folder / "executions",
+        records = execute_plans(planner(previous), env_tasks, cameras, seeds, folder / "executions",
                                 resolution=resolution, max_replans=max_replans, progress=progress,
                                 identity={"online_iteration": k})
         successes.append(folder / "executions" / "successes")
@@ -110,7 +110,7 @@ def online(run_dir: str | Path, out: str | Path, iterations: int, tasks: Sequenc
         clock = time.perf_counter()
         result = train_run(finetune_config(run_dir, previous, model_dir, successes, steps), model_dir, progress)
         seconds["finetune"], clock = time.perf_counter() - clock, time.perf_counter()
-        table = evaluate(functools.partial(planner, model_dir), AvdcFollower, tasks, cameras, eval_seeds,
+        table = evaluate(functools.partial(planner, model_dir), AvdcFollower, env_tasks, cameras, eval_seeds,
                          folder / "evaluation", resolution=resolution, max_replans=max_replans, progress=progress,
                          title=f"VideoAgent-Online iteration {k}", workers=workers)
         entry = {"iteration": k, "executed": len(records), "execution_success": sum(r["success"] for r in records),

@@ -1,6 +1,6 @@
 """A trained video planner as a robotics :class:`~robotics.planners.Planner`.
 
-``VideoPlanner(run_dir).plan(frame, task_text, camera)`` resizes the observation to the model's
+``VideoPlanner(run_dir).plan(frame, instruction, camera)`` resizes the observation to the model's
 resolution, samples the predicted frames with the core sampler (DDIM by default), and returns the
 observation followed by the plan (uint8 RGB; with an RGB-D model a ``RgbdPlan`` that also carries
 metric depth). The robotics evaluator fits plan frames to the camera view.
@@ -14,14 +14,14 @@ from typing import Optional
 import numpy as np
 import torch
 
-from gencond.diffusion import DiffusionProcess
 from gencond.errors import UserError
-from gencond.runs import load_run, weights_fingerprint, weights_folder
-from gencond.sampling import sample
-from robotics.planners import RgbdPlan, resize_frames
+from gencond.pipeline import Pipeline
+from gencond.runs import weights_fingerprint, weights_folder
+from robotics.frames import resize_frames
+from robotics.planners import RgbdPlan
 
 from .data import frames_to_unit, unit_to_depth, unit_to_frames
-from .task import plan_condition
+from .model import plan_condition
 
 TASK = "video-planner"
 
@@ -32,15 +32,11 @@ class VideoPlanner:
     def __init__(self, run_dir: str | Path, weights: str = "best", scheduler: Optional[str] = None,
                  steps: Optional[int] = None, cfg_scale: Optional[float] = None, seed: int = 0,
                  device: Optional[str] = None):
-        from omegaconf import OmegaConf
-
         self.run_dir = Path(run_dir)
-        self.cfg, self.model = load_run(run_dir, weights, task=TASK, needed_by="a video planner")
-        chosen = {"scheduler": scheduler, "num_steps": steps, "cfg_scale": cfg_scale}
-        self.cfg.sampling = OmegaConf.merge(self.cfg.sampling, {k: v for k, v in chosen.items() if v is not None})
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model.to(self.device)
-        self.process = DiffusionProcess(self.cfg.diffusion)
+        self.pipeline = Pipeline.from_run(run_dir, weights, task=TASK, device=device, needed_by="a video planner")
+        self.pipeline.configure(scheduler=scheduler, num_steps=steps, cfg_scale=cfg_scale)
+        self.cfg, self.model, self.process, self.device = (self.pipeline.cfg, self.pipeline.model, self.pipeline.process,
+                                                          self.pipeline.device)
         self.resolution = self.model.config.image_size
         self.depth = self.model.config.channels == 4
         self.generator = torch.Generator().manual_seed(seed)
@@ -66,10 +62,10 @@ class VideoPlanner:
         return (f"VideoPlanner({self.run_dir.resolve()}, weights={self.weights}, scheduler={s.scheduler}, "
                 f"steps={s.num_steps}, cfg_scale={s.cfg_scale}, seed={self.seed}, sha256={self.fingerprint})")
 
-    def begin_episode(self, task: str, camera: str, seed: int) -> None:
+    def begin_episode(self, env_task: str, camera: str, seed: int) -> None:
         """Plans of an episode depend on its seed (and :attr:`draw`) only, not on what ran before:
         resumable evaluations."""
-        self.generator = torch.Generator().manual_seed(self.seed * 1_000_003 + seed + 7_919_009 * self.draw)
+        self.generator = self.pipeline.generator(self.seed, seed, self.draw)
 
     def _text(self, text: str):
         if text not in self._texts:
@@ -94,15 +90,15 @@ class VideoPlanner:
         return x.to(self.device)
 
     @torch.no_grad()
-    def sample_plan(self, frame: np.ndarray, task: str, previous_plan: Optional[torch.Tensor] = None,
+    def sample_plan(self, frame: np.ndarray, instruction: str, previous_plan: Optional[torch.Tensor] = None,
                     **sampler) -> torch.Tensor:
         """The predicted frames (1, C, T, res, res) in [-1, 1]."""
         first = self.first_frame(frame)
-        tokens, mask = self._text(task)
+        tokens, mask = self._text(instruction)
         cond = plan_condition(first, tokens, mask, previous_plan)
         c, t = self.model.config.channels, self.model.config.frames
-        return sample(self.model, self.process, (1, c, t, self.resolution, self.resolution), self.cfg.sampling,
-                      cond=cond, generator=self.generator, device=self.device, progress=False, **sampler)
+        return self.pipeline.sample((1, c, t, self.resolution, self.resolution), cond=cond, generator=self.generator,
+                                    progress=False, **sampler)
 
     def to_plan(self, frame: np.ndarray, predicted: torch.Tensor):
         """The observation (at the model's resolution) followed by the predicted frames, as a robotics plan."""
@@ -113,5 +109,5 @@ class VideoPlanner:
         depth = unit_to_depth(predicted[0, 3])
         return RgbdPlan(rgb, np.concatenate([depth[:1], depth]))
 
-    def plan(self, frame: np.ndarray, task: str, camera: str):
-        return self.to_plan(frame, self.sample_plan(frame, task))
+    def plan(self, frame: np.ndarray, instruction: str, camera: str):
+        return self.to_plan(frame, self.sample_plan(frame, instruction))

@@ -1,49 +1,33 @@
 """The ``video-planner`` task: AVDC's video diffusion planner trained by the core trainer.
 
-One function, :func:`plan_condition`, assembles the network's condition in training and in
-sampling alike (first frame, text token states and mask, and for VideoAgent the previous plan), so
-the two can never disagree on order or scaling.
+The network's condition is assembled by :func:`video.model.plan_condition` in training and in sampling
+alike (first frame, text token states and mask, and for VideoAgent the previous plan).
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from gencond.diffusion import DiffusionProcess
 from gencond.errors import UserError
 from gencond.training import TrainingJob
 
 from .data import DemoClips
-
-
-def plan_condition(first_frame: torch.Tensor, text_tokens: torch.Tensor, text_mask: torch.Tensor,
-                   previous_plan: Optional[torch.Tensor] = None) -> dict:
-    """The condition dict of :class:`video.model.VideoUNet`; every video tensor in [-1, 1]:
-    first_frame (B, C, H, W), text (B, L, D) token states, text_mask (B, L), previous_plan (B, C, T, H, W)
-    (clamped to [-1, 1]: a sampled plan may overshoot the range of a real video)."""
-    cond = {"first_frame": first_frame, "text": text_tokens, "text_mask": text_mask}
-    if previous_plan is not None:
-        if previous_plan.shape[:2] != first_frame.shape[:2] or previous_plan.shape[-2:] != first_frame.shape[-2:]:
-            raise ValueError(f"previous plan {tuple(previous_plan.shape)} does not fit first frame "
-                             f"{tuple(first_frame.shape)}; it must be (B, C, T, H, W) of the same B, C, H, W")
-        cond["previous_plan"] = previous_plan.clamp(-1, 1)  # a sample may overshoot; a video does not
-    return cond
+from .model import VideoUNet, plan_condition
+from .plan_refinement import (
+    NoisedFutureClips,
+    RefinementClips,
+    cached_plans,
+    clip_starts,
+    plan_use,
+)
 
 
 def build_model(cfg: DictConfig, instructions=()):
-    from .model import VideoUNet
-
-    m, d = cfg.model, cfg.data
-    return VideoUNet(channels=4 if d.depth else 3, frames=d.frames - 1, image_size=d.resolution,
-                     base_channels=m.base_channels, channel_mult=tuple(m.channel_mult),
-                     num_res_blocks=m.num_res_blocks, attention_resolutions=tuple(m.attention_resolutions),
-                     head_channels=m.head_channels, text_latents=m.text_latents,
-                     text_max_tokens=m.text_max_tokens,
-                     text_pooled_skip=m.text_pooled_skip, dropout=m.dropout, previous_plan=m.previous_plan,
-                     scale_shift_norm=m.scale_shift_norm,
-                     instructions=tuple(instructions))
+    """The config's :class:`video.model.VideoUNet`: its ``model`` section, and channels, frames and size from ``data``."""
+    d = cfg.data
+    return VideoUNet(**OmegaConf.to_container(cfg.model), channels=4 if d.depth else 3, frames=d.frames - 1,
+                     image_size=d.resolution, instructions=tuple(instructions))
 
 
 def load_clips(cfg: DictConfig) -> DemoClips:
@@ -60,20 +44,7 @@ def build(cfg: DictConfig) -> TrainingJob:
     model = build_model(cfg, clips.texts)
     process = DiffusionProcess(cfg.diffusion)
     batch_size = cfg.train.batch_size
-    sc = cfg.consistency
-    if sc.drafts == "noised_future":  # the positive control: informative drafts
-        from .consistency import NoisedFutureClips
-
-        if not cfg.model.previous_plan:
-            raise UserError("consistency.drafts=noised_future needs model.previous_plan: true (the previous-plan input)")
-        clips = NoisedFutureClips(clips, sc.draft_noise, sc.plan_prob)
-    elif sc.plans_from:  # VideoAgent: self-conditioning consistency on the planner's own cached plans
-        from .consistency import ConsistencyClips, cached_plans
-
-        if not cfg.model.previous_plan:
-            raise UserError("consistency.plans_from needs model.previous_plan: true (the network's previous-plan input)")
-        clips = ConsistencyClips(clips, cached_plans(clips, sc.plans_from, sc.starts_per_episode, cfg.seed,
-                                                     sc.batch_size), sc.plan_prob)
+    clips = _with_drafts(cfg, clips)
 
     def loss_fn(model, batch, generator):
         device = next(model.parameters()).device
@@ -88,12 +59,28 @@ def build(cfg: DictConfig) -> TrainingJob:
                        monitor="plan_loss_matched")
 
 
-def _plan_use_validation(cfg: DictConfig, clips, text, process, count: int = 16):
-    """VideoAgent's validation: :func:`video.consistency.plan_use` on a fixed set of its training drafts
-    (the cached plans, or noised futures), logged as the mean losses over t = 50, 80, 95 and the gap."""
-    from .consistency import ConsistencyClips, clip_starts, plan_use
+def _with_drafts(cfg: DictConfig, clips: DemoClips):
+    """The training clips with what fills the previous-plan slot (``plan_refinement``): the planner's own cached
+    plans (VideoAgent), noised real futures (the positive control), or nothing (AVDC training)."""
+    pr = cfg.plan_refinement
+    if pr.drafts == "noised_future":  # the positive control: informative drafts
+        if not cfg.model.previous_plan:
+            raise UserError("plan_refinement.drafts=noised_future needs model.previous_plan: true (the previous-plan "
+                            "input)")
+        return NoisedFutureClips(clips, pr.draft_noise, pr.plan_prob)
+    if pr.plans_from:  # VideoAgent: plan refinement trained on the planner's own cached plans
+        if not cfg.model.previous_plan:
+            raise UserError("plan_refinement.plans_from needs model.previous_plan: true (the network's previous-plan "
+                            "input)")
+        plans = cached_plans(clips, pr.plans_from, pr.starts_per_episode, cfg.seed, pr.batch_size)
+        return RefinementClips(clips, plans, pr.plan_prob)
+    return clips
 
-    if isinstance(clips, ConsistencyClips):
+
+def _plan_use_validation(cfg: DictConfig, clips, text, process, count: int = 16):
+    """VideoAgent's validation: :func:`video.plan_refinement.plan_use` on a fixed set of its training drafts
+    (the cached plans, or noised futures), logged as the mean losses over t = 50, 80, 95 and the gap."""
+    if isinstance(clips, RefinementClips):
         take = torch.linspace(0, len(clips.cache) - 1, min(count, len(clips.cache))).long()
         items = [(int(clips.cache.episode[i]), int(clips.cache.start[i])) for i in take]
         drafts, demos = clips.cache.plans[take].float(), clips.clips
@@ -113,6 +100,4 @@ def _plan_use_validation(cfg: DictConfig, clips, text, process, count: int = 16)
 
 
 def load_model(folder):
-    from .model import VideoUNet
-
     return VideoUNet.from_pretrained(folder)

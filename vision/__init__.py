@@ -1,1 +1,1 @@
-"""vision: image diffusion (U-ViT, DiT) with DDAE++ feature self-conditioning, linear probes and Fréchet distances."""
+"""vision: image diffusion (U-ViT, DiT) with DDAE++ feature conditioning, linear probes and Fréchet distances."""

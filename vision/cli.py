@@ -9,9 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from gencond.cli import non_negative_float
+from gencond.arguments import add_sampling_arguments, non_negative_float
 from gencond.errors import UserError
-from gencond.runs import add_sampling_arguments, apply_sampling_arguments, load_run, output_dir
+from gencond.runs import output_dir
 
 MIN_CELL_PX = 64  # sample grids are upscaled so that each sample is at least this wide
 
@@ -32,14 +32,14 @@ def _common_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args):
-    import torch
+    """The run's :class:`~gencond.pipeline.Pipeline` with the sampling flags applied."""
+    from gencond.pipeline import Pipeline
 
-    cfg, model = load_run(args.run_dir, args.weights, task="ddae", needed_by=f"gencond {getattr(args, 'verb', 'sample')}")
-    apply_sampling_arguments(cfg, args, cfg_scale=args.cfg_scale)
-    if cfg.sampling.cfg_scale is not None and not model.config.num_classes:
+    pipeline = Pipeline.from_args(args, task="ddae", needed_by=f"gencond {getattr(args, 'verb', 'sample')}",
+                                  cfg_scale=args.cfg_scale)
+    if pipeline.sampling.cfg_scale is not None and not pipeline.model.config.num_classes:
         raise UserError("--cfg-scale needs a class-conditional run (model.class_conditional=true)")
-    model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
-    return cfg, model
+    return pipeline
 
 
 def add_sample_arguments(p: argparse.ArgumentParser) -> None:
@@ -75,14 +75,15 @@ def sample_command(args: argparse.Namespace) -> Path:
 
     if args.scale is not None and args.scale < 1:
         raise UserError(f"--scale {args.scale}: give a positive integer upscaling factor")
-    cfg, model = _load(args)
+    pipeline = _load(args)
+    cfg, model = pipeline.cfg, pipeline.model
     labels = None
     if args.label is not None:
         if not 0 <= args.label < model.config.num_classes:
             raise UserError(f"--label {args.label} is not a class of this run (0..{model.config.num_classes - 1}; "
                             f"unconditional runs take no label)")
         labels = torch.full((args.num,), args.label)
-    images, rate = generate_images(model, cfg, args.num, batch_size=cfg.eval.sample_batch_size, seed=args.seed,
+    images, rate = generate_images(pipeline, args.num, batch_size=cfg.eval.sample_batch_size, seed=args.seed,
                                    labels=labels, progress=not args.quiet)
     s = cfg.sampling
     tag = f"{s.scheduler}{s.num_steps or cfg.diffusion.num_train_timesteps}_seed{args.seed}" + (
@@ -111,17 +112,16 @@ def default_probe_blocks(model) -> list[int]:
     return list(range(model.num_encoder_blocks - 1, model.num_blocks, 2))
 
 
-def evaluate_run(cfg, model, *, probe_blocks=None, probe_timesteps=None, probe_epochs=None, fd_samples=None,
+def evaluate_run(pipeline, *, probe_blocks=None, probe_timesteps=None, probe_epochs=None, fd_samples=None,
                  skip_probe=False, skip_fd=False, seed=0, progress=True) -> dict:
     """Linear-probe grid and Fréchet distance of a loaded run, on its dataset's test split."""
-    from gencond.diffusion import DiffusionProcess
-
     from .data import load_images
     from .frechet import (classifier_features, frechet_distance, inception_available, inception_features,
                           trained_classifier, weak_classifier_warning)
     from .generate import generate_images
     from .probe import probe_grid, raw_pixel_baselines
 
+    cfg, model = pipeline.cfg, pipeline.model
     splits = load_images(cfg.data)
     if len(splits.test_images) == 0:
         raise UserError(f"dataset '{cfg.data.dataset}' has no test images to evaluate on")
@@ -134,7 +134,7 @@ def evaluate_run(cfg, model, *, probe_blocks=None, probe_timesteps=None, probe_e
         ptr = (splits.train_images[: e.probe_max_train], splits.train_labels[: e.probe_max_train])
         pte = (splits.test_images[: e.probe_max_test], splits.test_labels[: e.probe_max_test])
         start = time.perf_counter()
-        rows = probe_grid(model, DiffusionProcess(cfg.diffusion), ptr, pte, splits.num_classes, blocks, timesteps,
+        rows = probe_grid(model, pipeline.process, ptr, pte, splits.num_classes, blocks, timesteps,
                           epochs=probe_epochs or e.probe_epochs, batch_size=e.probe_batch_size, lr=e.probe_lr,
                           progress=progress)
         best = max(rows, key=lambda r: r["accuracy"])
@@ -146,7 +146,7 @@ def evaluate_run(cfg, model, *, probe_blocks=None, probe_timesteps=None, probe_e
                                   "seconds": time.perf_counter() - start}
     if not skip_fd:
         n = fd_samples or e.fd_samples
-        fake, rate = generate_images(model, cfg, n, batch_size=e.fd_batch_size, seed=seed, progress=progress)
+        fake, rate = generate_images(pipeline, n, batch_size=e.fd_batch_size, seed=seed, progress=progress)
         real = splits.test_images
         s = cfg.sampling
         fd = {"samples": n, "real_images": len(real), "sampler": f"{s.scheduler}-{s.num_steps or cfg.diffusion.num_train_timesteps}",
@@ -171,8 +171,9 @@ def evaluate_run(cfg, model, *, probe_blocks=None, probe_timesteps=None, probe_e
 
 
 def eval_command(args: argparse.Namespace) -> dict:
-    cfg, model = _load(args)
-    result = evaluate_run(cfg, model, probe_blocks=_int_list(args.probe_blocks, "--probe-blocks"),
+    pipeline = _load(args)
+    cfg = pipeline.cfg
+    result = evaluate_run(pipeline, probe_blocks=_int_list(args.probe_blocks, "--probe-blocks"),
                           probe_timesteps=_int_list(args.probe_timesteps, "--probe-timesteps"),
                           probe_epochs=args.probe_epochs, fd_samples=args.fd_samples, skip_probe=args.skip_probe,
                           skip_fd=args.skip_fd, seed=args.seed, progress=not args.quiet)

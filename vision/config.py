@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import ClassVar, List, Optional
 
 from gencond.config import DiffusionConfig, RunConfig, SamplingConfig, TrainConfig, above, at_least, between, one_of, ranged
 
@@ -25,6 +25,11 @@ class ImageDataConfig:
 
 @dataclass
 class ImageModelConfig:
+    """The denoiser: the arguments of :class:`vision.models.UViTDenoiser` / ``DiTDenoiser`` that a config sets,
+    declared here once (the constructors' defaults are these), the architecture and whether labels condition."""
+
+    TASK_KEYS: ClassVar[tuple[str, ...]] = ("arch", "class_conditional")  # not arguments
+
     arch: str = ranged("uvit", one_of(*ARCHITECTURES))  # uvit (Bao et al., long skips) | dit (Peebles & Xie, adaLN-Zero)
     patch_size: int = ranged(4, at_least(1))
     width: int = ranged(192, at_least(1))
@@ -38,7 +43,7 @@ class ImageModelConfig:
 class DDAEConfig:
     """The DDAE++ switches."""
 
-    self_conditioning: bool = False  # feature self-conditioning: pooled encoder features -> decoder blocks
+    feature_conditioning: bool = False  # DDAE++ feature conditioning: pooled encoder features -> decoder blocks
     source_block: Optional[int] = None  # block whose output is pooled (default: the last encoder-side block)
     contrastive: bool = False  # contrastive self-distillation (MoCo-v3 loss, EMA teacher, augmentation)
     contrastive_weight: float = 0.1
@@ -90,3 +95,4 @@ class ImageDiffusionConfig(RunConfig):
     model: ImageModelConfig = field(default_factory=ImageModelConfig)
     ddae: DDAEConfig = field(default_factory=DDAEConfig)
     eval: ImageEvalConfig = field(default_factory=ImageEvalConfig)
+    RENAMED_KEYS: ClassVar[dict] = {"ddae.self_conditioning": "ddae.feature_conditioning"}  # old name -> new

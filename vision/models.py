@@ -1,18 +1,20 @@
 """Pixel-space image denoisers: U-ViT (Bao et al., long skips) and DiT (Peebles & Xie, adaLN-Zero),
-built from timm transformer layers, with DDAE++ feature self-conditioning as a constructor switch.
+built from timm transformer layers, with DDAE++ feature conditioning as a constructor switch.
 
 Both follow the core's contract ``model(x_t, t, cond=None, self_cond=None) -> epsilon`` and add
 ``aug`` (augmentation parameters, EDM-style, zero at sampling). Blocks are numbered in execution
 order; the first ``num_encoder_blocks`` are the encoder side (U-ViT: in-blocks and the middle block;
-DiT: the first half). With ``self_conditioning`` the output of ``source_block`` is pooled into a
-vector that is added to the condition of every decoder-side block.
+DiT: the first half). With ``feature_conditioning`` the output of ``source_block`` is pooled into a
+vector that is added to the condition of every decoder-side block. (``self_cond`` is input
+self-conditioning's previous estimate, a channel input, as in the core's contract.) The config's ``model``
+and ``ddae`` sections (:mod:`vision.config`) hold the arguments' defaults.
 """
 from __future__ import annotations
 
 import copy
 import json
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import ClassVar, Iterable, Optional
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -24,15 +26,22 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from gencond.errors import UserError
+from gencond.models import RenamedArguments
 
-from .self_conditioning import FeatureSelfConditioning, momentum_update, projection_mlp
+from .config import DDAEConfig, ImageModelConfig
+from .feature_conditioning import FeatureConditioning, momentum_update, projection_mlp
+
+_MODEL, _DDAE = ImageModelConfig(), DDAEConfig()  # the config sections' defaults: the constructors'
 
 CONTRASTIVE_ROLES = ("off", "student", "teacher")
 
 
-class _PatchDenoiser(ModelMixin, ConfigMixin):
-    """What U-ViT and DiT share: patchify, time / class / augmentation embeddings, self-conditioning,
+class _PatchDenoiser(RenamedArguments, ModelMixin, ConfigMixin):
+    """What U-ViT and DiT share: patchify, time / class / augmentation embeddings, feature conditioning,
     the contrastive heads and the EMA teacher, and the block loop with feature taps."""
+
+    # the config.json of models saved before the rename names feature conditioning self_conditioning
+    RENAMED_ARGUMENTS: ClassVar[dict[str, str]] = {"self_conditioning": "feature_conditioning"}
 
     def _init_common(self, image_size, in_channels, patch_size, width, num_classes, augment_dim, depth,
                      num_encoder_blocks, source_block, input_self_condition):
@@ -52,10 +61,11 @@ class _PatchDenoiser(ModelMixin, ConfigMixin):
         self.augment_embed = nn.Linear(augment_dim, width, bias=False) if augment_dim else None
         self.out_proj = nn.Linear(width, patch_size * patch_size * in_channels)
 
-    def _init_extensions(self, self_conditioning: bool, role: str, width: int, projection_dim: int) -> None:
-        """Created after the backbone is initialised, so that a baseline and a self-conditioned model
-        built under the same seed share every backbone weight."""
-        self.self_cond = FeatureSelfConditioning(width, width) if self_conditioning else None
+    def _init_extensions(self, feature_conditioning: bool, role: str, width: int, projection_dim: int) -> None:
+        """Created after the backbone is initialised, so that a baseline and a feature-conditioned model
+        built under the same seed share every backbone weight. The feature conditioning module is named
+        ``self_cond`` in the weights (as before its rename), so that saved weights load."""
+        self.self_cond = FeatureConditioning(width, width) if feature_conditioning else None
         if role not in CONTRASTIVE_ROLES:
             raise ValueError(f"contrastive role '{role}' is not one of {CONTRASTIVE_ROLES}")
         self.projector = projection_mlp(width, 2 * width, projection_dim) if role != "off" else None
@@ -129,11 +139,13 @@ class UViTDenoiser(_PatchDenoiser):
     """U-ViT: time (and label) as tokens, long skips from in-blocks to out-blocks (concat + Linear)."""
 
     @register_to_config
-    def __init__(self, image_size: int = 28, in_channels: int = 1, patch_size: int = 4, width: int = 192,
-                 depth: int = 7, heads: int = 4, mlp_ratio: float = 4.0, num_classes: int = 0,
-                 self_conditioning: bool = False, source_block: Optional[int] = None,
+    def __init__(self, image_size: int = 28, in_channels: int = 1, patch_size: int = _MODEL.patch_size,
+                 width: int = _MODEL.width, depth: int = _MODEL.depth, heads: int = _MODEL.heads,
+                 mlp_ratio: float = _MODEL.mlp_ratio, num_classes: int = 0,
+                 feature_conditioning: bool = _DDAE.feature_conditioning,
+                 source_block: Optional[int] = _DDAE.source_block,
                  input_self_condition: bool = False, augment_dim: int = 0, contrastive: str = "off",
-                 projection_dim: int = 128):
+                 projection_dim: int = _DDAE.projection_dim):
         super().__init__()
         if depth < 3 or depth % 2 == 0:
             raise UserError(f"U-ViT needs an odd model.depth ≥ 3 (in-blocks, a middle block, out-blocks), got {depth}")
@@ -151,7 +163,7 @@ class UViTDenoiser(_PatchDenoiser):
         self.final_conv = nn.Conv2d(in_channels, in_channels, 3, padding=1)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         self.apply(_vit_init)
-        self._init_extensions(self_conditioning, contrastive, width, projection_dim)
+        self._init_extensions(feature_conditioning, contrastive, width, projection_dim)
 
     def _run(self, x, t, cond, self_cond, aug, taps: set, stop_after: Optional[int] = None):
         x = self._check_input(x, self_cond)
@@ -163,7 +175,7 @@ class UViTDenoiser(_PatchDenoiser):
         found, skips, inject = {}, [], None
         blocks = list(self.in_blocks) + [self.mid_block] + list(self.out_blocks)
         for i, blk in enumerate(blocks):
-            if i > len(self.in_blocks):  # an out-block: long skip, then the self-conditioning vector
+            if i > len(self.in_blocks):  # an out-block: long skip, then the feature conditioning vector
                 h = self.skip_proj[i - len(self.in_blocks) - 1](torch.cat([h, skips.pop()], dim=-1))
                 if inject is not None:
                     h = h + inject[:, None]
@@ -201,11 +213,13 @@ class DiTDenoiser(_PatchDenoiser):
     """DiT: fixed 2D sin-cos positions, condition = time + label embedding, adaLN-Zero blocks."""
 
     @register_to_config
-    def __init__(self, image_size: int = 28, in_channels: int = 1, patch_size: int = 4, width: int = 192,
-                 depth: int = 6, heads: int = 4, mlp_ratio: float = 4.0, num_classes: int = 0,
-                 self_conditioning: bool = False, source_block: Optional[int] = None,
+    def __init__(self, image_size: int = 28, in_channels: int = 1, patch_size: int = _MODEL.patch_size,
+                 width: int = _MODEL.width, depth: int = 6, heads: int = _MODEL.heads,
+                 mlp_ratio: float = _MODEL.mlp_ratio, num_classes: int = 0,
+                 feature_conditioning: bool = _DDAE.feature_conditioning,
+                 source_block: Optional[int] = _DDAE.source_block,
                  input_self_condition: bool = False, augment_dim: int = 0, contrastive: str = "off",
-                 projection_dim: int = 128):
+                 projection_dim: int = _DDAE.projection_dim):
         super().__init__()
         if depth < 2:
             raise UserError(f"DiT needs model.depth ≥ 2 (an encoder and a decoder half), got {depth}")
@@ -221,7 +235,7 @@ class DiTDenoiser(_PatchDenoiser):
         for mod in [blk.modulation[-1] for blk in self.blocks] + [self.final_modulation[-1], self.out_proj]:
             nn.init.zeros_(mod.weight)
             nn.init.zeros_(mod.bias)
-        self._init_extensions(self_conditioning, contrastive, width, projection_dim)
+        self._init_extensions(feature_conditioning, contrastive, width, projection_dim)
 
     def _run(self, x, t, cond, self_cond, aug, taps: set, stop_after: Optional[int] = None):
         x = self._check_input(x, self_cond)

@@ -1,11 +1,11 @@
 """The ``ddae`` task: an image denoiser (U-ViT or DiT) trained by the core trainer, optionally with
-DDAE++ feature self-conditioning and contrastive self-distillation."""
+DDAE++ feature conditioning and contrastive self-distillation."""
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from gencond.conditions import unwrap
 from gencond.diffusion import DiffusionProcess
@@ -13,19 +13,22 @@ from gencond.errors import UserError
 from gencond.training import TrainingJob
 
 from .augment import AUGMENT_DIM, augment
+from .config import ImageModelConfig
 from .data import load_images
+from .feature_conditioning import moco_v3_loss
 from .models import make_denoiser
-from .self_conditioning import moco_v3_loss
 
 VALIDATION_IMAGES = 512
 
 
 def build_model(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
+    """The config's denoiser: its ``model`` section (but the architecture's name and the label switch), DDAE++'s
+    switches from ``ddae``, and what follows from the data and the diffusion."""
     m, d = cfg.model, cfg.ddae
+    section = {k: v for k, v in OmegaConf.to_container(m).items() if k not in ImageModelConfig.TASK_KEYS}
     return make_denoiser(
-        m.arch, image_size=cfg.data.image_size, in_channels=cfg.data.channels, patch_size=m.patch_size,
-        width=m.width, depth=m.depth, heads=m.heads, mlp_ratio=m.mlp_ratio,
-        num_classes=num_classes if m.class_conditional else 0, self_conditioning=d.self_conditioning,
+        m.arch, **section, image_size=cfg.data.image_size, in_channels=cfg.data.channels,
+        num_classes=num_classes if m.class_conditional else 0, feature_conditioning=d.feature_conditioning,
         source_block=d.source_block, input_self_condition=cfg.diffusion.self_condition_prob > 0,
         augment_dim=AUGMENT_DIM if d.contrastive else 0, contrastive="student" if d.contrastive else "off",
         projection_dim=d.projection_dim,

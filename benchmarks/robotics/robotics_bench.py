@@ -24,27 +24,24 @@ from __future__ import annotations
 
 import argparse
 import functools
-import itertools
 import json
 import platform
 import statistics
 import time
 from pathlib import Path
 
+from gencond.errors import UserError
+from robotics import results
+
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results" / "robotics"
 
 
 def save(name: str, payload: dict) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {"machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cpus",
                **payload}
     path = RESULTS / f"robotics_{name}.json"
-    old = json.loads(path.read_text()).get("episodes", 0) if path.exists() else 0
-    if "episodes" in payload and old > payload["episodes"]:
-        raise SystemExit(f"{path} holds a run of {old} episodes; not overwriting it with {payload['episodes']} "
-                         "(pass --tag to name this run)")
-    path.write_text(json.dumps(payload, indent=1))
+    results.save_result(path, payload)
     print(json.dumps(payload, indent=1))
     print(f"saved {path}")
 
@@ -94,28 +91,10 @@ def bench_collect(args) -> None:
                      "seconds": round(seconds, 1), "out": args.out})
 
 
-EVALUATE_DEFAULTS = {"tasks": None, "cameras": None, "plan_frames": None, "resolution": 128, "plan_resolution": None,
-                     "seeds": "100-104", "max_replans": 5}
-NAME_PARTS = {"tasks": "_tasks-{}", "cameras": "_cameras-{}", "plan_frames": "_frames{}", "resolution": "_res{}",
-              "plan_resolution": "_plan{}px", "seeds": "_seeds{}", "max_replans": "_replans{}"}
-
-
-def planner_name(planner: str) -> str:
-    """A file-name part for --planner: 'video:runs/metaworld_small' -> 'video-metaworld_small'."""
-    if ":" not in planner:
-        return planner
-    prefix, arg = planner.split(":", 1)
-    return f"{prefix}-{Path(arg.rstrip('/')).name or arg}".replace(":", "-").replace(".", "-")
-
-
 def evaluate_name(args) -> str:
     """The result's name: planner, extractor, each setting that is not the default, and the tag."""
-    name = f"evaluate_{planner_name(args.planner)}_{args.extractor}"
-    for key, part in NAME_PARTS.items():
-        value = getattr(args, key)
-        if value != EVALUATE_DEFAULTS[key]:
-            name += part.format(str(value).replace(",", "+"))
-    return name + (f"_{args.tag}" if args.tag else "")
+    return results.evaluate_name(args.planner, args.extractor, args.tag,
+                                 **{k: getattr(args, k) for k in results.EVALUATE_DEFAULTS})
 
 
 def bench_evaluate(args) -> None:
@@ -149,53 +128,13 @@ def bench_evaluate(args) -> None:
 def save_episodes(name: str, out: str, tasks, cameras, seeds) -> None:
     """Keep the evaluation's episode records beside its table (robotics_<name>_episodes.jsonl), so a later
     evaluation on the same seeds can be paired with it (McNemar) after the run folder is gone."""
-    from robotics.evaluate import EPISODES_FILE, _read_done
-
-    done = _read_done(Path(out) / EPISODES_FILE)
-    lines = [json.dumps(done[key]) for key in itertools.product(tasks, cameras, seeds) if key in done]
+    lines = [json.dumps(record) for record in results.episode_records(out, tasks, cameras, seeds)]
     (RESULTS / f"robotics_{name}_episodes.jsonl").write_text("\n".join(lines) + "\n")
-
-
-def combine_tables(tables: list[dict]) -> dict:
-    """One success table from evaluations of one identity (planner, weights, extractor, settings) on
-    disjoint seeds: per task and camera, the success counts are recovered from the rates and summed."""
-    first = tables[0]
-    for t in tables[1:]:
-        if t["identity"] != first["identity"]:
-            raise SystemExit(f"cannot combine evaluations of different identities:\n{first['identity']}\n{t['identity']}")
-        if set(t["per_task"]) != set(first["per_task"]):
-            raise SystemExit("cannot combine evaluations of different task lists")
-    seeds = [s for t in tables for s in t["seeds"]]
-    if len(set(seeds)) != len(seeds):
-        raise SystemExit(f"the evaluations share seeds {sorted({s for s in seeds if seeds.count(s) > 1})}; "
-                         "combine only disjoint seed sets")
-
-    def count(rate: float, n: int) -> int:
-        k = rate * n / 100
-        if abs(k - round(k)) > 0.06:
-            raise SystemExit(f"a rate of {rate} % over {n} episodes is not a whole count")
-        return round(k)
-
-    per_task, wins, total = {}, 0, 0
-    for task, row in first["per_task"].items():
-        cams = {c: 0 for c in row["cameras"]}
-        for t in tables:
-            n_cam = len(t["seeds"])
-            for c in cams:
-                cams[c] += count(t["per_task"][task]["cameras"][c], n_cam)
-        n = len(seeds) * len(cams)
-        per_task[task] = {"success": round(100 * sum(cams.values()) / n, 1), "episodes": n,
-                          "cameras": {c: round(100 * k / len(seeds), 1) for c, k in cams.items()}}
-        wins, total = wins + sum(cams.values()), total + n
-    return {"overall": round(100 * wins / total, 1), "episodes": total, "per_task": per_task,
-            "errors": sum(t["errors"] for t in tables),
-            "mean_steps": round(sum(t["mean_steps"] * t["episodes"] for t in tables) / total, 1),
-            "seeds": sorted(seeds), "identity": first["identity"]}
 
 
 def bench_combine(args) -> None:
     tables = [json.loads(Path(f).read_text()) for f in args.results]
-    save(args.name, {"combined_from": [Path(f).name for f in args.results], **combine_tables(tables)})
+    save(args.name, {"combined_from": [Path(f).name for f in args.results], **results.combine_tables(tables)})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -214,15 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--planner", default="oracle")
     p.add_argument("--extractor", default="avdc")
     p.add_argument("--idm", default=None)
-    p.add_argument("--tasks", default=EVALUATE_DEFAULTS["tasks"])
-    p.add_argument("--cameras", default=EVALUATE_DEFAULTS["cameras"])
-    p.add_argument("--seeds", default=EVALUATE_DEFAULTS["seeds"], help="count, range or list (default 100-104: "
+    p.add_argument("--tasks", default=results.EVALUATE_DEFAULTS["tasks"])
+    p.add_argument("--cameras", default=results.EVALUATE_DEFAULTS["cameras"])
+    p.add_argument("--seeds", default=results.EVALUATE_DEFAULTS["seeds"], help="count, range or list (default 100-104: "
                    "seeds that no training demo used)")
     p.add_argument("--plan-frames", type=int, help="frames per plan of the built-in planners (default 8)")
-    p.add_argument("--resolution", type=int, default=EVALUATE_DEFAULTS["resolution"])
-    p.add_argument("--plan-resolution", type=int, default=EVALUATE_DEFAULTS["plan_resolution"],
+    p.add_argument("--resolution", type=int, default=results.EVALUATE_DEFAULTS["resolution"])
+    p.add_argument("--plan-resolution", type=int, default=results.EVALUATE_DEFAULTS["plan_resolution"],
                    help="oracle plans at this square size, enlarged back to --resolution (a video model's size)")
-    p.add_argument("--max-replans", type=int, default=EVALUATE_DEFAULTS["max_replans"],
+    p.add_argument("--max-replans", type=int, default=results.EVALUATE_DEFAULTS["max_replans"],
                    help="0: AVDC without replanning; 5: AVDC-Replan (default)")
     p.add_argument("--workers", type=int, default=1, help="processes the episodes are split across")
     p.add_argument("--videos", type=int, default=1)
@@ -238,7 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = build_parser().parse_args()
-    args.run(args)
+    try:
+        args.run(args)
+    except UserError as e:
+        raise SystemExit(str(e)) from None
 
 
 if __name__ == "__main__":

@@ -21,9 +21,9 @@ import torch
 from omegaconf import OmegaConf
 
 from gencond.config import load_config
+from gencond.pipeline import Pipeline, set_threads
 from gencond.training import train
 from timeseries.forecast import forecast_and_evaluate
-from gencond.runs import load_run
 from timeseries.task import build, load_data, make_forecaster, window_builder
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,7 +54,8 @@ def train_to(budget: float, args, run_dir: Path) -> dict:
 
 def evaluate(snap: Path, spec: str, samples: int, max_series: int | None, batch_size: int) -> dict:
     scheduler, steps = spec.split(":")
-    cfg, model = load_run(snap, "best", task="tsdiff")
+    pipeline = Pipeline.from_run(snap, "best", task="tsdiff", device="cpu")
+    cfg, model = pipeline.cfg, pipeline.model
     cfg.forecast.batch_size = batch_size
     cfg.sampling.scheduler, cfg.sampling.num_steps = scheduler, int(steps)
     data = load_data(cfg)
@@ -87,7 +88,7 @@ def main() -> None:
         name, _, steps = spec.partition(":")
         if not steps.isdigit():
             p.error(f"'{spec}' is not a sampler:steps spec like ddim:25 (put key=value overrides before the options)")
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     run_dir, out = Path(args.runs_dir) / args.name, Path(args.out)
     if args.restart:
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -30,11 +30,10 @@ from pathlib import Path
 import torch
 from diffusers import DDPMScheduler
 
-import gencond.sampling
-from gencond.cli import timestep_ranges
-from gencond.diffusion import DiffusionProcess
-from gencond.runs import load_run
-from gencond.sampling import _micro_batch_rows
+from gencond.arguments import timestep_ranges
+from gencond.pipeline import Pipeline, set_threads
+from gencond.sampling import (GuidanceRule, ddpm_jump, guidance_shrinkage, guidance_step_size, guidance_weight,
+                              micro_batch_rows)
 from timeseries.config import power_timesteps
 from timeseries.forecast import forecast_and_evaluate
 from timeseries.task import load_data, make_forecaster, window_builder
@@ -90,14 +89,10 @@ def spec_timesteps(value: str, num_steps: int, num_train_timesteps: int, spec: s
     return steps
 
 
-sampler_weight = gencond.sampling.guidance_weight  # the sampler's own rule, restored after an ablation spec
-sampler_step_size = gencond.sampling.guidance_step_size
-
-
 def jump_variance_weight(sched, t: int) -> float:
     """The ablation's guidance weight: DDPM's mean moves by -s * (the jump's own posterior variance) * grad E."""
     if not isinstance(sched, DDPMScheduler):
-        return sampler_weight(sched, t)
+        return guidance_weight(sched, t)
     abar, prev = sched.alphas_cumprod[t].double(), sched.previous_timestep(t)
     abar_prev = sched.alphas_cumprod[prev].double() if prev >= 0 else torch.tensor(1.0, dtype=torch.float64)
     return float((1 - abar_prev) * (abar / abar_prev).sqrt() / (1 - abar).sqrt())
@@ -108,16 +103,12 @@ def unit_prior_step_size(sched, t: int):
     r_t), for both the step's own estimate and the next one's: V_t sqrt(abar_t abar_prev)."""
     if not isinstance(sched, DDPMScheduler):
         return None
-    abar, abar_prev, variance = gencond.sampling._ddpm_jump(sched, t)
+    abar, abar_prev, variance = ddpm_jump(sched, t)
     return float(variance * (abar * abar_prev).sqrt())
 
 
-sampler_shrinkage = gencond.sampling.guidance_shrinkage
-sampler_min_snr = gencond.sampling.MEASURED_STEP_MIN_SNR
-
-
 class ShrinkageLog:
-    """Wraps gencond.sampling.guidance_shrinkage: keeps the mean measured r per abar_t (a diagnostic); with
+    """Wraps gencond.sampling.guidance_shrinkage (a GuidanceRule's shrinkage): keeps the mean measured r per abar_t (a diagnostic); with
     ``fixed`` it returns ones instead (the sampler's rule I / sqrt(abar_t) at every step, its default before
     2026-12-07's last session)."""
 
@@ -125,25 +116,29 @@ class ShrinkageLog:
         self.fixed, self.by_abar = fixed, {}
 
     def __call__(self, grad_x, grad_x0, abar):
-        r = sampler_shrinkage(grad_x, grad_x0, abar)
+        r = guidance_shrinkage(grad_x, grad_x0, abar)
         self.by_abar.setdefault(abar, []).append(float(r.mean()))
         return torch.ones_like(r) if self.fixed else r
 
 
 def rows_per_call(args) -> int:
     """Rows of the sampler's first network call (gencond.sampling)."""
-    first = _micro_batch_rows(args.micro_batch or None, args.batch_size, None)[0]
+    first = micro_batch_rows(args.micro_batch or None, args.batch_size)[0]
     return first.stop - first.start
+
+
+def spec_rule(s: dict, log: ShrinkageLog) -> GuidanceRule:
+    """The guidance rule of a parsed spec: the sampler's own, or an ablation's weight, step size or shrinkage."""
+    return GuidanceRule(weight=jump_variance_weight if s.get("weight") == "jump" else guidance_weight,
+                        step_size=unit_prior_step_size if s.get("step") == "unit-prior" else guidance_step_size,
+                        shrinkage=log, min_snr=0.0 if s.get("step") == "measured" else GuidanceRule().min_snr)
 
 
 def run_spec(run_dir: str, spec: str, args) -> dict:
     s = parse_spec(spec)
-    gencond.sampling.guidance_weight = jump_variance_weight if s.get("weight") == "jump" else sampler_weight
-    gencond.sampling.guidance_step_size = unit_prior_step_size if s.get("step") == "unit-prior" else sampler_step_size
     log = ShrinkageLog(fixed=s.get("step") in ("rule", "unit-prior"))
-    gencond.sampling.guidance_shrinkage = log
-    gencond.sampling.MEASURED_STEP_MIN_SNR = 0.0 if s.get("step") == "measured" else sampler_min_snr
-    cfg, model = load_run(run_dir, args.weights, task="tsdiff")
+    pipeline = Pipeline.from_run(run_dir, args.weights, task="tsdiff", device="cpu")
+    cfg, model = pipeline.cfg, pipeline.model
     listed = s.get("timesteps") and spec_timesteps(s["timesteps"], s["num_steps"], cfg.diffusion.num_train_timesteps, spec)
     cfg.sampling.scheduler, cfg.sampling.eta = s["scheduler"], s.get("eta", 0.0)
     cfg.sampling.timesteps, cfg.sampling.num_steps = (listed, None) if listed else (None, s["num_steps"])
@@ -156,7 +151,7 @@ def run_spec(run_dir: str, spec: str, args) -> dict:
     entries = data.test[: args.max_series] if args.max_series else data.test
     forecaster = make_forecaster(cfg, model, window_builder(cfg, data), num_samples=args.samples, seed=args.seed,
                                  scale=s.get("scale", cfg.forecast.scale), progress=not args.quiet,
-                                 calibration_windows=0)  # the samplers as they sample (tsdiff_calibration.py: recalibrated)
+                                 calibration_windows=0, rule=spec_rule(s, log))  # the samplers as they sample (tsdiff_calibration.py: recalibrated)
     start = time.perf_counter()
     _, metrics = forecast_and_evaluate(forecaster, entries, data.freq, data.prediction_length, seed=args.seed)
     seconds = time.perf_counter() - start
@@ -169,11 +164,7 @@ def run_spec(run_dir: str, spec: str, args) -> dict:
             "samples": args.samples, "seed": args.seed, "threads": args.threads,
             **{k: metrics[k] for k in ("CRPS", "ND", "NRMSE")}, "forecast_s_per_series": seconds / len(entries),
             **{k: v for k, v in metrics.items() if k.startswith("coverage") or k in ("MSIS", "WIS", "calibration")},
-            "mean_shrinkage_by_t": shrinkage_by_t(log, model_abar(cfg))}
-
-
-def model_abar(cfg) -> list[float]:
-    return DiffusionProcess(cfg.diffusion).alphas_cumprod.tolist()
+            "mean_shrinkage_by_t": shrinkage_by_t(log, pipeline.process.alphas_cumprod.tolist())}
 
 
 def shrinkage_by_t(log: ShrinkageLog, abar: list[float]) -> dict:
@@ -200,7 +191,7 @@ def main() -> None:
     args = p.parse_args()
     for spec in args.specs:
         parse_spec(spec)
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     out = Path(args.out)
     key = {"run": str(Path(args.run_dir).resolve()), "weights": args.weights, "max_series": args.max_series,
            "samples": args.samples, "seed": args.seed}

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from gencond.pipeline import set_threads
+
 from timeseries.model import TSDiffDenoiser
 from timeseries.s4 import S4DLayer
 
@@ -69,7 +71,7 @@ def main() -> None:
     args = parser.parse_args()
 
     malloc_tuned = tune_glibc_malloc() if args.tune_malloc else False
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     torch.manual_seed(0)
     model = TSDiffDenoiser(in_channels=args.channels)
     n_params = sum(p.numel() for p in model.parameters())

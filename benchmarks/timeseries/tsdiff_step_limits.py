@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from gencond.sampling import _micro_batch_rows
+from gencond.pipeline import set_threads
+from gencond.sampling import micro_batch_rows
 from timeseries.model import TSDiffDenoiser
 from timeseries.s4 import S4DLayer, _FFTConvolution, fft_length
 from tsdiff_model_speed import measure  # this folder's sibling script (run from the checkout: python benchmarks/...)
@@ -104,13 +105,13 @@ def main() -> None:
     p.add_argument("--no-compile", action="store_true", help="count FLOPs and time the eager step only")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     torch.manual_seed(0)
     model = TSDiffDenoiser(in_channels=args.channels, init_skip=True).eval().requires_grad_(False)
     x = torch.randn(args.batch, args.length, args.channels)
     t = torch.randint(0, 100, (args.batch,))
 
-    step_rows = _micro_batch_rows(args.micro_batch or None, args.batch, None)
+    step_rows = micro_batch_rows(args.micro_batch or None, args.batch)
 
     def step(net):
         ys, grads = [], []
@@ -130,7 +131,7 @@ def main() -> None:
     fft_flops = blocks * 4 * args.batch * model.config.hidden_channels * real_fft_flops(n)
     result = {"config": {k: v for k, v in vars(args).items() if k != "out"}, "torch": torch.__version__,
               "matmul_gflop": counter.get_total_flops() / 1e9, "fft_gflop_estimate": fft_flops / 1e9}
-    rows = _micro_batch_rows(10, args.batch, None)[0]  # TSDiff's micro_batch=10
+    rows = micro_batch_rows(10, args.batch)[0]  # TSDiff's micro_batch=10
     rates = library_rates(rows.stop - rows.start, args.length, model.config.hidden_channels, n)
     rates["floor_ms"] = 1e3 * (result["matmul_gflop"] / rates["matmul_step_shape_gflops"]
                                + result["fft_gflop_estimate"] / rates["rfft_irfft_gflops"])

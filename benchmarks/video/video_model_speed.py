@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from gencond.pipeline import set_threads
 from video.model import VideoUNet
 
 AVDC_SCALE = dict(base_channels=128, channel_mult=(1, 2, 3, 4, 5), num_res_blocks=2, attention_resolutions=(16, 8),
@@ -113,7 +114,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="default: named after the settings")
     args = parser.parse_args()
 
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     rows = []
     print(f"VideoUNet small config, batch {args.batch}, {args.frames} predicted frames, {args.threads} thread(s), "
           f"median of {args.repeats}")

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from gencond.pipeline import set_threads
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -27,9 +29,9 @@ def main() -> None:
     p.add_argument("--scheduler", default=None)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
 
-    from robotics.envs import TaskEnv, task_text
+    from robotics.envs import TaskEnv, instruction_of
     from video.planner import VideoPlanner
 
     planner = VideoPlanner(args.run_dir, scheduler=args.scheduler, steps=args.steps)
@@ -38,7 +40,7 @@ def main() -> None:
         for seed in range(100, 100 + args.plans + 1):
             env.reset(seed)
             frames.append(env.render().rgb)
-    text = task_text("door-open")
+    text = instruction_of("door-open")
     planner.plan(frames[0], text, "corner")  # warm-up
     times = []
     for frame in frames[1:]:

@@ -32,6 +32,7 @@ import torch
 
 from gencond.config import DiffusionConfig
 from gencond.diffusion import DiffusionProcess
+from gencond.pipeline import set_threads
 from gencond.text import text_encoder
 from video.data import frames_to_unit
 from video.model import VideoUNet
@@ -57,7 +58,7 @@ def demo_clips(root: Path):
     for task, direction in (("door-open", 1), ("door-close", -1)):
         frames = moving_square(2 * direction, steps=5)
         n = len(frames)
-        demo = Demonstration(task=task, camera="corner", seed=0, frames=frames, actions=np.zeros((n - 1, 4), np.float32),
+        demo = Demonstration(env_task=task, camera="corner", seed=0, frames=frames, actions=np.zeros((n - 1, 4), np.float32),
                              states=np.zeros((n, 39), np.float32), success=True, success_step=n - 1,
                              intrinsics=np.eye(3), world_to_camera=np.eye(4), first_depth=np.ones((RES, RES), np.float32),
                              first_segmentation=np.zeros((RES, RES), np.int32), object_geom_ids=np.zeros(1, np.int32))
@@ -122,7 +123,7 @@ def main() -> None:
                    help="two fixed clips sharing a first frame (default), or AVDC's random clips of two demos")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     results = {"machine": f"{platform.machine()}, torch {torch.__version__}", "settings": vars(args), "variants": []}
     if args.data == "shared":
         variants = [(g, ss, True) for g in (5.0, None) for ss in (True, False)] + [(g, True, False) for g in (5.0, None)]

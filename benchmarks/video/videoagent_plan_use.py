@@ -1,10 +1,10 @@
 """Does a VideoAgent checkpoint use its previous-plan input? The plan-use probe on training and held-out clips.
 
 For each clip: the network's loss on the real future with the matching draft, another episode's draft and an
-empty slot, at several noise levels, the same noise for all (`video.consistency.plan_use`). A network that
+empty slot, at several noise levels, the same noise for all (`video.plan_refinement.plan_use`). A network that
 uses the plan has a matched loss below both others (a positive gap). Drafts are what the run trained on: the
-planner's own plans (`consistency.plans_from`, generated for held-out clips and cached in the planner's
-output folder) or the real future plus noise (`consistency.drafts=noised_future`, the positive control).
+planner's own plans (`plan_refinement.plans_from`, generated for held-out clips and cached in the planner's
+output folder) or the real future plus noise (`plan_refinement.drafts=noised_future`, the positive control).
 
   python benchmarks/video/videoagent_plan_use.py runs/metaworld_small_videoagent --heldout-seeds 5-9
   python benchmarks/video/videoagent_plan_use.py RUN --weights last --heldout-root OTHER_DEMOS
@@ -21,14 +21,16 @@ from pathlib import Path
 
 import torch
 
+from gencond.pipeline import set_threads
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 
 def drafts_for(cfg, clips, items, seed: int) -> torch.Tensor:
-    from video.consistency import cached_plans
+    from video.plan_refinement import cached_plans
 
-    sc = cfg.consistency
+    sc = cfg.plan_refinement
     if sc.drafts == "noised_future":
         future = torch.stack([clips.clip(e, s)[1:].movedim(0, 1) for e, s in items])
         noise = sc.draft_noise * torch.randn(future.shape, generator=torch.Generator().manual_seed(seed))
@@ -41,21 +43,21 @@ def drafts_for(cfg, clips, items, seed: int) -> torch.Tensor:
 def probe(run: str, weights: str, seeds, root, count: int, timesteps, seed: int) -> dict:
     from omegaconf import OmegaConf
 
-    from gencond.diffusion import DiffusionProcess
-    from gencond.runs import load_run
+    from gencond.pipeline import Pipeline
     from gencond.text import text_encoder
-    from video.consistency import clip_starts, plan_use
+    from video.plan_refinement import clip_starts, plan_use
     from video.task import load_clips
 
-    cfg, model = load_run(run, weights, task="video-planner", needed_by="the plan-use probe")
+    pipeline = Pipeline.from_run(run, weights, task="video-planner", device="cpu", needed_by="the plan-use probe")
+    cfg = pipeline.cfg
     if not cfg.model.previous_plan:
         raise SystemExit(f"{run} has no previous-plan input; probe a VideoAgent run")
     data = OmegaConf.merge(cfg.data, {k: v for k, v in {"seeds": seeds, "root": root}.items() if v is not None})
     clips = load_clips(OmegaConf.merge(cfg, {"data": data}))
     text = text_encoder(cfg.model.text_max_tokens).encode(clips.texts)
-    items = clip_starts(clips, cfg.consistency.starts_per_episode, cfg.seed)
+    items = clip_starts(clips, cfg.plan_refinement.starts_per_episode, cfg.seed)
     items = [items[i] for i in torch.linspace(0, len(items) - 1, min(count, len(items))).long().tolist()]
-    result = plan_use(model, DiffusionProcess(cfg.diffusion), clips, text, items,
+    result = plan_use(pipeline.model, pipeline.process, clips, text, items,
                       drafts_for(cfg, clips, items, seed), timesteps, seed)
     return {"clips": len(items), "seeds": sorted({clips.episodes[e].seed for e, _ in items}), **result}
 
@@ -75,7 +77,7 @@ def main(argv=None) -> dict:
     p.add_argument("--label", help="the record's run label (default: run name, weights and time)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/video/videoagent_plan_use.jsonl")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     steps = [int(t) for t in args.timesteps.split(",")]
     out = {"run": str(args.run), "weights": args.weights,
            "train": probe(args.run, args.weights, None, None, args.clips, steps, args.seed)}

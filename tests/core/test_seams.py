@@ -13,7 +13,7 @@ from gencond.errors import UserError
 from gencond.refinement import Verdict, refine
 from gencond.registry import register_command, register_task
 from gencond.runs import load_run
-from gencond.sampling import denoise, sample
+from gencond.sampling import ClassifierFreeGuidance, EnergyGuidance, SDEdit, denoise, sample
 from gencond.training import TrainingJob, train
 
 from .toys import DictConditioned, GaussianOracle, TinyMLP, register_toy_task
@@ -35,7 +35,7 @@ def test_structured_cfg_equals_the_two_evaluations_combined_by_hand():
     torch.manual_seed(0)
     model, cond = DictConditioned(), dict_cond()
     x, t = torch.randn(6, 4), torch.randint(0, 50, (6,))
-    x0, eps = denoise(model, PROCESS, x, t, cond, cfg_scale=3.0)
+    x0, eps = denoise(ClassifierFreeGuidance(model, 3.0), PROCESS, x, t, cond)
     with torch.no_grad():
         on, off = model(x, t, cond=cond), model(x, t, cond=model.null_condition(cond))
         want_x0, want_eps = PROCESS.x0_and_eps(x, off + 3.0 * (on - off), t)
@@ -67,16 +67,16 @@ def test_training_with_dropout_works_on_dict_conditions_and_a_ddp_like_wrapper()
     assert torch.isfinite(loss)
 
 
-def test_from_x_init_strength_0_returns_it_and_strength_1_equals_sampling_from_noise():
+def test_an_sdedit_start_at_strength_0_is_returned_and_at_strength_1_equals_sampling_from_noise():
     model = GaussianOracle(PROCESS)
     x_init = torch.full((5, 3), 7.0)
     sampling = SamplingConfig(scheduler="ddim", num_steps=10)
-    same = sample(model, PROCESS, (5, 3), sampling, x_init=x_init, strength=0.0, progress=False)
+    same = sample(model, PROCESS, (5, 3), sampling, start=SDEdit(x_init, 0.0), progress=False)
     torch.testing.assert_close(same, x_init)
-    a = sample(model, PROCESS, (5, 3), sampling, x_init=x_init, strength=1.0, generator=torch.Generator().manual_seed(1), progress=False)
+    a = sample(model, PROCESS, (5, 3), sampling, start=SDEdit(x_init, 1.0), generator=torch.Generator().manual_seed(1), progress=False)
     b = sample(model, PROCESS, (5, 3), sampling, generator=torch.Generator().manual_seed(1), progress=False)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
-    half = sample(model, PROCESS, (5, 3), sampling, x_init=x_init, strength=0.3, generator=torch.Generator().manual_seed(1), progress=False)
+    half = sample(model, PROCESS, (5, 3), sampling, start=SDEdit(x_init, 0.3), generator=torch.Generator().manual_seed(1), progress=False)
     assert half.mean() > 3.0  # a light refinement keeps much of the earlier sample
 
 
@@ -104,19 +104,19 @@ def test_an_energy_that_reads_the_condition_and_timestep_is_applied():
     cond = {"label": torch.zeros(200, 4), "frame": torch.full((200, 4), 3.0)}
     sampling = SamplingConfig(scheduler="ddim", num_steps=10)
     free = sample(model, PROCESS, (200, 4), sampling, cond=cond, generator=torch.Generator().manual_seed(0), progress=False)
-    guided = sample(model, PROCESS, (200, 4), sampling, cond=cond, guidance=towards_target, guidance_scale=2.0,
+    guided = sample(model, PROCESS, (200, 4), sampling, cond=cond, guidance=EnergyGuidance(towards_target, 2.0),
                     generator=torch.Generator().manual_seed(0), progress=False)
     assert len(calls) == 10 and calls[0].shape == (200,)
     assert (guided - 3).square().mean() < 0.5 * (free - 3).square().mean()
 
 
-def test_an_explicit_self_cond_reaches_the_first_step():
+def test_an_input_self_cond_reaches_the_first_step_and_stays_when_not_carried():
     from .toys import Recorder
 
     model = Recorder(3)
     start = torch.ones(2, 3)
-    sample(model, PROCESS, (2, 3), SamplingConfig(scheduler="ddim", num_steps=3), self_cond=start,
-           self_condition=False, progress=False)
+    sample(model, PROCESS, (2, 3), SamplingConfig(scheduler="ddim", num_steps=3), input_self_cond=start,
+           carry_self_cond=False, progress=False)
     assert torch.equal(model.calls[0]["self_cond"], start) and torch.equal(model.calls[1]["self_cond"], start)
 
 

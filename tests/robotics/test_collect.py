@@ -32,7 +32,7 @@ def test_round_trip_matches_a_fresh_rollout(dataset):
     env = TaskEnv("handle-press", "corner3", 64)
     fresh = run_expert(env, 1)
     env.close()
-    assert demo.task == "handle-press" and demo.camera == "corner3" and demo.seed == 1
+    assert demo.env_task == "handle-press" and demo.camera == "corner3" and demo.seed == 1
     assert demo.text == "handle press"
     assert demo.frames.shape == (len(demo) + 1, 64, 64, 3) and demo.frames.dtype == np.uint8
     assert demo.actions.shape == (len(demo), 4) and demo.states.shape == (len(demo) + 1, 39)

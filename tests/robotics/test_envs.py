@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from gencond.errors import UserError
-from robotics.envs import BENCHMARK_TASKS, CAMERAS, backproject, check_camera, check_task, make_env
+from robotics.envs import BENCHMARK_TASKS, CAMERAS, backproject, check_camera, check_env_task, make_env
 
 
 @pytest.fixture(scope="module")
@@ -19,12 +19,12 @@ def views():
 
 def test_all_benchmark_tasks_exist():
     for task in BENCHMARK_TASKS:
-        assert check_task(task) == task
+        assert check_env_task(task) == task
 
 
 def test_unknown_names_list_the_valid_ones():
     with pytest.raises(UserError, match=r"unknown task 'dor-open'; valid tasks: .*door-open"):
-        check_task("dor-open")
+        check_env_task("dor-open")
     with pytest.raises(UserError, match=r"unknown camera 'top'; valid cameras: corner, corner2, corner3"):
         check_camera("top")
 

@@ -1,7 +1,6 @@
 """No silently wrong results: evaluation identity, benchmark result names, wrong --idm runs, bad
 resolutions and seeds, and labelled side-by-side videos."""
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,6 @@ from gencond.cli import main
 from gencond.errors import UserError
 from robotics.register import parse_seeds
 
-ROOT = Path(__file__).resolve().parents[2]
 QUICK = ["--tasks", "handle-press", "--cameras", "corner", "--seeds", "1", "--resolution", "32",
          "--videos", "0", "--quiet"]
 
@@ -65,34 +63,26 @@ def test_episodes_without_an_identity_are_refused(tmp_path):
                  resolution=32, max_steps=5, videos=0, progress=False)
 
 
-def _bench():
-    sys.path.insert(0, str(ROOT / "benchmarks" / "robotics"))
-    try:
-        import robotics_bench
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks" / "robotics"))
-    return robotics_bench
-
-
 def test_benchmark_result_names_carry_non_default_settings():
-    bench = _bench()
-    args = bench.build_parser().parse_args(["evaluate"])
-    assert bench.evaluate_name(args) == "evaluate_oracle_avdc"
-    args = bench.build_parser().parse_args(["evaluate", "--seeds", "100-100"])
-    assert bench.evaluate_name(args) == "evaluate_oracle_avdc_seeds100-100"
-    args = bench.build_parser().parse_args(["evaluate", "--planner", "repeat-first", "--tasks", "door-open",
-                                            "--cameras", "corner", "--plan-frames", "4", "--tag", "x"])
-    assert bench.evaluate_name(args) == "evaluate_repeat-first_avdc_tasks-door-open_cameras-corner_frames4_x"
+    from robotics.results import evaluate_name
+
+    assert evaluate_name("oracle", "avdc") == "evaluate_oracle_avdc"
+    assert evaluate_name("oracle", "avdc", seeds="100-100") == "evaluate_oracle_avdc_seeds100-100"
+    assert evaluate_name("oracle", "avdc", seeds="100-104", resolution=128) == "evaluate_oracle_avdc"  # the defaults
+    assert (evaluate_name("repeat-first", "avdc", "x", tasks="door-open", cameras="corner", plan_frames=4)
+            == "evaluate_repeat-first_avdc_tasks-door-open_cameras-corner_frames4_x")
+    assert evaluate_name("video:runs/metaworld_small/", "idm") == "evaluate_video-metaworld_small_idm"
 
 
-def test_benchmark_never_overwrites_a_result_with_more_episodes(tmp_path, monkeypatch):
-    bench = _bench()
-    monkeypatch.setattr(bench, "RESULTS", tmp_path)
-    bench.save("evaluate_x", {"episodes": 165})
-    with pytest.raises(SystemExit, match="165 episodes"):
-        bench.save("evaluate_x", {"episodes": 1})
-    assert json.loads((tmp_path / "robotics_evaluate_x.json").read_text())["episodes"] == 165
-    bench.save("evaluate_x", {"episodes": 165})  # a rerun of the same size replaces it
+def test_benchmark_never_overwrites_a_result_with_more_episodes(tmp_path):
+    from robotics.results import save_result
+
+    path = tmp_path / "robotics_evaluate_x.json"
+    save_result(path, {"episodes": 165})
+    with pytest.raises(UserError, match="165 episodes"):
+        save_result(path, {"episodes": 1})
+    assert json.loads(path.read_text())["episodes"] == 165
+    save_result(path, {"episodes": 165})  # a rerun of the same size replaces it
 
 
 def _table(seeds, corner, corner2, identity="p"):
@@ -104,27 +94,27 @@ def _table(seeds, corner, corner2, identity="p"):
 
 
 def test_combined_evaluations_sum_success_counts_over_disjoint_seeds():
-    bench = _bench()
-    table = bench.combine_tables([_table(range(100, 110), 3, 7), _table(range(110, 125), 1, 15)])
+    from robotics.results import combine_tables
+
+    table = combine_tables([_table(range(100, 110), 3, 7), _table(range(110, 125), 1, 15)])
     row = table["per_task"]["door-open"]
     assert row["episodes"] == 50 and row["cameras"] == {"corner": 16.0, "corner2": 88.0}
     assert table["overall"] == 52.0 and table["episodes"] == 50 and table["seeds"] == list(range(100, 125))
-    with pytest.raises(SystemExit, match="different identities"):
-        bench.combine_tables([_table(range(3), 1, 1), _table(range(3, 6), 1, 1, identity="q")])
-    with pytest.raises(SystemExit, match=r"share seeds \[2\]"):
-        bench.combine_tables([_table(range(3), 1, 1), _table(range(2, 6), 1, 1)])
+    with pytest.raises(UserError, match="different identities"):
+        combine_tables([_table(range(3), 1, 1), _table(range(3, 6), 1, 1, identity="q")])
+    with pytest.raises(UserError, match=r"share seeds \[2\]"):
+        combine_tables([_table(range(3), 1, 1), _table(range(2, 6), 1, 1)])
 
 
-def test_benchmark_keeps_the_evaluations_episode_records_in_protocol_order(tmp_path, monkeypatch):
-    bench = _bench()
-    monkeypatch.setattr(bench, "RESULTS", tmp_path)
+def test_benchmark_keeps_the_evaluations_episode_records_in_protocol_order(tmp_path):
+    from robotics.results import episode_records
+
     out = tmp_path / "run"
     out.mkdir()
     recs = [{"task": "door-open", "camera": c, "seed": s, "success": s == 101} for s in (101, 100, 7)
             for c in ("corner2", "corner")]
     (out / "episodes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-    bench.save_episodes("evaluate_x", str(out), ["door-open"], ["corner", "corner2"], [100, 101])
-    kept = [json.loads(line) for line in (tmp_path / "robotics_evaluate_x_episodes.jsonl").read_text().splitlines()]
+    kept = episode_records(out, ["door-open"], ["corner", "corner2"], [100, 101])
     assert [(r["camera"], r["seed"]) for r in kept] == [("corner", 100), ("corner", 101), ("corner2", 100),
                                                         ("corner2", 101)]
     assert [r["success"] for r in kept] == [False, True, False, True]

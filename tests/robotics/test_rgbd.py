@@ -305,10 +305,8 @@ def test_rgbd_oracle_depth_matches_a_rendered_depth_of_the_same_state():
 
 
 def test_oracle_rgbd_on_the_command_line_and_in_benchmark_names(tmp_path, capsys):
-    import sys
-    from pathlib import Path
-
     from gencond.cli import main
+    from robotics.results import evaluate_name
 
     out = tmp_path / "eval"
     args = ["evaluate-planner", "--tasks", "button-press-topdown", "--cameras", "corner", "--seeds", "1",
@@ -324,14 +322,7 @@ def test_oracle_rgbd_on_the_command_line_and_in_benchmark_names(tmp_path, capsys
     assert main([*args, "--planner", "repeat-first", "--plan-resolution", "32"]) == 2
     assert main([*args, "--planner", "oracle", "--plan-resolution", "4"]) == 2
     assert "--plan-resolution 4 is too small" in capsys.readouterr().err
-    root = Path(__file__).resolve().parents[2]
-    sys.path.insert(0, str(root / "benchmarks" / "robotics"))
-    try:
-        import robotics_bench
-    finally:
-        sys.path.remove(str(root / "benchmarks" / "robotics"))
-    args = robotics_bench.build_parser().parse_args(["evaluate", "--planner", "oracle-rgbd", "--plan-resolution", "32"])
-    assert robotics_bench.evaluate_name(args) == "evaluate_oracle-rgbd_avdc_plan32px"
+    assert evaluate_name("oracle-rgbd", "avdc", plan_resolution=32) == "evaluate_oracle-rgbd_avdc_plan32px"
 
 
 def test_an_rgbd_plan_without_a_lift_is_read_as_its_rgb_plan():

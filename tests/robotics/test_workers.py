@@ -1,5 +1,5 @@
 """Episodes split across worker processes give the same records as one process; planners named by
-``MODULE:ATTR`` and ``video:RUN_DIR`` on the command line."""
+``MODULE:ATTR`` and by registered prefixes (``video:RUN_DIR``) on the command line."""
 import functools
 import json
 
@@ -62,6 +62,26 @@ def test_module_attr_planners(tmp_path, capsys):
         assert main(["evaluate-planner", "--planner", spec, "--out", str(tmp_path / "x"), *QUICK]) == 2
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and message in err, (spec, err)
+
+
+def test_planner_prefixes_come_from_the_domains_that_register_them(monkeypatch):
+    """robotics names no video module: the video domain registers ``video:`` and ``videoagent:`` into
+    robotics' planner registry; an unregistered prefix names the registered ones, or the extra to install."""
+    from robotics import planners
+    from robotics.register import make_planner
+
+    registered = planners.planner_plugins()
+    assert {"video", "videoagent"} <= set(registered) and registered["video"].module == "video.register"
+    with pytest.raises(ValueError, match="registered twice"):
+        planners.register_planner("video", lambda arg: None, "video:X", "another video planner", "a run folder")
+    with pytest.raises(UserError, match="registered planner prefixes: video:, videoagent:"):
+        make_planner("nowhere:thing", None, 128)
+    from gencond import registry
+
+    monkeypatch.setattr(planners, "PLANNER_PLUGINS", {})  # as if the video domain had not loaded
+    monkeypatch.setattr(registry, "UNAVAILABLE", {"video": 'needs the package \'cv2\': pip install "gencond[video]"'})
+    with pytest.raises(UserError, match=r'domain \'video\' did not load .*pip install "gencond\[video\]"'):
+        make_planner("video:runs/x", None, 128)
 
 
 def test_video_planner_spec_refuses_a_run_of_another_task(tmp_path, capsys):

@@ -39,16 +39,16 @@ def test_fft_length_is_smooth_and_large_enough():
     assert fft_length(780) == 800 and fft_length(720) == 720
 
 
-@pytest.mark.parametrize("self_condition", [False, True])
+@pytest.mark.parametrize("input_self_condition", [False, True])
 @pytest.mark.parametrize("length", [1, 2, 17, 64, 101])
-def test_output_shape(length, self_condition):
-    model = small_model(self_condition=self_condition)
+def test_output_shape(length, input_self_condition):
+    model = small_model(input_self_condition=input_self_condition)
     x = torch.randn(4, length, 3)
     t = torch.randint(0, 100, (4,))
-    out = model(x, t, self_cond=torch.randn_like(x) if self_condition else None)
+    out = model(x, t, self_cond=torch.randn_like(x) if input_self_condition else None)
     assert out.shape == x.shape
     assert torch.isfinite(out).all()
-    if self_condition:
+    if input_self_condition:
         assert model(x, t).shape == x.shape  # self_cond=None means zeros
 
 
@@ -66,7 +66,7 @@ def test_paper_config_parameter_count_and_float_steps():
 
 
 def test_gradients_reach_all_parameters():
-    model = small_model(self_condition=True, init_skip=True)
+    model = small_model(input_self_condition=True, init_skip=True)
     x = torch.randn(3, 20, 3, requires_grad=True)
     out = model(x, torch.randint(0, 100, (3,)), self_cond=torch.randn(3, 20, 3))
     out.square().mean().backward()
@@ -209,14 +209,49 @@ def test_the_cached_kernel_gives_what_recomputing_it_gives_and_follows_weight_ch
 
 
 def test_save_pretrained_round_trip(tmp_path):
-    model = small_model(self_condition=True, init_skip=True).eval()
+    model = small_model(input_self_condition=True, init_skip=True).eval()
     x = torch.randn(2, 19, 3)
     t = torch.tensor([4, 80])
     model.save_pretrained(tmp_path)
     loaded = TSDiffDenoiser.from_pretrained(tmp_path).eval()
-    assert loaded.config.self_condition and loaded.config.init_skip and loaded.config.in_channels == 3
+    assert loaded.config.input_self_condition and loaded.config.init_skip and loaded.config.in_channels == 3
     with torch.no_grad():
         torch.testing.assert_close(loaded(x, t, self_cond=x), model(x, t, self_cond=x), rtol=0, atol=0)
+
+
+def test_a_model_saved_before_the_rename_of_self_condition_loads_the_same(tmp_path):
+    """Models saved before input self-conditioning's argument was named ``input_self_condition`` load as saved."""
+    import json
+
+    model = small_model(input_self_condition=True).eval()
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["self_condition"] = config.pop("input_self_condition")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = TSDiffDenoiser.from_pretrained(tmp_path).eval()
+    x, t = torch.randn(2, 10, 3), torch.tensor([4, 80])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, t, self_cond=x), model(x, t, self_cond=x), rtol=0, atol=0)
+
+
+def test_the_model_section_is_the_constructors_arguments():
+    """Each default is declared once: in the config's model section, which the constructor reads."""
+    import dataclasses
+    import inspect
+
+    from omegaconf import OmegaConf
+
+    from timeseries.config import TSDiffConfig, TSDiffModelConfig
+    from timeseries.task import build_model
+
+    parameters = inspect.signature(TSDiffDenoiser.__init__).parameters
+    for f in dataclasses.fields(TSDiffModelConfig):
+        if f.name not in TSDiffModelConfig.TASK_KEYS:
+            assert parameters[f.name].default == getattr(TSDiffModelConfig(), f.name), f.name
+    cfg = OmegaConf.structured(TSDiffConfig(model=TSDiffModelConfig(hidden_channels=8, init_skip=True)))
+    model = build_model(cfg, channels=3)
+    assert model.config.hidden_channels == 8 and model.config.init_skip and model.config.num_blocks == 3
+    assert not model.config.input_self_condition and model.config.cond_channels == 0
 
 
 def test_clear_errors():
@@ -225,14 +260,14 @@ def test_clear_errors():
     t = torch.tensor([1, 2])
     with pytest.raises(ValueError, match=r"in_channels=3.*\(2, 10, 4\)"):
         model(torch.randn(2, 10, 4), t)
-    with pytest.raises(ValueError, match="self_condition=False"):
+    with pytest.raises(ValueError, match="input_self_condition=False"):
         model(x, t, self_cond=x)
     with pytest.raises(ValueError, match="cond must be None"):
         model(x, t, cond=torch.zeros(2))
     with pytest.raises(ValueError, match="t must be"):
         model(x, torch.tensor([1, 2, 3]))
     with pytest.raises(ValueError, match="self_cond must have the shape"):
-        small_model(self_condition=True)(x, t, self_cond=torch.randn(2, 10, 6))
+        small_model(input_self_condition=True)(x, t, self_cond=torch.randn(2, 10, 6))
 
 
 def test_default_sampler_lists_20_of_the_100_timesteps_dense_near_zero():

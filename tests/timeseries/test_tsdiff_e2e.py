@@ -47,7 +47,8 @@ def test_forecast_writes_metrics_csv_and_fan_chart(run_dir, tmp_path, capsys):
     coverage = [metrics[f"coverage_q{q / 10:.1f}"] for q in range(1, 10)]
     assert all(0 <= c <= 1 for c in coverage) and coverage == sorted(coverage)
     assert metrics["coverage_80"] == pytest.approx(metrics["coverage_q0.9"] - metrics["coverage_q0.1"])
-    assert metrics["calibration_windows"] == 0 and "recalibrated" not in metrics and "calibration" in metrics  # off by default
+    assert metrics["calibration_windows"] == 2 and "recalibrated" in metrics and "calibration" in metrics  # on by default
+    assert metrics["settings"].endswith("_recal2")
     table = pd.read_csv(out / "forecasts.csv")
     assert len(table) == 10 * 30 and (table["q0.1"] <= table["q0.9"]).all()
     assert (out / "fan_chart.png").read_bytes()[:4] == b"\x89PNG"
@@ -134,7 +135,7 @@ def test_missing_values_and_tsdiff_cond(run_dir, tmp_path):
     assert all(r["missing"] == "BM-E" and np.isfinite(r["CRPS"]) for r in results.values())
 
 
-FAST = ["--quiet", "--scheduler", "ddim", "--steps", "3", "--samples", "4", "--batch-size", "8"]
+FAST = ["--quiet", "--no-recalibrate", "--scheduler", "ddim", "--steps", "3", "--samples", "4", "--batch-size", "8"]
 
 
 def samples_of(out):
@@ -228,10 +229,12 @@ def test_hourly_data_prints_no_deprecation_warning_per_series(run_dir, tmp_path)
 
 def test_recalibration_switch_changes_the_quantiles_and_is_recorded(run_dir, tmp_path):
     outs = {}
-    for name, extra in (("recal", ["--recalibrate"]), ("raw", []), ("one", ["--calibration-windows", "1"])):
+    for name, extra in (("recal", ["--recalibrate"]), ("raw", []), ("one", ["--recalibrate", "--calibration-windows", "1"]),
+                        ("quantile", ["--recalibrate", "--recalibration", "quantile"])):
         outs[name] = tmp_path / name
         assert main(["forecast", str(run_dir), "--out", str(outs[name]), *FAST, *extra]) == 0
-    recal, raw, one = (json.loads((outs[n] / "metrics.json").read_text()) for n in ("recal", "raw", "one"))
+    recal, raw, one, quantile = (json.loads((outs[n] / "metrics.json").read_text()) for n in ("recal", "raw", "one", "quantile"))
+    assert quantile["calibration_windows"] == 2 and quantile["settings"].endswith("_recal2_quantile")
     assert recal["calibration_windows"] == 2 and recal["recalibrated"] == 10 and recal["settings"].endswith("_recal2")
     assert raw["calibration_windows"] == 0 and "recalibrated" not in raw and "_recal" not in raw["settings"]
     assert one["calibration_windows"] == 1 and one["settings"].endswith("_recal1")

@@ -68,7 +68,7 @@ def test_an_interrupted_execution_resumes_to_the_same_data(tmp_path, monkeypatch
 
 def test_the_simulator_feedback_accepts_what_succeeds_and_nothing_else():
     from robotics.planners import RepeatFirstFramePlanner
-    from video.feedback import SimulatorFeedback
+    from video.feedback import PlanSample, SimulatorFeedback
 
     feedback, planner = SimulatorFeedback(resolution=RENDER), oracle()
     feedback.begin_episode("handle-press", "corner", 102)
@@ -76,9 +76,9 @@ def test_the_simulator_feedback_accepts_what_succeeds_and_nothing_else():
     first = feedback.start_frame
     good = planner.plan(first, "handle press", "corner")
     still = RepeatFirstFramePlanner(8).plan(first, "handle press", "corner")
-    yes, no = feedback(first, good, "handle press"), feedback(first, still, "handle press")
+    yes, no = feedback(PlanSample(good, first, "handle press"), 0), feedback(PlanSample(still, first, "handle press"), 0)
     assert yes.accept and yes.score == 1.0 and "success" in yes.reason
     assert not no.accept and "failure" in no.reason
-    later = feedback(np.zeros_like(first), good, "handle press")
+    later = feedback(PlanSample(good, np.zeros_like(first), "handle press"), 1)
     assert not later.accept and "first state only" in later.reason
     feedback.close()

@@ -257,3 +257,51 @@ def test_a_short_training_run_lowers_the_loss():
         losses.append(loss.item())
     first5, last5 = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last5 < 0.8 * first5, losses  # measured: 0.35 -> 0.20
+
+
+def test_the_model_sections_are_the_constructors_arguments():
+    """Each default is declared once, in the config's model section: a constructor argument that is neither
+    in it nor derived from the data would be a setting no config can reach."""
+    import dataclasses
+    import inspect
+
+    from video.config import CriticModelConfig, VideoModelConfig
+    from video.critic import PlanCritic
+
+    derived = {"channels", "frames", "image_size", "text_dim", "instructions"}
+    for section, model in ((VideoModelConfig, VideoUNet), (CriticModelConfig, PlanCritic)):
+        defaults = {n: p.default for n, p in inspect.signature(model.__init__).parameters.items() if n != "self"}
+        declared = {f.name: getattr(section(), f.name) for f in dataclasses.fields(section)}
+        assert set(defaults) - derived == set(declared), model
+        assert {n: list(v) if isinstance(v, tuple) else v for n, v in defaults.items() if n in declared} == declared
+
+
+def test_the_shipped_planners_config_loads_as_before_and_rebuilds_its_network(tmp_path):
+    """pretrained/video-planner-32px's config loads without a warning, and as it was written (with the old
+    section name ``consistency``) with a deprecation warning, to the same settings; its model section rebuilds
+    the exported network's config exactly."""
+    import json
+    import warnings
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from gencond.config import load_config
+    from video.task import build_model
+
+    folder = Path(__file__).resolve().parents[2] / "pretrained" / "video-planner-32px"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        cfg = load_config(folder / "config.yaml")
+    text = (folder / "config.yaml").read_text()
+    assert text.count("\nplan_refinement:\n") == 1
+    (tmp_path / "config.yaml").write_text(text.replace("\nplan_refinement:\n", "\nconsistency:\n"))
+    with pytest.warns(FutureWarning, match="config key 'consistency' is now 'plan_refinement'"):
+        old_cfg = load_config(tmp_path / "config.yaml")
+    assert OmegaConf.to_container(old_cfg) == OmegaConf.to_container(cfg)
+    written = OmegaConf.to_container(OmegaConf.load(folder / "config.yaml").plan_refinement)
+    assert {k: v for k, v in OmegaConf.to_container(cfg.plan_refinement).items() if k in written} == written
+    exported = json.loads((folder / "model" / "config.json").read_text())
+    rebuilt = dict(build_model(cfg, exported["instructions"]).config)
+    assert {k: list(v) if isinstance(v, tuple) else v for k, v in rebuilt.items() if not k.startswith("_")} == \
+        {k: v for k, v in exported.items() if not k.startswith("_")}

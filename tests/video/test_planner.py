@@ -33,7 +33,7 @@ def write_square_demos(root: Path, starts, steps: int = 12, speed=1) -> Path:
         for seed, start in enumerate(starts):
             frames = moving_square(direction, start, steps, speed if isinstance(speed, int) else speed[seed])
             n = len(frames)
-            demo = Demonstration(task=task, camera="corner", seed=seed, frames=frames,
+            demo = Demonstration(env_task=task, camera="corner", seed=seed, frames=frames,
                                  actions=np.zeros((n - 1, 4), np.float32), states=np.zeros((n, 39), np.float32),
                                  success=True, success_step=n - 1, intrinsics=np.eye(3), world_to_camera=np.eye(4),
                                  first_depth=np.ones((RES, RES), np.float32), first_segmentation=np.zeros((RES, RES), np.int32),

@@ -1,4 +1,4 @@
-"""VideoAgent: self-conditioning consistency (one condition path in training and sampling), refinement
+"""VideoAgent: plan refinement (one condition path in training and sampling), refinement
 rounds with feedback, the learned critic, executions as data, and their errors."""
 import json
 from pathlib import Path
@@ -22,14 +22,14 @@ TINY = [f"data.resolution={RES}", "data.frames=4", "model.base_channels=8", "mod
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """(demos, a tiny planner run, a tiny VideoAgent run trained from it by self-conditioning consistency)."""
+    """(demos, a tiny planner run, a tiny VideoAgent run trained from it for plan refinement)."""
     demos = write_square_demos(tmp_path_factory.mktemp("demos"), (5, 6, 7))
     root = tmp_path_factory.mktemp("runs")
     planner = train_tiny(demos, root, 40, "train.ema_decay=0.9", "sampling.num_steps=5")
     torch.manual_seed(0)
     assert cli.main(["train", AGENT_CONFIG, f"runs_dir={root}", "name=agent", f"data.root={demos}", *TINY,
-                     f"consistency.plans_from={planner}", f"train.init_from={planner}",
-                     "consistency.starts_per_episode=2", "consistency.batch_size=4", "train.max_steps=20",
+                     f"plan_refinement.plans_from={planner}", f"train.init_from={planner}",
+                     "plan_refinement.starts_per_episode=2", "plan_refinement.batch_size=4", "train.max_steps=20",
                      "train.checkpoint_every=20", "train.lr=1e-3", "--quiet"]) == 0
     return demos, planner, root / "agent"
 
@@ -64,7 +64,7 @@ def test_plans_are_cached_once_in_the_planner_run(runs):
 
 
 def test_training_and_sampling_give_the_network_the_same_condition(runs):
-    """One path (video.task.plan_condition): the previous plan lands in the same channels, unscaled,
+    """One path (video.model.plan_condition): the previous plan lands in the same channels, unscaled,
     in a training step and in a refinement round; the first frame always reaches the network."""
     from gencond.config import load_config
     from video.agent import VideoAgentPlanner
@@ -117,9 +117,10 @@ def test_refinement_stops_at_the_first_accept_and_records_every_round(runs):
     _, _, agent = runs
     asked = []
 
-    def feedback(first_frame, plan, task):
-        asked.append(len(asked))
-        assert first_frame.shape == (RES, RES, 3) and plan.shape == (4, RES, RES, 3) and task == "door open"
+    def feedback(sample, round):  # the core's feedback protocol, judging a video.feedback.PlanSample
+        asked.append(round)
+        assert sample.first_frame.shape == (RES, RES, 3) and sample.plan.shape == (4, RES, RES, 3)
+        assert sample.instruction == "door open"
         return Verdict(len(asked) == 2, score=0.1 * len(asked), reason=f"call {len(asked)}")
 
     planner = VideoAgentPlanner(agent, max_rounds=4, feedback=feedback, weights="last")
@@ -131,7 +132,7 @@ def test_refinement_stops_at_the_first_accept_and_records_every_round(runs):
     record = planner.episode_record()["plans"][0]
     assert record["rounds"] == 2 and record["accepted"] == 1 and record["verdicts"][1]["reason"] == "call 2"
 
-    def broken(first_frame, plan, task):
+    def broken(sample, round):
         raise ConnectionError("VLM unreachable")
 
     planner = VideoAgentPlanner(agent, max_rounds=2, feedback=broken, weights="last")
@@ -170,13 +171,14 @@ def test_videoagent_errors(runs, tmp_path, capsys):
         make_videoagent_planner(f"{agent},roundz=2")
     with pytest.raises(UserError, match="refine_from 'both'"):
         VideoAgentPlanner(agent, refine_from="both", weights="last")
-    assert cli.main(["train", AGENT_CONFIG, f"runs_dir={tmp_path}", "name=x", "model.previous_plan=false",
-                     f"consistency.plans_from={planner_run}", f"data.root={runs[0]}", *TINY, "--quiet"]) != 0
-    assert "consistency.plans_from needs model.previous_plan: true" in capsys.readouterr().err
+    with pytest.warns(FutureWarning, match="config key 'consistency' is now 'plan_refinement'"):  # the old name
+        assert cli.main(["train", AGENT_CONFIG, f"runs_dir={tmp_path}", "name=x", "model.previous_plan=false",
+                         f"consistency.plans_from={planner_run}", f"data.root={runs[0]}", *TINY, "--quiet"]) != 0
+    assert "plan_refinement.plans_from needs model.previous_plan: true" in capsys.readouterr().err
 
 
 def test_a_vision_language_feedback_reads_accept_and_reject():
-    from video.feedback import VisionLanguageFeedback
+    from video.feedback import PlanSample, VisionLanguageFeedback
 
     frame, plan = np.zeros((8, 8, 3), np.uint8), np.zeros((4, 8, 8, 3), np.uint8)
     prompts = []
@@ -187,7 +189,7 @@ def test_a_vision_language_feedback_reads_accept_and_reject():
 
     answers = ["Accept. The door opens smoothly.", "**Reject** - the gripper passes through the handle", "maybe?"]
     vlm = VisionLanguageFeedback(ask)
-    first, second, third = (vlm(frame, plan, "door open") for _ in range(3))
+    first, second, third = (vlm(PlanSample(plan, frame, "door open"), r) for r in range(3))
     assert first.accept and "opens smoothly" in first.reason
     assert not second.accept and "gripper passes" in second.reason
     assert not third.accept and "unreadable" in third.reason
@@ -214,7 +216,7 @@ def write_executions(root: Path, scenes, draws: int = 1) -> Path:
 
 
 def test_the_critic_learns_a_separable_case_and_is_a_feedback(tmp_path):
-    from video.feedback import CriticFeedback
+    from video.feedback import CriticFeedback, PlanSample
 
     train_dir = write_executions(tmp_path / "train", range(12), draws=2)
     held_out = write_executions(tmp_path / "held_out", range(100, 106))
@@ -229,9 +231,10 @@ def test_the_critic_learns_a_separable_case_and_is_a_feedback(tmp_path):
     assert table["accuracy"] >= 0.9 and table["plans"] == 12 and table["scenes_seen_in_training"] == 0
     critic = CriticFeedback(tmp_path / "critic")
     right, wrong = moving_square(1, 6, steps=22)[::3][:8], moving_square(-1, 6, steps=22)[::3][:8]
-    assert critic(right[0], right, "door open").accept and not critic(wrong[0], wrong, "door open").accept
+    assert critic(PlanSample(right, right[0], "door open"), 0).accept
+    assert not critic(PlanSample(wrong, wrong[0], "door open"), 0).accept
     with pytest.raises(UserError, match="trained on plans for: door close, door open; it cannot judge 'hammer'"):
-        critic(right[0], right, "hammer")
+        critic(PlanSample(right, right[0], "hammer"), 0)
 
 
 def test_online_iterations_log_their_steps_and_resume(runs, tmp_path, monkeypatch):
@@ -239,7 +242,7 @@ def test_online_iterations_log_their_steps_and_resume(runs, tmp_path, monkeypatc
     from video.online import online
 
     _, _, agent = runs
-    scenes = dict(tasks=["door-open"], cameras=["corner"], seeds=[5], eval_seeds=[100], steps=3, max_rounds=1,
+    scenes = dict(env_tasks=["door-open"], cameras=["corner"], seeds=[5], eval_seeds=[100], steps=3, max_rounds=1,
                   max_replans=0, resolution=64, progress=False)
     with pytest.raises(UserError, match="overlap"):
         online(agent, tmp_path / "x", 1, **{**scenes, "eval_seeds": [5]})
@@ -262,12 +265,12 @@ def test_online_iterations_log_their_steps_and_resume(runs, tmp_path, monkeypatc
     assert log[0]["executed"] == 1 and log[0]["finetune_steps"] == 3 and log[1]["eval_episodes"] == 1
     assert log[0]["clips_added"] == log[0]["execution_success"]  # every success (here: none) is a new clip
     cfg = OmegaConf.load(tmp_path / "online" / "iter_2" / "model" / "config.yaml")
-    assert cfg.train.init_from.endswith("iter_1/model:last") and cfg.consistency.plans_from.endswith("iter_1/model:last")
+    assert cfg.train.init_from.endswith("iter_1/model:last") and cfg.plan_refinement.plans_from.endswith("iter_1/model:last")
     assert [Path(p).parent.parent.name for p in cfg.data.extra_roots] == ["iter_1", "iter_2"]
 
 
 def test_a_videoagent_trained_on_informative_drafts_uses_the_plan(tmp_path):
-    """The positive control of plan self-conditioning: where the first frame and the text leave the future
+    """The positive control of plan refinement: where the first frame and the text leave the future
     open (the square moves 1 or 3 pixels a frame from the same start), drafts that are the real future plus
     noise carry the missing information, and a short training learns to use them: the loss with the matching
     draft is clearly below the loss with another clip's draft and with an empty slot, on training clips and
@@ -276,13 +279,14 @@ def test_a_videoagent_trained_on_informative_drafts_uses_the_plan(tmp_path):
     from gencond.diffusion import DiffusionProcess
     from gencond.runs import load_run
     from gencond.text import text_encoder
-    from video.consistency import clip_starts, plan_use
+    from video.plan_refinement import clip_starts, plan_use
     from video.task import load_clips
 
     demos = write_square_demos(tmp_path / "demos", (4, 4, 5, 5, 6, 6, 7, 7), speed=(1, 3) * 4)
     torch.manual_seed(0)
     assert cli.main(["train", AGENT_CONFIG, f"runs_dir={tmp_path}", "name=control", f"data.root={demos}", *TINY,
-                     "consistency.drafts=noised_future", "consistency.draft_noise=0.3", "consistency.plans_from=null",
+                     "plan_refinement.drafts=noised_future", "plan_refinement.draft_noise=0.3",
+                     "plan_refinement.plans_from=null",
                      "train.init_from=null", "data.seeds=[0,1,2,3,4,5]", "train.max_steps=400", "train.lr=3e-3",
                      "train.checkpoint_every=400", "train.threads=1", "--quiet"]) == 0
     cfg, model = load_run(tmp_path / "control", "last")
@@ -310,7 +314,7 @@ def test_an_online_iteration_turns_a_success_on_a_new_scene_into_a_clip_it_finet
 
     _, _, agent = runs
     monkeypatch.setattr(video.agent, "make_planner", lambda run, **kw: OraclePlanner(8, 128))
-    log = online(agent, tmp_path / "online", 1, tasks=["door-close"], cameras=["corner"], seeds=[5],
+    log = online(agent, tmp_path / "online", 1, env_tasks=["door-close"], cameras=["corner"], seeds=[5],
                  eval_seeds=[100], steps=2, max_rounds=1, max_replans=0, resolution=128, progress=False)
     assert log[0]["execution_success"] == 1 and log[0]["clips_added"] == 1 and log[0]["finetune_steps"] == 2
     cfg = load_config(tmp_path / "online" / "iter_1" / "model" / "config.yaml")

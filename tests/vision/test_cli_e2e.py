@@ -13,10 +13,10 @@ CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "vision" / "digit
 
 
 def test_train_sample_eval_on_digits(tmp_path, fd_cache, capsys):
-    assert main(["train", CONFIG, f"runs_dir={tmp_path}", "ddae.self_conditioning=true", "--quiet"]) == 0
+    assert main(["train", CONFIG, f"runs_dir={tmp_path}", "ddae.feature_conditioning=true", "--quiet"]) == 0
     run = tmp_path / "digits_tiny"
     assert (run / "model" / "config.json").is_file() and (run / "best" / "config.json").is_file()
-    assert json.loads((run / "model" / "config.json").read_text())["self_conditioning"] is True
+    assert json.loads((run / "model" / "config.json").read_text())["feature_conditioning"] is True
 
     assert main(["sample", str(run), "--num", "9", "--quiet", "--out", str(tmp_path / "grid.png")]) == 0
     with Image.open(tmp_path / "grid.png") as grid:
@@ -59,7 +59,7 @@ def test_class_conditional_with_cfg(tmp_path, capsys):
 def test_contrastive_self_distillation_loss_and_teacher(tmp_path):
     from vision.task import build
 
-    cfg = load_config(CONFIG, ["ddae.contrastive=true", "ddae.self_conditioning=true", "ddae.contrastive_max_t=1000",
+    cfg = load_config(CONFIG, ["ddae.contrastive=true", "ddae.feature_conditioning=true", "ddae.contrastive_max_t=1000",
                                "model.arch=dit", "model.depth=4"])
     job = build(cfg)
     model = job.model

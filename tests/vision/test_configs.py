@@ -15,20 +15,31 @@ def test_every_vision_config_validates(path):
     cfg = load_config(path, ["data.dataset=/data/imagenet/train"] if "imagenet" in path.stem else [])
     assert cfg.task == "ddae" and cfg.model.arch in ("uvit", "dit")
     assert cfg.data.image_size % cfg.model.patch_size == 0
-    assert cfg.ddae.self_conditioning == ("selfcond" in path.stem or "ddaepp" in path.stem or "cfg" in path.stem)
+    assert cfg.ddae.feature_conditioning == ("selfcond" in path.stem or "ddaepp" in path.stem or "cfg" in path.stem)
 
 
 def test_selfcond_configs_differ_from_their_baseline_only_by_the_switch():
     base = load_config(CONFIGS[0].parent / "mnist_uvit.yaml")
     sc = load_config(CONFIGS[0].parent / "mnist_uvit_selfcond.yaml")
-    sc.ddae.self_conditioning = False
+    sc.ddae.feature_conditioning = False
     sc.name = base.name
     assert sc == base
 
 
 def test_misspelt_switch_is_named():
-    with pytest.raises(ConfigError, match="unknown key 'ddae.self_condition' \\(did you mean 'ddae.self_conditioning'\\?\\)"):
-        load_config(CONFIGS[0].parent / "mnist_uvit.yaml", ["ddae.self_condition=true"])
+    with pytest.raises(ConfigError, match="unknown key 'ddae.feature_condition' \\(did you mean 'ddae.feature_conditioning'\\?\\)"):
+        load_config(CONFIGS[0].parent / "mnist_uvit.yaml", ["ddae.feature_condition=true"])
+
+
+def test_the_old_name_of_feature_conditioning_still_loads_with_a_deprecation_message(tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text("extends: " + str(CONFIGS[0].parent / "mnist_uvit.yaml") + "\nddae:\n  self_conditioning: true\n")
+    with pytest.warns(FutureWarning, match="'ddae.self_conditioning' is now 'ddae.feature_conditioning'"):
+        cfg = load_config(old)
+    assert cfg.ddae.feature_conditioning and "self_conditioning" not in cfg.ddae
+    with pytest.warns(FutureWarning, match="'ddae.self_conditioning' is now 'ddae.feature_conditioning'"):
+        cfg = load_config(CONFIGS[0].parent / "mnist_uvit.yaml", ["ddae.self_conditioning=true"])
+    assert cfg.ddae.feature_conditioning
 
 
 @pytest.mark.parametrize("path", HOI, ids=lambda p: p.stem)

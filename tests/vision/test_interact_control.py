@@ -13,9 +13,10 @@ from omegaconf import OmegaConf
 from gencond import cli
 from gencond.config import DiffusionConfig
 from gencond.diffusion import DiffusionProcess
-from vision.interact.control import ink_in_boxes, triplet_boxes
+from vision.interact.control import triplet_boxes
+from vision.interact.evaluators import ink_in_boxes
+from vision.interact.model import image_tensor
 from vision.interact.scenes import HOIShapes
-from vision.interact.task import image_tensor
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "vision"
 SMALL = ["data.image_size=16", "model.block_out_channels=[16,32]",

@@ -14,9 +14,9 @@ def build(arch, **kw):
 
 
 @pytest.mark.parametrize("arch", ["uvit", "dit"])
-@pytest.mark.parametrize("self_conditioning", [False, True])
-def test_shapes_and_gradients(arch, self_conditioning):
-    model = build(arch, num_classes=10, self_conditioning=self_conditioning)
+@pytest.mark.parametrize("feature_conditioning", [False, True])
+def test_shapes_and_gradients(arch, feature_conditioning):
+    model = build(arch, num_classes=10, feature_conditioning=feature_conditioning)
     if arch == "dit":  # adaLN-Zero starts at zero output; give every layer a gradient path
         for p in model.parameters():
             torch.nn.init.normal_(p, std=0.05)
@@ -27,13 +27,13 @@ def test_shapes_and_gradients(arch, self_conditioning):
     assert x.grad is not None and x.grad.abs().sum() > 0
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert missing == []
-    if self_conditioning:
+    if feature_conditioning:
         assert model.self_cond.time_scale.weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("arch", ["uvit", "dit"])
-def test_self_conditioning_starts_as_the_baseline_and_then_changes_the_decoder(arch):
-    base, sc = build(arch), build(arch, self_conditioning=True)
+def test_feature_conditioning_starts_as_the_baseline_and_then_changes_the_decoder(arch):
+    base, sc = build(arch), build(arch, feature_conditioning=True)
     assert set(base.state_dict()) < set(sc.state_dict())
     assert all(torch.equal(v, sc.state_dict()[k]) for k, v in base.state_dict().items())  # same seed, same backbone
     if arch == "dit":  # make the zero-initialised output layers non-zero in both, identically
@@ -61,7 +61,7 @@ def test_self_conditioning_starts_as_the_baseline_and_then_changes_the_decoder(a
 
 @pytest.mark.parametrize("arch, cls", [("uvit", UViTDenoiser), ("dit", DiTDenoiser)])
 def test_save_and_load_round_trip(tmp_path, arch, cls):
-    model = build(arch, self_conditioning=True, augment_dim=6, contrastive="student")
+    model = build(arch, feature_conditioning=True, augment_dim=6, contrastive="student")
     assert model.teacher is not None and model.teacher.predictor is None and model.predictor is not None
     torch.nn.init.normal_(model.self_cond.time_scale.weight, std=0.5)
     torch.nn.init.normal_(model.out_proj.weight, std=0.5)
@@ -72,6 +72,40 @@ def test_save_and_load_round_trip(tmp_path, arch, cls):
     model.eval(), loaded.eval()
     with torch.no_grad():
         assert torch.allclose(model(x, t), loaded(x, t))
+
+
+def test_a_model_saved_before_feature_conditioning_was_renamed_loads_the_same(tmp_path):
+    """Weights saved when the switch was called ``self_conditioning`` load with their feature conditioning."""
+    import json
+
+    model = build("uvit", feature_conditioning=True).eval()
+    torch.nn.init.normal_(model.self_cond.time_scale.weight, std=0.5)
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["self_conditioning"] = config.pop("feature_conditioning")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = load_denoiser(tmp_path).eval()
+    assert loaded.config.feature_conditioning
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([5, 50])
+    with torch.no_grad():
+        assert torch.equal(model(x, t), loaded(x, t))
+
+
+@pytest.mark.parametrize("section", ["model", "ddae"])
+def test_the_config_sections_are_the_constructors_arguments(section):
+    """Each default is declared once, in the config; the constructors read it (DiT keeps its own depth)."""
+    import dataclasses
+    import inspect
+
+    from vision.config import DDAEConfig, ImageModelConfig
+
+    schema = {"model": ImageModelConfig, "ddae": DDAEConfig}[section]
+    arguments = {f.name for f in dataclasses.fields(schema)} - set(ImageModelConfig.TASK_KEYS) if section == "model" \
+        else {"feature_conditioning", "source_block", "projection_dim"}  # ddae.contrastive picks a role
+    for cls in (UViTDenoiser, DiTDenoiser):
+        parameters = inspect.signature(cls.__init__).parameters
+        for name in arguments - ({"depth"} if cls is DiTDenoiser else set()):
+            assert parameters[name].default == getattr(schema(), name), (cls, name)
 
 
 def test_cfg_null_condition_is_the_extra_class():

@@ -105,8 +105,8 @@ def test_eval_has_no_warning_with_an_accurate_classifier(tiny_run, fd_cache, tmp
 def test_sample_grid_png_is_upscaled_nearest_neighbour(tiny_run, tmp_path):
     from torchvision.utils import make_grid
 
+    from gencond.pipeline import Pipeline
     from vision.generate import generate_images
-    from gencond.runs import load_run
 
     png = tmp_path / "grid.png"
     assert main(["sample", str(tiny_run), "--num", "9", "--quiet", "--out", str(png)]) == 0
@@ -118,8 +118,8 @@ def test_sample_grid_png_is_upscaled_nearest_neighbour(tiny_run, tmp_path):
     # nearest neighbour: every scale x scale block is one colour, and they are the raw samples' pixels
     blocks = grid.reshape(native, scale, native, scale, 3)
     assert (blocks == blocks[:, :1, :, :1]).all()
-    cfg, model = load_run(tiny_run, task="ddae")
-    images, _ = generate_images(model, cfg, 9, batch_size=cfg.eval.sample_batch_size, seed=0)
+    pipeline = Pipeline.from_run(tiny_run, task="ddae")
+    images, _ = generate_images(pipeline, 9, batch_size=pipeline.cfg.eval.sample_batch_size, seed=0)
     expected = make_grid((images + 1) / 2, nrow=3, padding=1).mul(255).add(0.5).clamp(0, 255).byte()
     assert np.array_equal(blocks[:, 0, :, 0], expected.permute(1, 2, 0).numpy())
 

@@ -14,9 +14,9 @@ import json
 import math
 from pathlib import Path
 
-from gencond.cli import non_negative_float, positive_int
+from gencond.arguments import add_sampling_arguments, non_negative_float, positive_int
 from gencond.errors import UserError
-from gencond.runs import add_sampling_arguments, output_dir
+from gencond.runs import output_dir
 
 LABEL_COLOURS = ((230, 40, 40), (40, 120, 230), (30, 160, 60), (200, 120, 0))
 
@@ -86,43 +86,19 @@ def overlay(image, triplets, scale: int):
     return big
 
 
-def generate(model, process, sampling, cond: dict, count: int, generator, beta: float = 1.0,
-             progress: bool = False):
-    """``count`` images (B, 3, S, S) in [-1, 1] for ``cond``, with scheduled sampling: the gated layers are
-    on for the first ``beta`` of the steps (all of them for an ungrounded model), then switched off."""
-    from gencond.sampling import sample
-
-    from .adapter import set_gated_layers
-
-    steps = sampling.num_steps or process.num_timesteps
-    cutoff = math.ceil(beta * steps) if model.grounded else steps
-
-    def scheduled(step, t, x_t, x0_hat):  # runs after step `step`'s network call
-        if step + 1 == cutoff:
-            set_gated_layers(model.unet, False)
-
-    size = model.unet.config.sample_size
-    set_gated_layers(model.unet, cutoff > 0)
-    try:
-        return sample(model, process, (count, 3, size, size), sampling, cond=cond, generator=generator,
-                      progress=progress, callback=scheduled).clamp(-1, 1)
-    finally:
-        set_gated_layers(model.unet, True)
-
-
 def sample_command(args: argparse.Namespace) -> Path:
     import torch
     from PIL import Image
 
-    from gencond.diffusion import DiffusionProcess
-    from gencond.runs import apply_sampling_arguments, load_run
+    from gencond.pipeline import Pipeline
 
+    from .model import generate
     from .task import TASK, condition
 
     prompts = read_prompts(args.triplets, args.caption)
-    cfg, model = load_run(args.run_dir, args.weights, task=TASK, needed_by="gencond sample --triplets")
-    apply_sampling_arguments(cfg, args, cfg_scale=args.cfg_scale)
-    process = DiffusionProcess(cfg.diffusion)
+    pipeline = Pipeline.from_args(args, task=TASK, needed_by="gencond sample --triplets", device="cpu",
+                                  cfg_scale=args.cfg_scale)  # the conditions are made on the CPU
+    cfg, model, process = pipeline.cfg, pipeline.model, pipeline.process
     size, grounded = model.unet.config.sample_size, model.grounded
     if not grounded and any(ts for _, ts in prompts):
         print(f"note: {args.run_dir} has no grounding (model.grounding none); the triplets only label the images")
@@ -183,25 +159,16 @@ def eval_command(args: argparse.Namespace) -> dict:
     renders of the same scenes, and a Fréchet distance and KID in the evaluator's features against those
     renders (features of the image with the pair's box masks, one per triplet)."""
     import torch
-    from tqdm import tqdm
 
-    from gencond.diffusion import DiffusionProcess
-    from gencond.runs import apply_sampling_arguments, load_run
-    from vision.frechet import classifier_features, frechet_distance, kernel_inception_distance
+    from gencond.pipeline import Pipeline
 
-    from .detector import box_alignment, detect, entity_detector, triplet_recall
-    from .evaluators import TEST_SEED, pair_inputs, predict_verbs, rendered, verb_classifier
-    from .scenes import SPLITS
-    from .task import TASK, condition
+    from .detector import entity_detector
+    from .evaluators import TEST_SEED, rendered, verb_classifier
+    from .task import TASK
 
-    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
-    unknown = [s for s in splits if s not in SPLITS or s == "train"]
-    if unknown or not splits:
-        raise UserError(f"--splits: unknown split '{unknown[0] if unknown else ''}'; evaluation splits: "
-                        + ", ".join(s for s in SPLITS if s != "train"))
-    cfg, model = load_run(args.run_dir, args.weights, task=TASK, needed_by="gencond eval")
-    apply_sampling_arguments(cfg, args, cfg_scale=args.cfg_scale)
-    process = DiffusionProcess(cfg.diffusion)
+    splits = _eval_splits(args.splits)
+    pipeline = Pipeline.from_args(args, task=TASK, needed_by="gencond eval", device="cpu", cfg_scale=args.cfg_scale)
+    cfg, model = pipeline.cfg, pipeline.model
     size = model.unet.config.sample_size
     classifier, evaluator_accuracy = verb_classifier(size, args.evaluator_scenes, steps=args.evaluator_steps)
     detector, detector_recall = entity_detector(size, args.detector_scenes, steps=args.detector_steps)
@@ -211,36 +178,8 @@ def eval_command(args: argparse.Namespace) -> dict:
                "detector_entity_recall_on_renders": detector_recall, "splits": {}}
     for split in splits:
         renders, scenes = rendered(split, args.num, TEST_SEED, size)
-        triplets = [s.triplets for s in scenes]
-        generated = []
-        for i in tqdm(range(0, args.num, args.batch_size), desc=f"generate {split}", disable=args.quiet):
-            batch = scenes[i:i + args.batch_size]
-            cond = condition([s.caption for s in batch], [s.triplets for s in batch], cfg.model.text_max_tokens,
-                             model.grounded, cfg.model.max_interactions)
-            generated.append(generate(model, process, cfg.sampling, cond, len(batch), generator, args.beta))
-        generated = torch.cat(generated)
-        gen_inputs, labels = pair_inputs(generated, triplets)
-        real_inputs, _ = pair_inputs(renders, triplets)
-        correct = (predict_verbs(classifier, gen_inputs) == labels).tolist()
-        real_correct = (predict_verbs(classifier, real_inputs) == labels).tolist()
-        with torch.no_grad():
-            fg, fr = classifier_features(classifier, gen_inputs), classifier_features(classifier, real_inputs)
-            fd = frechet_distance(fg, fr) if len(gen_inputs) > 2 else float("nan")
-            kid = kernel_inception_distance(fg, fr) if len(gen_inputs) > 1 else float("nan")
-        found, found_real = detect(detector, generated), detect(detector, renders)
-        recalled = triplet_recall(found, generated, triplets, classifier)
-        recalled_real = triplet_recall(found_real, renders, triplets, classifier)
-        results["splits"][split] = {
-            "pairs": len(labels), "interaction_accuracy": round(sum(correct) / max(len(correct), 1), 4),
-            "interval_95": bootstrap_interval(correct), "renders_accuracy": round(sum(real_correct) / max(len(real_correct), 1), 4),
-            "triplet_recall_iou50": round(sum(recalled) / max(len(recalled), 1), 4),
-            "triplet_recall_interval_95": bootstrap_interval(recalled),
-            "renders_triplet_recall_iou50": round(sum(recalled_real) / max(len(recalled_real), 1), 4),
-            "box_alignment": round(box_alignment(found, triplets), 4),
-            "renders_box_alignment": round(box_alignment(found_real, triplets), 4),
-            "fd_evaluator_features": round(fd, 3), "kid_evaluator_features": round(kid, 5),
-            "pair_correct": [int(c) for c in correct], "triplet_recalled": [int(r) for r in recalled]}
-        r = results["splits"][split]
+        generated = _generate_scenes(pipeline, scenes, args, generator, desc=f"generate {split}")
+        r = results["splits"][split] = _score_split(classifier, detector, generated, renders, [s.triplets for s in scenes])
         print(f"{split}: interaction accuracy {r['interaction_accuracy']:.3f} {r['interval_95']} over {r['pairs']} pairs "
               f"(renders {r['renders_accuracy']:.3f}); triplet recall@0.5 {r['triplet_recall_iou50']:.3f} "
               f"(renders {r['renders_triplet_recall_iou50']:.3f}); box alignment {r['box_alignment']:.3f} "
@@ -250,3 +189,66 @@ def eval_command(args: argparse.Namespace) -> dict:
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     print(f"results in {out / 'results.json'}")
     return results
+
+
+def _eval_splits(text: str) -> list[str]:
+    """--splits as a list of HOI-shapes evaluation splits; a one-line error names an unknown one."""
+    from .scenes import SPLITS
+
+    splits = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in splits if s not in SPLITS or s == "train"]
+    if unknown or not splits:
+        raise UserError(f"--splits: unknown split '{unknown[0] if unknown else ''}'; evaluation splits: "
+                        + ", ".join(s for s in SPLITS if s != "train"))
+    return splits
+
+
+def _generate_scenes(pipeline, scenes, args: argparse.Namespace, generator, desc: str):
+    """Images of ``scenes`` (their captions and triplets with boxes), ``args.batch_size`` at a time."""
+    import torch
+    from tqdm import tqdm
+
+    from .model import generate
+    from .task import condition
+
+    cfg, model = pipeline.cfg, pipeline.model
+    generated = []
+    for i in tqdm(range(0, len(scenes), args.batch_size), desc=desc, disable=args.quiet):
+        batch = scenes[i:i + args.batch_size]
+        cond = condition([s.caption for s in batch], [s.triplets for s in batch], cfg.model.text_max_tokens,
+                         model.grounded, cfg.model.max_interactions)
+        generated.append(generate(model, pipeline.process, cfg.sampling, cond, len(batch), generator, args.beta))
+    return torch.cat(generated)
+
+
+def _score_split(classifier, detector, generated, renders, triplets) -> dict:
+    """One split's scores of the generated images, beside the renders of the same scenes: interaction accuracy,
+    triplet recall and box alignment (with 95 % intervals), FD and KID in the evaluator's features."""
+    import torch
+
+    from vision.frechet import classifier_features, frechet_distance, kernel_inception_distance
+
+    from .detector import box_alignment, detect, triplet_recall
+    from .evaluators import pair_inputs, predict_verbs
+
+    gen_inputs, labels = pair_inputs(generated, triplets)
+    real_inputs, _ = pair_inputs(renders, triplets)
+    correct = (predict_verbs(classifier, gen_inputs) == labels).tolist()
+    real_correct = (predict_verbs(classifier, real_inputs) == labels).tolist()
+    with torch.no_grad():
+        fg, fr = classifier_features(classifier, gen_inputs), classifier_features(classifier, real_inputs)
+        fd = frechet_distance(fg, fr) if len(gen_inputs) > 2 else float("nan")
+        kid = kernel_inception_distance(fg, fr) if len(gen_inputs) > 1 else float("nan")
+    found, found_real = detect(detector, generated), detect(detector, renders)
+    recalled = triplet_recall(found, generated, triplets, classifier)
+    recalled_real = triplet_recall(found_real, renders, triplets, classifier)
+    return {
+        "pairs": len(labels), "interaction_accuracy": round(sum(correct) / max(len(correct), 1), 4),
+        "interval_95": bootstrap_interval(correct), "renders_accuracy": round(sum(real_correct) / max(len(real_correct), 1), 4),
+        "triplet_recall_iou50": round(sum(recalled) / max(len(recalled), 1), 4),
+        "triplet_recall_interval_95": bootstrap_interval(recalled),
+        "renders_triplet_recall_iou50": round(sum(recalled_real) / max(len(recalled_real), 1), 4),
+        "box_alignment": round(box_alignment(found, triplets), 4),
+        "renders_box_alignment": round(box_alignment(found_real, triplets), 4),
+        "fd_evaluator_features": round(fd, 3), "kid_evaluator_features": round(kid, 5),
+        "pair_correct": [int(c) for c in correct], "triplet_recalled": [int(r) for r in recalled]}

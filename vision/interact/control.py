@@ -4,13 +4,13 @@ there and one that does not (its base, or itself fed the null grounding) places 
 
 :func:`control_samples` draws held-out ``single`` scenes with the null caption; :func:`control_scores` scores
 them: box alignment with the HOI-shapes detector (:func:`.detector.box_alignment`: mean IoU of each given box
-with the best detection of its class) and the detector-free :func:`ink_in_boxes`.
+with the best detection of its class) and the detector-free :func:`.evaluators.ink_in_boxes`.
 """
 from __future__ import annotations
 
 import torch
 
-from .model import null_grounding, null_text
+from .model import generate, null_grounding, null_text
 
 
 def triplet_boxes(triplets) -> list[list]:
@@ -18,31 +18,11 @@ def triplet_boxes(triplets) -> list[list]:
     return [[box for t in ts for box in (t.subject_box, t.object_box)] for ts in triplets]
 
 
-def ink_in_boxes(images: torch.Tensor, boxes) -> float:
-    """How much of what is drawn lies in the given boxes (per image a list of xyxy boxes): the share of each
-    image's ink (distance from the background colour) inside its boxes, over the share of the image they
-    cover, averaged over images (1: drawn anywhere; higher: drawn in the boxes). Coarse; needs no detector."""
-    from .evaluators import box_mask
-    from .scenes import BACKGROUND
-
-    background = torch.tensor(BACKGROUND, dtype=images.dtype).view(1, 3, 1, 1) / 127.5 - 1
-    ink = (images - background).abs().sum(1)  # (B, S, S)
-    ratios = []
-    for image_ink, image_boxes in zip(ink, boxes):
-        inside = torch.zeros_like(image_ink, dtype=torch.bool)
-        for box in image_boxes:
-            inside |= box_mask(box, image_ink.shape[-1]) > 0
-        share = image_ink[inside].sum() / image_ink.sum().clamp_min(1e-6)
-        ratios.append((share / inside.float().mean().clamp_min(1e-6)).item())
-    return sum(ratios) / len(ratios)
-
-
 @torch.no_grad()
 def control_samples(model, process, sampling, count: int = 64, seed: int = 0, grounding: str = "real",
                     max_tokens: int = 24, max_interactions: int = 30, batch_size: int = 64):
     """(images (count, 3, S, S), their triplets): held-out ``single`` scenes (the evaluators' test seed) drawn
     with the null caption and the ``real`` or ``null`` grounding (a base without grounding ignores it)."""
-    from .cli import generate
     from .evaluators import TEST_SEED
     from .scenes import HOIShapes
     from .task import condition
@@ -63,6 +43,7 @@ def control_samples(model, process, sampling, count: int = 64, seed: int = 0, gr
 def control_scores(images: torch.Tensor, triplets, detector=None) -> dict[str, float]:
     """``ink_in_boxes`` and, with the HOI-shapes detector, ``box_alignment`` of control samples."""
     from .detector import box_alignment, detect
+    from .evaluators import ink_in_boxes
 
     scores = {"ink_in_boxes": ink_in_boxes(images, triplet_boxes(triplets))}
     if detector is not None:

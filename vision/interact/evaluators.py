@@ -14,8 +14,8 @@ from typing import Sequence
 import torch
 
 from .annotations import Triplet
+from .model import image_tensor
 from .scenes import ACTIONS, HOIShapes, Scene
-from .task import image_tensor
 
 TRAIN_SEED, TEST_SEED = 0, 1
 
@@ -26,6 +26,24 @@ def box_mask(box, size: int) -> torch.Tensor:
     x = (centres >= box[0]) & (centres <= box[2])
     y = (centres >= box[1]) & (centres <= box[3])
     return (y[:, None] & x[None, :]).float() * 2 - 1
+
+
+def ink_in_boxes(images: torch.Tensor, boxes) -> float:
+    """How much of what is drawn lies in the given boxes (per image a list of xyxy boxes): the share of each
+    image's ink (distance from the background colour) inside its boxes, over the share of the image they
+    cover, averaged over images (1: drawn anywhere; higher: drawn in the boxes). Coarse; needs no detector."""
+    from .scenes import BACKGROUND
+
+    background = torch.tensor(BACKGROUND, dtype=images.dtype).view(1, 3, 1, 1) / 127.5 - 1
+    ink = (images - background).abs().sum(1)  # (B, S, S)
+    ratios = []
+    for image_ink, image_boxes in zip(ink, boxes):
+        inside = torch.zeros_like(image_ink, dtype=torch.bool)
+        for box in image_boxes:
+            inside |= box_mask(box, image_ink.shape[-1]) > 0
+        share = image_ink[inside].sum() / image_ink.sum().clamp_min(1e-6)
+        ratios.append((share / inside.float().mean().clamp_min(1e-6)).item())
+    return sum(ratios) / len(ratios)
 
 
 def pair_inputs(images: torch.Tensor, triplets: Sequence[Sequence[Triplet]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,7 +5,7 @@
   same noise every time. While the gated layers act as extra capacity the three are equal; the gap
   ``null - real`` (and ``shuffled - real``) turns positive when the boxes start being used.
 - ``x0_ink_{real,null}_t<t>``: where the denoised estimate x0_hat puts its ink, scored against the real boxes
-  (:func:`.control.ink_in_boxes`; 1 = anywhere): at high noise it says whether the layout follows the boxes.
+  (:func:`.evaluators.ink_in_boxes`; 1 = anywhere): at high noise it says whether the layout follows the boxes.
 - :func:`gate_openness`: mean and max |tanh α| over the gates of every gated self-attention layer.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from diffusers.models.attention import GatedSelfAttentionDense
 
 from gencond.diffusion import DiffusionProcess
 
-from .control import ink_in_boxes
+from .evaluators import ink_in_boxes
 from .model import GROUNDING_KEYS, null_grounding
 
 GAP_FRACTIONS = (0.1, 0.5, 0.9)  # noise levels of the gap, as fractions of the training timesteps

@@ -10,9 +10,11 @@ holds the UNet's, so a saved run rebuilds the custom tokenizer from its own fold
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional, Union
 
+import numpy as np
 import torch
 from diffusers import UNet2DConditionModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -20,7 +22,7 @@ from diffusers.models.modeling_utils import ModelMixin
 
 from gencond.errors import UserError
 
-from .adapter import gated_unet, is_new_parameter
+from .adapter import gated_unet, is_new_parameter, set_gated_layers
 from .tokenizer import MAX_INTERACTIONS, make_tokenizer
 
 TEXT_KEYS = ("text", "text_mask")
@@ -40,6 +42,11 @@ def null_text(cond: dict) -> dict:
 def null_grounding(cond: dict) -> dict:
     """Every interaction slot empty: the tokenizer gives only its learned null tokens."""
     return {k: torch.zeros_like(v) if k in GROUNDING_KEYS else v for k, v in cond.items()}
+
+
+def image_tensor(image) -> torch.Tensor:
+    """PIL RGB -> (3, H, W) float in [-1, 1]."""
+    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
 
 
 class GroundedUNet(ModelMixin, ConfigMixin):
@@ -101,3 +108,25 @@ class GroundedUNet(ModelMixin, ConfigMixin):
         return self.unet(x_t, t, encoder_hidden_states=cond["text"].to(x_t.dtype),
                          encoder_attention_mask=None if mask is None else mask.to(x_t.dtype),
                          cross_attention_kwargs=kwargs).sample
+
+
+def generate(model, process, sampling, cond: dict, count: int, generator, beta: float = 1.0,
+             progress: bool = False):
+    """``count`` images (B, 3, S, S) in [-1, 1] for ``cond``, with scheduled sampling: the gated layers are
+    on for the first ``beta`` of the steps (all of them for an ungrounded model), then switched off."""
+    from gencond.sampling import sample
+
+    steps = sampling.num_steps or process.num_timesteps
+    cutoff = math.ceil(beta * steps) if model.grounded else steps
+
+    def scheduled(step, t, x_t, x0_hat):  # runs after step `step`'s network call
+        if step + 1 == cutoff:
+            set_gated_layers(model.unet, False)
+
+    size = model.unet.config.sample_size
+    set_gated_layers(model.unet, cutoff > 0)
+    try:
+        return sample(model, process, (count, 3, size, size), sampling, cond=cond, generator=generator,
+                      progress=progress, callback=scheduled).clamp(-1, 1)
+    finally:
+        set_gated_layers(model.unet, True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
 
@@ -23,14 +22,9 @@ from gencond.training import TrainingJob
 
 from .annotations import Triplet
 from .grounding import flip_triplets, grounding_inputs
-from .model import GroundedUNet, null_grounding, null_text
+from .model import GroundedUNet, image_tensor, null_grounding, null_text
 
 TASK = "interact"
-
-
-def image_tensor(image) -> torch.Tensor:
-    """PIL RGB -> (3, H, W) float in [-1, 1]."""
-    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
 
 
 class TrainingScenes:

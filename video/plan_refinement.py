@@ -1,4 +1,4 @@
-"""Plan self-conditioning data: VideoAgent's self-conditioning consistency.
+"""Training data of VideoAgent's plan refinement (the paper's "self-conditioning consistency").
 
 A planner run's own plans for a fixed set of training clips (each demonstration's first frame and
 ``starts_per_episode - 1`` seeded random starts) are generated once and cached in that run's folder
@@ -17,8 +17,10 @@ from pathlib import Path
 import torch
 
 from gencond.errors import UserError
+from gencond.pipeline import seeded_generator
 
 from .data import DemoClips, observation
+from .model import plan_condition
 
 CACHE_FORMAT = "gencond-video-plan-cache/1"
 
@@ -36,18 +38,16 @@ class PlanCache:
 def clip_starts(clips: DemoClips, per_episode: int, seed: int) -> list[tuple[int, int]]:
     """(episode, start) of every cached clip: start 0 and ``per_episode - 1`` seeded random starts."""
     if per_episode < 1:
-        raise UserError(f"consistency.starts_per_episode is {per_episode}; use 1 or more")
+        raise UserError(f"plan_refinement.starts_per_episode is {per_episode}; use 1 or more")
     out = []
     for e, episode in enumerate(clips.episodes):
-        g = torch.Generator().manual_seed(seed * 1_000_003 + e)
+        g = seeded_generator(seed, e)
         length = len(episode.video)
         out += [(e, 0)] + [(e, int(s)) for s in torch.randint(0, length, (per_episode - 1,), generator=g)]
     return out
 
 
 def _condition(clips: DemoClips, text, items: list[tuple[int, int]]) -> dict:
-    from .task import plan_condition
-
     first = observation(torch.stack([clips.clip(e, s)[0] for e, s in items]))
     idx = clips.text_index[[e for e, _ in items]]
     return plan_condition(first, text.tokens[idx], text.mask[idx])
@@ -61,41 +61,39 @@ def cached_plans(clips: DemoClips, plans_from: str, per_episode: int, seed: int 
     from safetensors.torch import load_file, save_file
     from tqdm import tqdm
 
-    from gencond.diffusion import DiffusionProcess
-    from gencond.runs import load_run, output_dir, weights_fingerprint, weights_folder
-    from gencond.sampling import sample
+    from gencond.pipeline import Pipeline
+    from gencond.runs import output_dir, weights_fingerprint, weights_folder
     from gencond.text import text_encoder
 
     run, _, which = plans_from.partition(":")
     which = which or "best"
     folder = weights_folder(Path(run), which)
-    cfg, model = load_run(run, which, task="video-planner", needed_by="consistency.plans_from")
+    pipeline = Pipeline.from_run(run, which, task="video-planner", device="cpu", needed_by="plan_refinement.plans_from")
+    cfg, model = pipeline.cfg, pipeline.model
     c, frames, size = model.config.channels, model.config.frames, model.config.image_size
     clip_c = clips.episodes[0].video.shape[1]
     if (c, frames + 1, size) != (clip_c, clips.frames, clips.episodes[0].video.shape[-1]):
-        raise UserError(f"consistency.plans_from {run} plans {frames + 1} frames of {c} channels at {size} px, "
+        raise UserError(f"plan_refinement.plans_from {run} plans {frames + 1} frames of {c} channels at {size} px, "
                         f"but this run's clips are {clips.frames} frames of {clip_c} channels at "
                         f"{clips.episodes[0].video.shape[-1]} px; use a planner trained on the same data settings")
     items = clip_starts(clips, per_episode, seed)
     identity = {"format": CACHE_FORMAT, "weights": weights_fingerprint(folder), "seed": seed,
                 "sampling": OmegaConf.to_container(cfg.sampling, resolve=True), "batch_size": batch_size,
-                "clips": [[clips.episodes[e].task, clips.episodes[e].camera, clips.episodes[e].seed,
+                "clips": [[clips.episodes[e].env_task, clips.episodes[e].camera, clips.episodes[e].seed,
                            len(clips.episodes[e].video), s] for e, s in items]}
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
     out = output_dir(run) / "plan_cache" / key
     out.mkdir(parents=True, exist_ok=True)
     (out / "identity.json").write_text(json.dumps(identity))
     text = text_encoder(model.config.text_max_tokens).encode(clips.texts)
-    process = DiffusionProcess(cfg.diffusion)
     chunks = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
     todo = [i for i in range(len(chunks)) if not (out / f"chunk_{i:05d}.safetensors").is_file()]
-    for i in tqdm(todo, desc=f"plans of {Path(run).name} for consistency training", unit="chunk",
+    for i in tqdm(todo, desc=f"plans of {Path(run).name} for plan refinement training", unit="chunk",
                   disable=not progress or not todo):
         chunk = chunks[i]
         cond = _condition(clips, text, chunk)
-        g = torch.Generator().manual_seed(seed * 1_000_003 + i)
-        plans = sample(model, process, (len(chunk), c, frames, size, size), cfg.sampling, cond=cond,
-                       generator=g, progress=False)
+        plans = pipeline.sample((len(chunk), c, frames, size, size), cond=cond, generator=pipeline.generator(seed, i),
+                                progress=False)
         tmp = out / f"chunk_{i:05d}.tmp"
         save_file({"plans": plans.half().contiguous()}, str(tmp))
         tmp.rename(out / f"chunk_{i:05d}.safetensors")
@@ -103,13 +101,13 @@ def cached_plans(clips: DemoClips, plans_from: str, per_episode: int, seed: int 
     return PlanCache(plans, torch.tensor([e for e, _ in items]), torch.tensor([s for _, s in items]))
 
 
-class ConsistencyClips:
-    """Training batches of self-conditioning consistency: a fraction ``plan_prob`` of the clips are
+class RefinementClips:
+    """Training batches of plan refinement: a fraction ``plan_prob`` of the clips are
     cached ones with their plan as ``previous_plan``; the others are random clips with the slot empty."""
 
     def __init__(self, clips: DemoClips, cache: PlanCache, plan_prob: float):
         if not 0.0 <= plan_prob <= 1.0:
-            raise UserError(f"consistency.plan_prob is {plan_prob}; it is a fraction in [0, 1]")
+            raise UserError(f"plan_refinement.plan_prob is {plan_prob}; it is a fraction in [0, 1]")
         self.clips, self.cache, self.plan_prob = clips, cache, plan_prob
         self.texts = clips.texts
 
@@ -131,13 +129,13 @@ class ConsistencyClips:
 
 
 class NoisedFutureClips:
-    """The positive control of plan self-conditioning: the previous-plan slot of a fraction ``plan_prob`` of
+    """The positive control of plan refinement training: the previous-plan slot of a fraction ``plan_prob`` of
     the clips holds the clip's own real future plus Gaussian noise of std ``noise`` (further from the truth
     than a plan, but informative about it); the others keep the slot empty."""
 
     def __init__(self, clips: DemoClips, noise: float, plan_prob: float):
         if not noise > 0:
-            raise UserError(f"consistency.draft_noise is {noise}; the noised-future drafts need a std > 0")
+            raise UserError(f"plan_refinement.draft_noise is {noise}; the noised-future drafts need a std > 0")
         self.clips, self.noise, self.plan_prob = clips, noise, plan_prob
         self.texts = clips.texts
 
@@ -155,8 +153,6 @@ def plan_use(model, process, clips: DemoClips, text, items: list[tuple[int, int]
     ((episode, start) clips) with the matching ``plans`` (N, C, T, H, W), another episode's plan and an empty
     slot, at each of ``timesteps`` with the same noise. A network that uses the
     plan has a matched loss below both others; ``gap`` is min(other, empty) - matched per timestep."""
-    from .task import plan_condition
-
     device = next(model.parameters()).device
     future = torch.stack([clips.clip(e, s)[1:].movedim(0, 1) for e, s in items]).to(device)
     cond = _condition(clips, text, items)

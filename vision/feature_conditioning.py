@@ -1,6 +1,6 @@
-"""DDAE++ feature self-conditioning and contrastive self-distillation, as architecture-agnostic modules.
+"""DDAE++ feature conditioning and contrastive self-distillation, as architecture-agnostic modules.
 
-:class:`FeatureSelfConditioning` pools a block's tokens into one vector per sample and scales it by a
+:class:`FeatureConditioning` pools a block's tokens into one vector per sample and scales it by a
 learned, zero-initialised function of the timestep embedding, so a network that adds the result to
 its decoder-side conditioning starts out exactly as the baseline. :func:`moco_v3_loss` is the
 symmetric InfoNCE loss of MoCo v3 between a student's predictions and an EMA teacher's projections.
@@ -13,7 +13,7 @@ from timm.layers import Mlp
 from torch import nn
 
 
-class FeatureSelfConditioning(nn.Module):
+class FeatureConditioning(nn.Module):
     """tokens (B, N, D), timestep embedding (B, E) -> vector (B, E) to add to the decoder's condition.
 
     vector = s(t_emb) * MLP(LayerNorm(mean_N tokens)), with s a linear map initialised to zero.
