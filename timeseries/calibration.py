@@ -143,9 +143,9 @@ class WidthRecalibration:
     def fit(cls, samples: np.ndarray, truths: np.ndarray) -> "WidthRecalibration":
         """``samples`` (M, N, L) forecast for calibration windows whose observed values are ``truths`` (M, L)."""
         samples, truths = _calibration_inputs(samples, truths)
-        points = int(np.isfinite(truths).sum())
-        scores = [quantile_score(cls(w, points).apply(samples), truths) for w in cls.GRID]
-        return cls(float(cls.GRID[int(np.argmin(scores))]), points)
+        median = np.median(samples, axis=1, keepdims=True)  # once, not once per grid point
+        scores = [quantile_score(median + w * (samples - median), truths) for w in cls.GRID]
+        return cls(float(cls.GRID[int(np.argmin(scores))]), int(np.isfinite(truths).sum()))
 
     def apply(self, samples: np.ndarray) -> np.ndarray:
         """Recalibrated copy of ``samples`` (S, N, L): median + width × (sample − median), per point."""
@@ -212,13 +212,13 @@ def recalibrate(pasts: Sequence[dict], samples: np.ndarray, windows: Sequence[di
     """``samples`` (S, N, L) of the forecasts of ``pasts``, each recalibrated (:func:`checked_fit`) with the
     calibration ``windows`` that end at or before its own forecast start; returns (samples, how many were
     recalibrated)."""
+    if method not in RECALIBRATIONS:
+        raise UserError(f"unknown recalibration '{method}'; use one of {sorted(RECALIBRATIONS)}")
     if not len(windows):
         return samples, 0
     ends = [w["end"] for w in windows]
     ages = np.array([w.get("age", 1) for w in windows])
     truths = np.stack([np.asarray(w["truth"], dtype=np.float64) for w in windows])
-    if method not in RECALIBRATIONS:
-        raise UserError(f"unknown recalibration '{method}'; use one of {sorted(RECALIBRATIONS)}")
     fitted: dict[tuple, QuantileRecalibration | WidthRecalibration | None] = {}
     out, done = np.array(samples, copy=True), 0
     for i, p in enumerate(pasts):
