@@ -52,6 +52,8 @@ class PlanRefinementConfig:
     # training: own_plans = plans_from's cached plans (the paper); noised_future = the clip's real future plus
     # Gaussian noise of std draft_noise (the positive control: informative drafts, no plans_from needed)
     draft_noise: float = ranged(0.5, above(0))
+    draft_steps: Optional[int] = ranged(None, at_least(1))  # own_plans drafted with this many sampler steps
+    # (None: plans_from's own sampling): cheaper drafts than the refinement pass, the compute route (issue 39)
 
 
 def _video_diffusion() -> DiffusionConfig:

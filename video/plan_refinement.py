@@ -54,9 +54,10 @@ def _condition(clips: DemoClips, text, items: list[tuple[int, int]]) -> dict:
 
 
 def cached_plans(clips: DemoClips, plans_from: str, per_episode: int, seed: int = 0, batch_size: int = 8,
-                 progress: bool = True) -> PlanCache:
+                 progress: bool = True, steps: int | None = None) -> PlanCache:
     """The plans of run ``plans_from`` (``RUN_DIR[:best|last]``) for :func:`clip_starts`, from its cache
-    or generated now (resumable by chunk; each chunk's noise depends on its index only)."""
+    or generated now (resumable by chunk; each chunk's noise depends on its index only); ``steps``: sampler
+    steps of these drafts (default the run's own)."""
     from omegaconf import OmegaConf
     from safetensors.torch import load_file, save_file
     from tqdm import tqdm
@@ -69,6 +70,10 @@ def cached_plans(clips: DemoClips, plans_from: str, per_episode: int, seed: int 
     which = which or "best"
     folder = weights_folder(Path(run), which)
     pipeline = Pipeline.from_run(run, which, task="video-planner", device="cpu", needed_by="plan_refinement.plans_from")
+    if steps is not None and steps > pipeline.cfg.diffusion.num_train_timesteps:
+        raise UserError(f"plan_refinement.draft_steps is {steps}; {run} was trained on "
+                        f"{pipeline.cfg.diffusion.num_train_timesteps} timesteps, so draft with at most that many steps")
+    pipeline.configure(num_steps=steps)
     cfg, model = pipeline.cfg, pipeline.model
     c, frames, size = model.config.channels, model.config.frames, model.config.image_size
     clip_c = clips.episodes[0].video.shape[1]

@@ -72,7 +72,7 @@ def _with_drafts(cfg: DictConfig, clips: DemoClips):
         if not cfg.model.previous_plan:
             raise UserError("plan_refinement.plans_from needs model.previous_plan: true (the network's previous-plan "
                             "input)")
-        plans = cached_plans(clips, pr.plans_from, pr.starts_per_episode, cfg.seed, pr.batch_size)
+        plans = cached_plans(clips, pr.plans_from, pr.starts_per_episode, cfg.seed, pr.batch_size, steps=pr.draft_steps)
         return RefinementClips(clips, plans, pr.plan_prob)
     return clips
 

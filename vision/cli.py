@@ -107,11 +107,6 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     _common_arguments(p)
 
 
-def default_probe_blocks(model) -> list[int]:
-    """Every other block from the encoder's last block on (DDAE's best layers sit mid-decoder)."""
-    return list(range(model.num_encoder_blocks - 1, model.num_blocks, 2))
-
-
 def evaluate_run(pipeline, *, probe_blocks=None, probe_timesteps=None, probe_epochs=None, fd_samples=None,
                  skip_probe=False, skip_fd=False, seed=0, progress=True) -> dict:
     """Linear-probe grid and Fréchet distance of a loaded run, on its dataset's test split."""
@@ -119,7 +114,7 @@ def evaluate_run(pipeline, *, probe_blocks=None, probe_timesteps=None, probe_epo
     from .frechet import (classifier_features, frechet_distance, inception_available, inception_features,
                           trained_classifier, weak_classifier_warning)
     from .generate import generate_images
-    from .probe import probe_grid, raw_pixel_baselines
+    from .probe import default_probe_blocks, probe_grid, raw_pixel_baselines
 
     cfg, model = pipeline.cfg, pipeline.model
     splits = load_images(cfg.data)

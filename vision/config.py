@@ -66,6 +66,8 @@ class ImageEvalConfig:
     probe_lr: float = ranged(1e-3, above(0))
     probe_max_train: Optional[int] = ranged(None, at_least(1))
     probe_max_test: Optional[int] = ranged(None, at_least(1))
+    validation_probe_images: int = ranged(0, at_least(0))  # >0: every validation also logs a linear probe
+    # (probe_timesteps[0], the default probe blocks) on this many training and this many test images: the curve
     fd_samples: int = ranged(2000, at_least(2))
     fd_batch_size: int = ranged(250, at_least(1))
     fd_classifier_steps: int = ranged(1500, at_least(1))  # training steps of the in-project feature classifier (cached)

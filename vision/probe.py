@@ -12,6 +12,11 @@ from tqdm.auto import tqdm
 from gencond.diffusion import DiffusionProcess
 
 
+def default_probe_blocks(model) -> list[int]:
+    """Every other block from the encoder's last block on (DDAE's best layers sit mid-decoder)."""
+    return list(range(model.num_encoder_blocks - 1, model.num_blocks, 2))
+
+
 @torch.no_grad()
 def extract_features(model, process: DiffusionProcess, images: torch.Tensor, t: int, blocks: Iterable[int],
                      batch_size: int = 256, seed: int = 0) -> dict[int, torch.Tensor]:

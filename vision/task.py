@@ -68,6 +68,23 @@ def contrastive_loss(model, view: _ViewModel, batch: int, cfg: DictConfig) -> Op
     return moco_v3_loss(q[:n], k[n:], d.temperature) + moco_v3_loss(q[n:], k[:n], d.temperature)
 
 
+def validation_probe(model, process: DiffusionProcess, splits, e) -> dict[str, float]:
+    """With ``eval.validation_probe_images`` = n > 0: the linear probe of the default blocks at the first probe
+    timestep, trained on n training images and scored on n test images (``probe_acc`` the best, at
+    ``probe_block``); the probe-accuracy curve of a long run, logged as it trains."""
+    n = e.validation_probe_images
+    if not n or not splits.num_classes > 1:
+        return {}
+    from .probe import default_probe_blocks, probe_grid
+
+    rows = probe_grid(model, process, (splits.train_images[:n], splits.train_labels[:n]),
+                      (splits.test_images[:n], splits.test_labels[:n]), splits.num_classes,
+                      default_probe_blocks(model), e.probe_timesteps[:1], epochs=e.probe_epochs,
+                      batch_size=e.probe_batch_size, lr=e.probe_lr, progress=False)
+    best = max(rows, key=lambda r: r["accuracy"])
+    return {"probe_acc": best["accuracy"], "probe_block": best["block"], "probe_t": best["t"]}
+
+
 def build(cfg: DictConfig) -> TrainingJob:
     """Training job of an image config: random training images, denoising loss (+ contrastive)."""
     splits = load_images(cfg.data)
@@ -119,7 +136,7 @@ def build(cfg: DictConfig) -> TrainingJob:
                 cond = val_y[i:i + 128].to(device) if class_cond else None
                 loss, _ = process.training_loss(model, x, cond=cond, generator=gen)
                 total, n = total + loss.item() * len(x), n + len(x)
-        return {"val_loss": total / max(n, 1)}
+        return {"val_loss": total / max(n, 1), **validation_probe(unwrap(model), process, splits, cfg.eval)}
 
     def move_teacher(model, step: int) -> None:
         """The EMA teacher follows the student once per optimizer step (not per micro-batch)."""

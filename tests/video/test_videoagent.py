@@ -63,6 +63,25 @@ def test_plans_are_cached_once_in_the_planner_run(runs):
     assert [p.stat().st_mtime_ns for p in chunks] == before
 
 
+def test_cheaper_drafts_are_cached_apart_with_their_own_step_count(runs):
+    """plan_refinement.draft_steps: the drafts of the compute route (fewer sampler steps than the planner's)
+    are another cache, whose identity records the steps, and they are other plans than the full ones."""
+    from video.data import DemoClips
+    from video.plan_refinement import cached_plans
+
+    demos, planner, _ = runs
+    clips = DemoClips(demos, frames=4, resolution=RES)
+    full = cached_plans(clips, str(planner), 2, batch_size=4, progress=False)
+    cheap = cached_plans(clips, str(planner), 2, batch_size=4, progress=False, steps=2)
+    caches = {json.loads((c / "identity.json").read_text())["sampling"]["num_steps"]: c
+              for c in (planner / "plan_cache").iterdir()}
+    assert set(caches) == {5, 2}
+    assert cheap.plans.shape == full.plans.shape and torch.equal(cheap.episode, full.episode)
+    assert (cheap.plans.float() - full.plans.float()).abs().mean() > 0.01
+    with pytest.raises(UserError, match="draft_steps is 10000"):
+        cached_plans(clips, str(planner), 2, progress=False, steps=10_000)
+
+
 def test_training_and_sampling_give_the_network_the_same_condition(runs):
     """One path (video.model.plan_condition): the previous plan lands in the same channels, unscaled,
     in a training step and in a refinement round; the first frame always reaches the network."""

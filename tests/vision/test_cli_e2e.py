@@ -101,3 +101,18 @@ def test_the_teacher_moves_once_per_optimizer_step_under_gradient_accumulation(t
     assert main(["train", CONFIG, f"runs_dir={tmp_path}", "ddae.contrastive=true", "train.max_steps=3",
                  "train.grad_accum_steps=2", "train.validate_every=0", "--quiet"]) == 0
     assert len(moves) == 3
+
+
+def test_validation_logs_the_probe_curve_of_a_long_run(tmp_path):
+    """eval.validation_probe_images: every validation also logs the linear probe's accuracy (above chance on
+    digits after 40 steps) with the block and timestep it was best at; off by default."""
+    assert main(["train", CONFIG, f"runs_dir={tmp_path}", "name=probed", "eval.validation_probe_images=300",
+                 "--quiet"]) == 0
+    assert main(["train", CONFIG, f"runs_dir={tmp_path}", "name=plain", "train.max_steps=20", "--quiet"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "probed" / "metrics.jsonl").read_text().splitlines()]
+    probes = [r for r in rows if "probe_acc" in r]
+    assert [r["step"] for r in probes] == [20, 40]
+    assert all(r["probe_t"] == 10 and r["probe_block"] in (1, 2) for r in probes)  # 3 blocks: from block 1 on
+    assert probes[-1]["probe_acc"] > 0.15  # chance 0.1 (3 standard errors at 300 test images)
+    plain = (tmp_path / "plain" / "metrics.jsonl").read_text()
+    assert "val_loss" in plain and "probe_acc" not in plain
