@@ -35,7 +35,7 @@ def drafts_for(cfg, clips, items, seed: int) -> torch.Tensor:
         future = torch.stack([clips.clip(e, s)[1:].movedim(0, 1) for e, s in items])
         noise = sc.draft_noise * torch.randn(future.shape, generator=torch.Generator().manual_seed(seed))
         return (future + noise).clamp(-1, 1)
-    cache = cached_plans(clips, sc.plans_from, sc.starts_per_episode, cfg.seed, sc.batch_size)
+    cache = cached_plans(clips, sc.plans_from, sc.starts_per_episode, cfg.seed, sc.batch_size, steps=sc.draft_steps)
     where = {(int(e), int(s)): i for i, (e, s) in enumerate(zip(cache.episode, cache.start))}
     return torch.stack([cache.plans[where[item]].float() for item in items])
 

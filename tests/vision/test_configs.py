@@ -26,6 +26,15 @@ def test_selfcond_configs_differ_from_their_baseline_only_by_the_switch():
     assert sc == base
 
 
+def test_the_contrastive_config_is_ddaepp_without_feature_conditioning():
+    """The ablation's contrastive-only variant: mnist_uvit_ddaepp.yaml less its feature conditioning."""
+    both = load_config(CONFIGS[0].parent / "mnist_uvit_ddaepp.yaml")
+    contrastive = load_config(CONFIGS[0].parent / "mnist_uvit_contrastive.yaml")
+    assert contrastive.ddae.contrastive and not contrastive.ddae.feature_conditioning
+    contrastive.ddae.feature_conditioning, contrastive.name = True, both.name
+    assert contrastive == both
+
+
 def test_misspelt_switch_is_named():
     with pytest.raises(ConfigError, match="unknown key 'ddae.feature_condition' \\(did you mean 'ddae.feature_conditioning'\\?\\)"):
         load_config(CONFIGS[0].parent / "mnist_uvit.yaml", ["ddae.feature_condition=true"])
@@ -60,6 +69,6 @@ def test_the_hoi_shapes_control_changes_only_its_data_and_caption_drop():
     assert (control.data.split, control.model.caption_drop, control.model.max_interactions) == ("single", 1.0, 1)
     assert [(g.pattern, g.lr) for g in control.train.param_groups] == [("*.alpha_*", 1e-2)]
     interact = load_config(ALL[0].parent / "hoi_shapes_interact.yaml")
-    control.data.split, control.model.caption_drop, control.model.max_interactions = "train", 0.5, 30
+    control.data.split, control.model.caption_drop, control.model.max_interactions = "train", 0.5, 2
     control.train.max_steps, control.train.validate_every, control.name = 10000, 250, interact.name
     assert control == interact

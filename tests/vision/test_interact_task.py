@@ -165,6 +165,10 @@ def test_sample_input_errors(runs, tmp_path, capsys):
     assert "prompt 0: triplet 0 object_box [0.5, 0.7, 1.3, 0.9] is outside [0, 1]" in capsys.readouterr().err
     assert cli.main(["sample", str(runs / "inter"), "--triplets", str(tmp_path / "none.json"), "--quiet"]) != 0
     assert "no such file" in capsys.readouterr().err
+    three = {**PROMPT, "triplets": PROMPT["triplets"] * 3}  # the HOI-shapes configs take 2
+    (tmp_path / "three.json").write_text(json.dumps(three))
+    assert cli.main(["sample", str(runs / "inter"), "--triplets", str(tmp_path / "three.json"), "--quiet"]) != 0
+    assert "prompt 0 has 3 triplets;" in capsys.readouterr().err
 
 
 def test_the_verb_evaluator_beats_chance_on_held_out_renders(tmp_path, monkeypatch):

@@ -100,6 +100,10 @@ def sample_command(args: argparse.Namespace) -> Path:
                                   cfg_scale=args.cfg_scale)  # the conditions are made on the CPU
     cfg, model, process = pipeline.cfg, pipeline.model, pipeline.process
     size, grounded = model.unet.config.sample_size, model.grounded
+    too_many = next((i for i, (_, ts) in enumerate(prompts) if len(ts) > cfg.model.max_interactions), None)
+    if grounded and too_many is not None:
+        raise UserError(f"--triplets {args.triplets}: prompt {too_many} has {len(prompts[too_many][1])} triplets; "
+                        f"{args.run_dir} takes at most {cfg.model.max_interactions} (its model.max_interactions)")
     if not grounded and any(ts for _, ts in prompts):
         print(f"note: {args.run_dir} has no grounding (model.grounding none); the triplets only label the images")
     out = Path(args.out) if args.out else output_dir(args.run_dir) / "samples"
