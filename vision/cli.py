@@ -114,7 +114,7 @@ def evaluate_run(pipeline, *, probe_blocks=None, probe_timesteps=None, probe_epo
     from .frechet import (classifier_features, frechet_distance, inception_available, inception_features,
                           trained_classifier, weak_classifier_warning)
     from .generate import generate_images
-    from .probe import default_probe_blocks, probe_grid, raw_pixel_baselines
+    from .probe import default_probe_blocks, probe_grid, probe_subset, raw_pixel_baselines
 
     cfg, model = pipeline.cfg, pipeline.model
     splits = load_images(cfg.data)
@@ -126,8 +126,8 @@ def evaluate_run(pipeline, *, probe_blocks=None, probe_timesteps=None, probe_epo
     if not skip_probe:
         blocks = probe_blocks or (list(e.probe_blocks) if e.probe_blocks else default_probe_blocks(model))
         timesteps = probe_timesteps or list(e.probe_timesteps)
-        ptr = (splits.train_images[: e.probe_max_train], splits.train_labels[: e.probe_max_train])
-        pte = (splits.test_images[: e.probe_max_test], splits.test_labels[: e.probe_max_test])
+        ptr = probe_subset(splits.train_images, splits.train_labels, e.probe_max_train)
+        pte = probe_subset(splits.test_images, splits.test_labels, e.probe_max_test)
         start = time.perf_counter()
         rows = probe_grid(model, pipeline.process, ptr, pte, splits.num_classes, blocks, timesteps,
                           epochs=probe_epochs or e.probe_epochs, batch_size=e.probe_batch_size, lr=e.probe_lr,

@@ -12,6 +12,16 @@ from tqdm.auto import tqdm
 from gencond.diffusion import DiffusionProcess
 
 
+def probe_subset(images: torch.Tensor, labels: torch.Tensor, count: Optional[int], seed: int = 0):
+    """(images, labels) of ``count`` examples drawn at random with a fixed seed (all of them when ``count`` is
+    None or not smaller): datasets stored by class (MNIST's offline copy is) would give a first-n slice of a few
+    classes only."""
+    if count is None or count >= len(images):
+        return images, labels
+    pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:count]
+    return images[pick], labels[pick]
+
+
 def default_probe_blocks(model) -> list[int]:
     """Every other block from the encoder's last block on (DDAE's best layers sit mid-decoder)."""
     return list(range(model.num_encoder_blocks - 1, model.num_blocks, 2))

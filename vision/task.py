@@ -75,10 +75,10 @@ def validation_probe(model, process: DiffusionProcess, splits, e) -> dict[str, f
     n = e.validation_probe_images
     if not n or not splits.num_classes > 1:
         return {}
-    from .probe import default_probe_blocks, probe_grid
+    from .probe import default_probe_blocks, probe_grid, probe_subset
 
-    rows = probe_grid(model, process, (splits.train_images[:n], splits.train_labels[:n]),
-                      (splits.test_images[:n], splits.test_labels[:n]), splits.num_classes,
+    rows = probe_grid(model, process, probe_subset(splits.train_images, splits.train_labels, n),
+                      probe_subset(splits.test_images, splits.test_labels, n), splits.num_classes,
                       default_probe_blocks(model), e.probe_timesteps[:1], epochs=e.probe_epochs,
                       batch_size=e.probe_batch_size, lr=e.probe_lr, progress=False)
     best = max(rows, key=lambda r: r["accuracy"])

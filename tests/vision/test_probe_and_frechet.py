@@ -64,3 +64,14 @@ def test_fd_classifier_is_trained_once_then_cached(fd_cache):
     again, acc2 = trained_classifier("digits", (d.train_images, d.train_labels), (d.test_images, d.test_labels), 10,
                                      steps=80)
     assert acc2 == acc and all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+
+def test_a_probe_subset_of_class_sorted_data_holds_every_class():
+    """MNIST's offline training copy is stored by class: a first-n slice would hold only the first classes."""
+    from vision.probe import probe_subset
+
+    images, labels = torch.arange(1000.0).view(1000, 1, 1, 1), torch.arange(10).repeat_interleave(100)
+    x, y = probe_subset(images, labels, 200)
+    assert len(x) == 200 and set(y.tolist()) == set(range(10)) and torch.equal(labels[x.view(-1).long()], y)
+    assert torch.equal(probe_subset(images, labels, 200)[0], x)  # the same subset every time
+    assert probe_subset(images, labels, None)[0] is images and probe_subset(images, labels, 5000)[0] is images
