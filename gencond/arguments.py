@@ -64,10 +64,11 @@ def add_sampling_arguments(p: argparse.ArgumentParser, sampler: bool = True) -> 
     p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: the run's train.threads)")
 
 
-def check_sampling_steps(chosen: dict, trained: int) -> None:
-    """Refuse --steps / --timesteps beyond the timesteps the model was trained on."""
+def check_sampling_steps(chosen: dict, trained: int, steps_name: str = "--steps") -> None:
+    """Refuse --steps / --timesteps beyond the timesteps the model was trained on (``steps_name``: what the
+    user set the step count with, for the message)."""
     if (chosen.get("num_steps") or 0) > trained:
-        raise UserError(f"--steps {chosen['num_steps']}: the model was trained on {trained} timesteps; "
+        raise UserError(f"{steps_name} {chosen['num_steps']}: the model was trained on {trained} timesteps; "
                         f"sample with at most {trained} steps")
     late = [t for t in chosen.get("timesteps") or () if t >= trained]
     if late:

@@ -87,13 +87,14 @@ class Pipeline:
         pipeline.configure(**chosen)
         return pipeline
 
-    def configure(self, **sampling) -> None:
+    def configure(self, steps_name: str = "--steps", **sampling) -> None:
         """Put ``sampling`` keys (those that are not None) into ``cfg.sampling``, refusing steps beyond the
-        model's training timesteps; listed ``timesteps`` without ``num_steps`` clear the config's num_steps."""
+        model's training timesteps (an error naming ``steps_name``); listed ``timesteps`` without ``num_steps``
+        clear the config's num_steps."""
         chosen = {k: v for k, v in sampling.items() if v is not None}
         if "timesteps" in chosen and "num_steps" not in chosen:
             chosen["num_steps"] = None  # the config's num_steps would win over the listed steps asked for
-        check_sampling_steps(chosen, self.cfg.diffusion.num_train_timesteps)
+        check_sampling_steps(chosen, self.cfg.diffusion.num_train_timesteps, steps_name)
         self.cfg.sampling = OmegaConf.merge(self.cfg.sampling, chosen)
 
     @property

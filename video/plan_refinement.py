@@ -70,10 +70,7 @@ def cached_plans(clips: DemoClips, plans_from: str, per_episode: int, seed: int 
     which = which or "best"
     folder = weights_folder(Path(run), which)
     pipeline = Pipeline.from_run(run, which, task="video-planner", device="cpu", needed_by="plan_refinement.plans_from")
-    if steps is not None and steps > pipeline.cfg.diffusion.num_train_timesteps:
-        raise UserError(f"plan_refinement.draft_steps is {steps}; {run} was trained on "
-                        f"{pipeline.cfg.diffusion.num_train_timesteps} timesteps, so draft with at most that many steps")
-    pipeline.configure(num_steps=steps)
+    pipeline.configure(num_steps=steps, steps_name="plan_refinement.draft_steps")
     cfg, model = pipeline.cfg, pipeline.model
     c, frames, size = model.config.channels, model.config.frames, model.config.image_size
     clip_c = clips.episodes[0].video.shape[1]

@@ -78,7 +78,7 @@ def test_cheaper_drafts_are_cached_apart_with_their_own_step_count(runs):
     assert set(caches) == {5, 2}
     assert cheap.plans.shape == full.plans.shape and torch.equal(cheap.episode, full.episode)
     assert (cheap.plans.float() - full.plans.float()).abs().mean() > 0.01
-    with pytest.raises(UserError, match="draft_steps is 10000"):
+    with pytest.raises(UserError, match="plan_refinement.draft_steps 10000: the model was trained on 100 timesteps"):
         cached_plans(clips, str(planner), 2, progress=False, steps=10_000)
 
 
